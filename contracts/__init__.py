@@ -1,0 +1,1 @@
+"""The wire contract: strict pydantic models for everything that crosses our edge (DESIGN sections 2-5)."""

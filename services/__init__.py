@@ -1,0 +1,1 @@
+"""reciprocity-ledger: the service (domain, store, ingest, HTTP edge and command line)."""

@@ -1,0 +1,254 @@
+"""The `reciprocity` command: run the service, administer tenants, sources and keys, try it by hand.
+
+Every command takes `--json`; scripts rely on `source add`/`source rotate` printing
+{"tenant", "source", "secret"}, `key add` printing {"tenant", "key", "scopes"}, `tenant create` {"tenant"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contracts import export
+from contracts.types import SLUG_PATTERN
+from services.bootstrap import open_registry
+from services.registry import SCOPES, Registry, RegistryError
+from services.serve import serve
+from services.settings import Settings, SettingsError
+from services.signatures import secret_key, sign
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class CommandError(Exception):
+    """A command could not do what was asked; the message says why (secrets never appear in it)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = Settings.from_env(os.environ, **_flag_overrides(args))
+        result = args.run(settings, args)
+    except (CommandError, RegistryError, SettingsError, ValueError) as failure:
+        _fail(args, str(failure))
+        return EXIT_FAILED
+    if result is not None:
+        _print(args, result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print machine-readable JSON")
+    common.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        help="RECIPROCITY_DATA_DIR: where the SQLite files live (./data)",
+    )
+    common.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        help="RECIPROCITY_DATABASE_URL: postgresql://... (SQLite when unset)",
+    )
+    parser = argparse.ArgumentParser(prog="reciprocity", description=__doc__, parents=[common])
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the service (HTTP on 127.0.0.1:8080)")
+    serve.add_argument("--http-host", help="RECIPROCITY_HTTP_HOST (127.0.0.1)")
+    serve.add_argument("--http-port", type=int, help="RECIPROCITY_HTTP_PORT (8080)")
+    serve.add_argument("--log-format", choices=["json", "console"], help="RECIPROCITY_LOG_FORMAT (by TTY)")
+    serve.set_defaults(run=_serve)
+
+    tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
+    create = tenant.add_parser("create", parents=[common], help="create a tenant")
+    create.add_argument("tenant", type=_slug)
+    create.set_defaults(run=_tenant_create)
+
+    source = commands.add_parser("source", help="sources that send webhooks").add_subparsers(metavar="ACTION")
+    add = source.add_parser("add", parents=[common], help="add a source; prints its secret once")
+    add.add_argument("tenant", type=_slug)
+    add.add_argument("source", type=_slug)
+    add.add_argument("--rate-limit", type=float, help="facts per second this source may send (off by default)")
+    add.set_defaults(run=_source_add)
+    rotate = source.add_parser("rotate", parents=[common], help="a new secret; the old one works for a while")
+    rotate.add_argument("tenant", type=_slug)
+    rotate.add_argument("source", type=_slug)
+    rotate.add_argument("--grace-s", type=int, help="how long the old secret keeps working (24 h)")
+    rotate.set_defaults(run=_source_rotate)
+
+    key = commands.add_parser("key", help="API keys for reading").add_subparsers(metavar="ACTION")
+    key_add = key.add_parser("add", parents=[common], help="add an API key; prints it once")
+    key_add.add_argument("tenant", type=_slug)
+    key_add.add_argument("--scope", action="append", choices=SCOPES, required=True, help="repeat for more")
+    key_add.set_defaults(run=_key_add)
+
+    send = commands.add_parser("send", parents=[common], help="sign and post one fact to a running server")
+    send.add_argument("tenant", type=_slug)
+    send.add_argument("source", type=_slug)
+    send.add_argument(
+        "type",
+        choices=["give.recorded", "introduction.made", "acknowledgement.recorded", "reversal.recorded"],
+    )
+    send.add_argument(
+        "fields",
+        nargs="*",
+        metavar="FIELD=VALUE",
+        help="data fields, e.g. giver=ann receiver=bob kind=help context.location=Utrecht "
+        "introduced=bob,cas (dotted names nest)",
+    )
+    send.add_argument("--data", help="the data object as JSON (instead of FIELD=VALUE)")
+    send.add_argument("--id", help="the fact's external id (a new random one by default)")
+    send.add_argument("--url", help="the server (http://RECIPROCITY_HTTP_HOST:RECIPROCITY_HTTP_PORT)")
+    send.add_argument(
+        "--secret-env",
+        default="RECIPROCITY_SEND_SECRET",
+        help="variable holding the source's whsec_ secret (else read from the local store)",
+    )
+    send.set_defaults(run=_send)
+
+    contracts = commands.add_parser("contracts", help="the wire contract").add_subparsers(metavar="ACTION")
+    export = contracts.add_parser("export", parents=[common], help="write the JSON Schemas under contracts/")
+    export.add_argument("--check", action="store_true", help="only fail when the files are stale")
+    export.set_defaults(run=_contracts_export)
+    return parser
+
+
+def _slug(text: str) -> str:
+    if not re.match(SLUG_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a slug (lowercase letters, digits and -, max 63)")
+    return text
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("data_dir", "database_url", "http_host", "http_port", "log_format")
+    overrides = {name: getattr(args, name, None) for name in names}
+    if overrides["data_dir"] is not None:
+        overrides["data_dir"] = Path(overrides["data_dir"])
+    return overrides
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    serve(settings)
+
+
+def _registry(settings: Settings) -> Registry:
+    return open_registry(settings)
+
+
+def _tenant_create(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    _registry(settings).create_tenant(args.tenant)
+    return {"tenant": args.tenant}
+
+
+def _source_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    if args.rate_limit is not None and args.rate_limit <= 0:
+        raise CommandError("--rate-limit must be above 0 facts per second")
+    secret = _registry(settings).add_source(args.tenant, args.source, args.rate_limit)
+    return {"tenant": args.tenant, "source": args.source, "secret": secret}
+
+
+def _source_rotate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    grace_s = settings.secret_grace_s if args.grace_s is None else args.grace_s
+    secret = _registry(settings).rotate_source(args.tenant, args.source, grace_s)
+    return {"tenant": args.tenant, "source": args.source, "secret": secret, "previous_valid_for_s": grace_s}
+
+
+def _key_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    scopes = sorted(set(args.scope))
+    return {"tenant": args.tenant, "key": _registry(settings).add_key(args.tenant, scopes), "scopes": scopes}
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    data = json.loads(args.data) if args.data else _fields(args.fields)
+    if not isinstance(data, dict):
+        raise CommandError("--data must be a JSON object")
+    data.setdefault("id", args.id or uuid.uuid4().hex)
+    body = json.dumps({"type": args.type, "timestamp": datetime.now(UTC).isoformat(), "data": data}).encode()
+    secret = os.environ.get(args.secret_env) or _registry(settings).source_secret(args.tenant, args.source)
+    message_id = f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time())
+    url = args.url or f"http://{settings.http_host}:{settings.http_port}"
+    request = urllib.request.Request(
+        f"{url}/v1/tenants/{args.tenant}/webhooks/{args.source}",
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret_key(secret), message_id, timestamp, body),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return {"http_status": response.status, **json.loads(response.read())}
+    except urllib.error.HTTPError as refused:
+        answer = json.loads(refused.read() or b"{}")
+        raise CommandError(f"{refused.code}: {answer.get('detail', answer)}") from None
+    except urllib.error.URLError as unreachable:
+        raise CommandError(f"cannot reach {url}: {unreachable.reason} (is `reciprocity serve` running?)") from None
+
+
+def _fields(pairs: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise CommandError(f"{pair!r} is not FIELD=VALUE")
+        *parents, leaf = name.split(".")
+        node = data
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value.split(",") if leaf == "introduced" else value
+    return data
+
+
+def _contracts_export(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    if args.check:
+        stale = export.stale_files()
+        if stale:
+            raise CommandError(f"stale contract files: {', '.join(stale)} (run: reciprocity contracts export)")
+        return {"stale": []}
+    return {"written": export.write()}
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(result))
+        return
+    for name, value in result.items():
+        print(f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+    if "secret" in result or "key" in result:
+        print("(shown once: store it now; it cannot be shown again)", file=sys.stderr)
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}))
+    else:
+        print(f"reciprocity: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

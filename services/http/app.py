@@ -1,0 +1,44 @@
+"""The aiohttp application: one factory, its parts opened and closed with it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.bootstrap import Components, open_components
+from services.http import events, ops, webhooks
+from services.http.keys import COMPONENTS
+from services.http.middleware import request_middleware
+from services.metrics import Metrics
+from services.settings import Settings
+
+
+def create_app(settings: Settings, components: Components | None = None) -> web.Application:
+    """The HTTP service. Its parts open on start-up (or are given, already open, by a caller that owns them)."""
+    metrics = components.metrics if components else Metrics()
+    app = web.Application(
+        middlewares=[request_middleware(metrics)],
+        client_max_size=settings.batch_body_bytes_max,
+    )
+
+    async def parts(app: web.Application) -> AsyncIterator[None]:
+        if components is not None:
+            app[COMPONENTS] = components
+            yield
+            return
+        opened = await open_components(settings, metrics)
+        app[COMPONENTS] = opened
+        try:
+            yield
+        finally:
+            await opened.close()
+
+    app.cleanup_ctx.append(parts)
+    app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}", webhooks.receive_one)
+    app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}/batch", webhooks.receive_batch)
+    app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics)
+    return app

@@ -1,0 +1,36 @@
+"""What operators and orchestrators ask: alive, ready, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from services.http.keys import COMPONENTS
+
+READY_TIMEOUT_S = 2.0
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready when the store answers and ingest is running; lag and NATS are reported, never a reason to
+    take ingest out of service."""
+    components = request.app[COMPONENTS]
+    body: dict[str, object] = {"ingest": "running" if components.committer.running else "stopped"}
+    try:
+        head = await asyncio.wait_for(asyncio.to_thread(components.ledger.head_position), READY_TIMEOUT_S)
+    except Exception as failure:  # unreachable, locked, timed out: all mean not ready
+        body["store"] = f"unavailable: {type(failure).__name__}"
+        return web.json_response({"status": "unavailable", **body}, status=503)
+    components.metrics.log_head.set(head)
+    body.update(store="ok", head_position=head)
+    ready = components.committer.running
+    return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    components = request.app[COMPONENTS]
+    return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")

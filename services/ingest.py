@@ -1,0 +1,349 @@
+"""Where a fact enters the store: rules checked in order, many requests committed in one transaction.
+
+`FactWriter` is synchronous and runs on one dedicated thread: it reads what it needs, applies every
+gathered fact in order against one working set, and saves the result in one transaction. `GroupCommitter`
+is its asyncio front: concurrent requests queue while a transaction is in flight and go together into the
+next one; each request is answered only after the transaction that holds its facts committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from contracts.answers import Problem
+from contracts.facts import Webhook
+from services import problems
+from services.domain import (
+    Acknowledgement,
+    AlreadyReversed,
+    Fact,
+    RuleViolation,
+    UnknownReference,
+    fact_event_id,
+    record_fact,
+    ref_event_id,
+    same_fact,
+)
+from services.store import Ledger
+
+log = structlog.get_logger(__name__)
+
+CONFLICT_RETRIES_MAX = 5
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One validated fact as it arrived: who sent it, what it says, when we received it."""
+
+    tenant: str
+    source: str
+    webhook: Webhook
+    received_at: datetime
+
+    @property
+    def event_id(self) -> UUID:
+        return fact_event_id(self.tenant, self.source, self.webhook.data.id)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one fact: recorded, a duplicate of a recorded fact, or rejected with a problem."""
+
+    status: Literal["recorded", "duplicate", "rejected"]
+    event_id: UUID | None = None
+    position: int | None = None
+    problem: Problem | None = None
+
+    @property
+    def http_status(self) -> int:
+        if self.problem is not None:
+            return self.problem.status
+        return 201 if self.status == "recorded" else 200
+
+
+def rejected(problem: Problem) -> Outcome:
+    return Outcome("rejected", problem=problem)
+
+
+@dataclass
+class _Pending:
+    """An accepted fact whose position is known only once its transaction committed."""
+
+    status: Literal["recorded", "duplicate"]
+    event_id: UUID
+
+
+@dataclass
+class _Plan:
+    outcomes: list[Outcome | _Pending] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
+    fact_tenants: dict[UUID, str] = field(default_factory=dict)
+    working: dict[UUID, Fact] = field(default_factory=dict)
+    created: dict[UUID, Fact] = field(default_factory=dict)
+
+
+class ConflictPersisted(Exception):
+    """Other writers kept changing the same facts; the sender should retry."""
+
+
+class FactWriter:
+    """Records facts in order, every rule checked against the store, many facts per transaction."""
+
+    def __init__(self, ledger: Ledger, clock: Callable[[], datetime] | None = None) -> None:
+        self.ledger = ledger
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def commit(self, incoming: Sequence[Incoming]) -> list[Outcome]:
+        """Applies the facts in order and commits them together; falls back to one by one on conflicts."""
+        try:
+            return self._commit_with_retries(incoming)
+        except ConflictPersisted:
+            if len(incoming) == 1:
+                return [rejected(_conflict_persisted_problem())]
+            # A fact that other processes keep touching must not starve its neighbours.
+            return [self._commit_alone(item) for item in incoming]
+
+    def _commit_alone(self, item: Incoming) -> Outcome:
+        try:
+            return self._commit_with_retries([item])[0]
+        except ConflictPersisted:
+            return rejected(_conflict_persisted_problem())
+
+    def _commit_with_retries(self, incoming: Sequence[Incoming]) -> list[Outcome]:
+        for _ in range(CONFLICT_RETRIES_MAX):
+            plan = self._plan(incoming)
+            try:
+                positions = self._save(plan)
+            except IntegrityError:
+                # Another process recorded one of these ids, or acted on one of their targets, after we
+                # read. The store refused the whole transaction; read again and re-plan, so duplicates are
+                # answered as such and the rules see the newer history.
+                log.info("commit_conflict_replanned", facts=len(incoming))
+                continue
+            return [self._resolve(outcome, positions) for outcome in plan.outcomes]
+        raise ConflictPersisted
+
+    def _save(self, plan: _Plan) -> dict[UUID, int]:
+        if not plan.events:
+            return {}
+        recordings = self.ledger.save(*plan.events, fact_tenants=plan.fact_tenants)
+        return {
+            r.domain_event.originator_id: r.notification.id
+            for r in recordings
+            if r.domain_event.originator_version == 1
+        }
+
+    def _resolve(self, outcome: Outcome | _Pending, positions: dict[UUID, int]) -> Outcome:
+        if isinstance(outcome, Outcome):
+            return outcome
+        return Outcome(outcome.status, outcome.event_id, positions[outcome.event_id])
+
+    def _plan(self, incoming: Sequence[Incoming]) -> _Plan:
+        plan = _Plan()
+        recorded_at = self.clock()
+        recorded = self.ledger.find_facts({item.event_id for item in incoming})
+        for item in incoming:
+            plan.outcomes.append(self._apply(plan, item, recorded, recorded_at))
+        return plan
+
+    def _apply(
+        self, plan: _Plan, item: Incoming, recorded: dict[UUID, Any], recorded_at: datetime
+    ) -> Outcome | _Pending:
+        try:
+            fact = record_fact(item.tenant, item.source, item.webhook, item.received_at, recorded_at)
+        except RuleViolation as broken:
+            return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
+        event_id = fact.id
+        if event_id in recorded:
+            return self._same_or_conflict(recorded[event_id].fact, fact, recorded[event_id].position)
+        if event_id in plan.created:
+            return self._same_or_conflict(plan.created[event_id].fact, fact, None)
+        try:
+            touched = self._act_on_references(plan, fact)
+        except RuleViolation as broken:
+            return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
+        except UnknownReference as unknown:
+            return rejected(problems.unknown_reference(unknown.path, str(unknown)))
+        except AlreadyReversed as first:
+            return self._first_reversal(plan, first.reversal_id)
+        plan.created[event_id] = plan.working[event_id] = fact
+        plan.fact_tenants[event_id] = item.tenant
+        for aggregate in (fact, *touched):
+            plan.events.extend(aggregate.collect_events())
+        return _Pending("recorded", event_id)
+
+    def _same_or_conflict(self, recorded: dict[str, Any], candidate: Fact, position: int | None) -> Outcome | _Pending:
+        if not same_fact(recorded, candidate.fact):
+            return rejected(problems.identity_conflict(recorded["event_id"]))
+        if position is None:
+            return _Pending("duplicate", candidate.id)
+        return Outcome("duplicate", candidate.id, position)
+
+    def _act_on_references(self, plan: _Plan, fact: Fact) -> list[Fact]:
+        """Applies an acknowledgement or reversal to what it refers to; returns the facts it changed."""
+        fact_type = fact.fact["type"]
+        if fact_type not in ("acknowledgement.recorded", "reversal.recorded"):
+            return []
+        target = self._load(plan, ref_event_id(fact.fact["tenant"], fact.fact["source"], fact.data), fact)
+        if fact_type == "acknowledgement.recorded":
+            target.acknowledge(fact.data["acknowledger"], fact.id)
+            return [target]
+        target.reverse(fact.id)
+        if isinstance(target, Acknowledgement):
+            acknowledged = self._load(plan, target.acknowledged_id, fact)
+            acknowledged.withdraw_acknowledgement(target.id)
+            return [target, acknowledged]
+        return [target]
+
+    def _load(self, plan: _Plan, event_id: UUID, referrer: Fact) -> Fact:
+        if event_id not in plan.working:
+            try:
+                plan.working[event_id] = self.ledger.repository.get(event_id)
+            except AggregateNotFoundError:
+                ref = referrer.data["ref"]
+                raise UnknownReference("data.ref", ref["id"], ref["source"]) from None
+        return plan.working[event_id]
+
+    def _first_reversal(self, plan: _Plan, reversal_id: UUID) -> Outcome | _Pending:
+        if reversal_id in plan.created:
+            return _Pending("duplicate", reversal_id)
+        first = self.ledger.find_facts([reversal_id])[reversal_id]
+        return Outcome("duplicate", reversal_id, first.position)
+
+
+def _conflict_persisted_problem() -> Problem:
+    return problems.problem(
+        409,
+        "write-contention",
+        "Other writers kept changing the same facts",
+        "the store refused this fact repeatedly because other requests acted on the same facts; retry",
+        retryable=True,
+    )
+
+
+# --- Group commit -------------------------------------------------------------------------------------
+
+
+class Overloaded(Exception):
+    """More facts are waiting than the committer will queue; the sender should retry later."""
+
+
+class StoreFailed(Exception):
+    """The transaction could not commit; nothing of it was recorded."""
+
+
+@dataclass
+class _Submission:
+    items: list[Incoming]
+    future: asyncio.Future[list[Outcome]]
+
+
+class GroupCommitter:
+    """Gathers concurrent requests into one transaction; answers each after its transaction committed."""
+
+    def __init__(
+        self,
+        writer: FactWriter,
+        *,
+        batch_facts_max: int,
+        wait_s: float,
+        queue_facts_max: int,
+        group: bool = True,
+        observe_batch: Callable[[int, float], None] = lambda facts, seconds: None,
+    ) -> None:
+        self.writer = writer
+        self.batch_facts_max = batch_facts_max
+        self.wait_s = wait_s
+        self.queue_facts_max = queue_facts_max
+        self.group = group
+        self.observe_batch = observe_batch
+        self._queue: deque[_Submission] = deque()
+        self._queued_facts = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fact-writer")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._closing
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-committer")
+
+    async def close(self) -> None:
+        """Commits what is queued, then stops; requests arriving after this are refused."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, items: list[Incoming]) -> list[Outcome]:
+        if self._closing:
+            raise Overloaded("the service is shutting down")
+        if self._queued_facts + len(items) > self.queue_facts_max and self._queue:
+            raise Overloaded(f"{self._queued_facts} facts are waiting to be committed")
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Submission(items, future))
+        self._queued_facts += len(items)
+        self._wakeup.set()
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                if self.wait_s and self.group:
+                    await self._linger()
+                await self._commit(self._take())
+            if self._closing:
+                return
+
+    async def _linger(self) -> None:
+        # A bounded wait for more requests when the queue is not yet full: a larger transaction.
+        deadline = time.monotonic() + self.wait_s
+        while self._queued_facts < self.batch_facts_max and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.0005, self.wait_s))
+
+    def _take(self) -> list[_Submission]:
+        batch = [self._queue.popleft()]
+        facts = len(batch[0].items)
+        while self.group and self._queue and facts + len(self._queue[0].items) <= self.batch_facts_max:
+            batch.append(self._queue.popleft())
+            facts += len(batch[-1].items)
+        self._queued_facts -= facts
+        return batch
+
+    async def _commit(self, batch: list[_Submission]) -> None:
+        items = [item for submission in batch for item in submission.items]
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            outcomes = await loop.run_in_executor(self._executor, self.writer.commit, items)
+        except Exception as failure:  # the store refused or is unreachable: nothing was recorded
+            log.error("commit_failed", facts=len(items), error=str(failure))
+            for submission in batch:
+                if not submission.future.done():
+                    submission.future.set_exception(StoreFailed(str(failure)))
+            return
+        self.observe_batch(len(items), time.perf_counter() - started)
+        offset = 0
+        for submission in batch:
+            count = len(submission.items)
+            if not submission.future.done():
+                submission.future.set_result(outcomes[offset : offset + count])
+            offset += count

@@ -1,0 +1,56 @@
+"""Prometheus metrics of one process, in a registry of its own (so tests and apps never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.ingest_requests = Counter(
+            "reciprocity_ingest_requests_total",
+            "Webhook requests by outcome (recorded, duplicate, batch, or the problem that refused them).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.ingest_facts = Counter(
+            "reciprocity_ingest_facts_total",
+            "Facts received by webhook, by outcome (recorded, duplicate, rejected).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.commit_batch_size = Histogram(
+            "reciprocity_commit_batch_size",
+            "Facts per store transaction (group commit gathers concurrent requests).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_duration = Histogram(
+            "reciprocity_commit_duration_seconds",
+            "Time to plan and durably commit one gathered batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "reciprocity_http_request_duration_seconds",
+            "HTTP request handling time by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.log_head = Gauge(
+            "reciprocity_log_head_position",
+            "Position of the newest fact in the store.",
+            registry=self.registry,
+        )
+
+    def observe_commit(self, facts: int, seconds: float) -> None:
+        self.commit_batch_size.observe(facts)
+        self.commit_duration.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,38 @@
+"""`reciprocity serve`: the whole service in one process on its embedded defaults."""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+import structlog
+from aiohttp import web
+
+from services.http.app import create_app
+from services.logs import configure_logging
+from services.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_format, settings.log_level)
+    log.info(
+        "starting",
+        http=f"http://{settings.http_host}:{settings.http_port}",
+        store="postgresql" if settings.database_url else f"sqlite under {settings.data_dir}",
+    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            print=None,
+            access_log=None,  # our middleware writes one canonical line per request instead
+            shutdown_timeout=10,
+        )
+    except OSError as failure:
+        if failure.errno == errno.EADDRINUSE:
+            log.error("port_in_use", port=settings.http_port, hint="set RECIPROCITY_HTTP_PORT")
+            sys.exit(f"reciprocity: port {settings.http_port} on {settings.http_host} is taken")
+        raise

@@ -1,0 +1,327 @@
+"""Where facts are stored: the eventsourcing library's application and recorders, plus a tenant index.
+
+The library's `stored_events` table is the append-only store; its notification id is a fact's position.
+Each recorder here adds one small table, `fact_index (tenant, position)`, written in the same transaction
+as the events, so one tenant's log can be read in order without scanning everybody else's facts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+)
+from eventsourcing.utils import Environment
+from psycopg.sql import SQL, Identifier
+
+from services.domain import FACT_TOPICS
+
+SQLITE_LOCK_TIMEOUT_S = 10
+IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
+AGGREGATE_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class StoredFact:
+    """A fact as read back from the store: its place in the global order and the fact itself."""
+
+    position: int
+    fact: dict[str, Any]
+
+    def as_logged(self) -> dict[str, Any]:
+        return {**self.fact, "position": self.position}
+
+
+def fact_from_state(state: bytes) -> dict[str, Any]:
+    """The fact inside a stored `Recorded` event (its other attributes are the library's)."""
+    return json.loads(state)["fact"]
+
+
+def _fact_tenants(kwargs: dict[str, Any]) -> dict[UUID, str]:
+    # Every first event of an aggregate is a fact and must be indexed; a save without the
+    # tenants of its facts is a programming error and fails its transaction.
+    return kwargs.get("fact_tenants") or {}
+
+
+def _index_rows(
+    stored_events: Sequence[StoredEvent], positions: Sequence[int], tenants: dict[UUID, str]
+) -> list[tuple[str, int]]:
+    return [
+        (tenants[s.originator_id], position)
+        for s, position in zip(stored_events, positions, strict=True)
+        if s.originator_version == 1
+    ]
+
+
+# --- SQLite -------------------------------------------------------------------------------------------
+
+
+class DurableSQLiteConnectionPool(SQLiteConnectionPool):
+    """The library's pool, with every connection made durable: a commit is on disk when it returns."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        raw = connection._sqlite_conn
+        raw.execute("PRAGMA synchronous=FULL")
+        level = raw.execute("PRAGMA synchronous").fetchone()[0]
+        if level < 2:  # 2 is FULL, 3 is EXTRA
+            raise RuntimeError(f"SQLite refused synchronous=FULL (got {level}); commits would not be durable")
+        return connection
+
+
+class DurableSQLiteDatastore(SQLiteDatastore):
+    def __init__(self, db_name: str, **kwargs: Any) -> None:
+        super().__init__(db_name, **kwargs)
+        self.pool.close()  # never used: replaced before any connection was made
+        self.pool = DurableSQLiteConnectionPool(db_name=db_name, lock_timeout=kwargs.get("lock_timeout"))
+
+
+class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS fact_index (position INTEGER PRIMARY KEY, tenant TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS fact_index_by_tenant ON fact_index (tenant, position)",
+        ]
+
+    def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        positions = super()._insert_events(c, stored_events, **kwargs)
+        rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
+        c.executemany("INSERT INTO fact_index (tenant, position) VALUES (?, ?)", rows)
+        return positions
+
+    def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
+        found: dict[UUID, StoredFact] = {}
+        ids = [event_id.hex for event_id in event_ids]
+        for start in range(0, len(ids), IN_CLAUSE_IDS_MAX):
+            chunk = ids[start : start + IN_CLAUSE_IDS_MAX]
+            statement = (
+                "SELECT rowid, originator_id, state FROM stored_events "
+                f"WHERE originator_version = 1 AND originator_id IN ({','.join('?' * len(chunk))})"
+            )
+            with self.datastore.transaction(commit=False) as c:
+                c.execute(statement, chunk)
+                for row in c.fetchall():
+                    found[UUID(row[1])] = StoredFact(row[0], fact_from_state(row[2]))
+        return found
+
+    def select_tenant_facts(self, tenant: str, after: int, limit: int) -> list[StoredFact]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT s.rowid, s.state FROM fact_index f JOIN stored_events s ON s.rowid = f.position "
+                "WHERE f.tenant = ? AND f.position > ? ORDER BY f.position LIMIT ?",
+                (tenant, after, limit),
+            )
+            return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
+
+    def max_fact_position(self) -> int:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT MAX(position) FROM fact_index")
+            return c.fetchone()[0] or 0
+
+    def writer_synchronous(self) -> str:
+        """What the connection that commits facts reports for PRAGMA synchronous."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("PRAGMA synchronous")
+            level = c.fetchone()[0]
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[level]
+
+
+class LedgerSQLiteFactory(SQLiteFactory):
+    application_recorder_class = LedgerSQLiteRecorder
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        self.datastore = DurableSQLiteDatastore(
+            self.datastore.pool.db_name, lock_timeout=self.datastore.pool.lock_timeout
+        )
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+class LedgerPostgresRecorder(PostgresApplicationRecorder):
+    def __init__(self, datastore: Any, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        schema = Identifier(self.datastore.schema)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.fact_index (position bigint PRIMARY KEY, tenant text NOT NULL)"
+            ).format(schema=schema)
+        )
+        self.sql_create_statements.append(
+            SQL("CREATE INDEX IF NOT EXISTS fact_index_by_tenant ON {schema}.fact_index (tenant, position)").format(
+                schema=schema
+            )
+        )
+        self.insert_index_statement = SQL("INSERT INTO {schema}.fact_index (tenant, position) VALUES (%s, %s)").format(
+            schema=schema
+        )
+        self.select_facts_statement = SQL(
+            "SELECT notification_id, originator_id, state FROM {schema}.{table} "
+            "WHERE originator_id = ANY(%s) AND originator_version = 1"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
+        self.max_fact_position_statement = SQL("SELECT MAX(position) AS head FROM {schema}.fact_index").format(
+            schema=schema
+        )
+        self.select_tenant_facts_statement = SQL(
+            "SELECT e.notification_id, e.state FROM {schema}.fact_index f "
+            "JOIN {schema}.{table} e ON e.notification_id = f.position "
+            "WHERE f.tenant = %s AND f.position > %s ORDER BY f.position LIMIT %s"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
+
+    def _fetch_ids_after_insert_events(self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        # Runs inside the library's insert transaction, while it holds the table lock.
+        positions = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
+        if rows:
+            curs.executemany(self.insert_index_statement, rows)
+        return positions
+
+    def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_facts_statement, (list(event_ids),), prepare=True)
+            return {
+                row["originator_id"]: StoredFact(row["notification_id"], fact_from_state(row["state"]))
+                for row in curs.fetchall()
+            }
+
+    def select_tenant_facts(self, tenant: str, after: int, limit: int) -> list[StoredFact]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_tenant_facts_statement, (tenant, after, limit), prepare=True)
+            return [StoredFact(row["notification_id"], fact_from_state(row["state"])) for row in curs.fetchall()]
+
+    def max_fact_position(self) -> int:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.max_fact_position_statement, prepare=True)
+            return curs.fetchone()["head"] or 0
+
+
+class LedgerPostgresFactory(PostgresFactory):
+    application_recorder_class = LedgerPostgresRecorder
+
+
+# --- The application ----------------------------------------------------------------------------------
+
+
+class Ledger(Application[UUID]):
+    """The append-only store of facts, on the library's SQLite or PostgreSQL recorder."""
+
+    name = "Ledger"
+    recorder: LedgerSQLiteRecorder | LedgerPostgresRecorder
+
+    def construct_env(self, name: str, env: Any = None) -> Environment:
+        # Settings are the only source of configuration: no stray library variable from os.environ.
+        return Environment(name, dict(env or {}))
+
+    def find_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
+        """The recorded facts among these event ids (a missing id was never recorded)."""
+        event_ids = list(event_ids)
+        return self.recorder.select_facts(event_ids) if event_ids else {}
+
+    def tenant_log(self, tenant: str, after: int, limit: int) -> list[StoredFact]:
+        """One tenant's facts after a position, in the store's global order."""
+        return self.recorder.select_tenant_facts(tenant, after, limit)
+
+    def read_log(self, after: int, limit: int) -> list[StoredFact]:
+        """Every tenant's facts after a position: what projections and the relay follow."""
+        notifications = self.recorder.select_notifications(
+            start=after, limit=limit, topics=FACT_TOPICS, inclusive_of_start=False
+        )
+        return [StoredFact(n.id, fact_from_state(n.state)) for n in notifications]
+
+    def head_position(self) -> int:
+        """The position of the newest fact (0 when there is none)."""
+        return self.recorder.max_fact_position()
+
+
+def ledger_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
+    """The library's environment for our store: SQLite under the data dir, or PostgreSQL by URL."""
+    common = {"AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_MAX)}
+    if not database_url:
+        return {
+            **common,
+            "PERSISTENCE_MODULE": f"{__name__}:LedgerSQLiteFactory",
+            "SQLITE_DBNAME": str(data_dir / "ledger.sqlite3"),
+            "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_S),
+        }
+    pg = postgres_params(database_url)
+    return {
+        **common,
+        "PERSISTENCE_MODULE": f"{__name__}:LedgerPostgresFactory",
+        "POSTGRES_DBNAME": pg["dbname"],
+        "POSTGRES_HOST": pg["host"],
+        "POSTGRES_PORT": pg["port"],
+        "POSTGRES_USER": pg["user"],
+        "POSTGRES_PASSWORD": pg["password"],
+        "POSTGRES_SCHEMA": pg["schema"],
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_MAX_OVERFLOW": "8",
+        "POSTGRES_CONNECT_TIMEOUT": "5",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+    }
+
+
+def postgres_params(database_url: str) -> dict[str, str]:
+    """`postgresql://user:password@host:port/dbname?schema=name` as separate connection parameters."""
+    url = urlparse(database_url)
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"RECIPROCITY_DATABASE_URL must start with postgresql:// (got {url.scheme}://)")
+    query = parse_qs(url.query)
+    return {
+        "dbname": unquote(url.path.lstrip("/")) or "postgres",
+        "host": url.hostname or "127.0.0.1",
+        "port": str(url.port or 5432),
+        "user": unquote(url.username or "postgres"),
+        "password": unquote(url.password or ""),
+        "schema": query.get("schema", ["public"])[0],
+    }
+
+
+def postgres_connect(database_url: str) -> psycopg.Connection[Any]:
+    pg = postgres_params(database_url)
+    return psycopg.connect(
+        dbname=pg["dbname"],
+        host=pg["host"],
+        port=pg["port"],
+        user=pg["user"],
+        password=pg["password"],
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+def open_ledger(database_url: str | None, data_dir: Path) -> Ledger:
+    """The store, created on first use (tables, and the PostgreSQL schema the URL names)."""
+    if database_url:
+        schema = postgres_params(database_url)["schema"]
+        with postgres_connect(database_url) as conn:
+            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    return Ledger(env=ledger_env(database_url, data_dir))
+
+
+def sqlite_connect(path: Path) -> sqlite3.Connection:
+    """A durable connection for our own small SQLite files (registry, views)."""
+    connection = sqlite3.connect(path, timeout=SQLITE_LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection

@@ -1,0 +1,146 @@
+"""The service as users run it: real `reciprocity` processes, killed and restarted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from services.store import open_ledger
+from tests.helpers import Sender, envelope, give
+from tests.processes import Server, cli, cli_json
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def server(settings, tmp_path):
+    running = Server(settings, tmp_path / "serve.log")
+    yield running
+    running.stop()
+
+
+def sender_for(settings, tenant="acme", source="crm") -> Sender:
+    cli_json(settings, "tenant", "create", tenant)
+    secret = cli_json(settings, "source", "add", tenant, source)["secret"]
+    read_key = cli_json(settings, "key", "add", tenant, "--scope", "read")["key"]
+    return Sender(tenant, source, secret, read_key)
+
+
+def post(server: Server, sender: Sender, fact, secret: str | None = None) -> tuple[int, dict]:
+    body = json.dumps(envelope(fact)).encode()
+    return server.post(sender.path, body, sender.headers(body, secret=secret))
+
+
+def test_the_writing_connection_is_synchronous_full(sqlite_settings):
+    """SQLite commits reach the disk before a 2xx (a killed process alone could not show this)."""
+    ledger = open_ledger(None, sqlite_settings.data_dir)
+    assert ledger.recorder.writer_synchronous() == "FULL"
+    ledger.close()
+
+
+def test_a_fact_answered_2xx_survives_sigkill(settings, server):
+    """Kill -9 right after the 2xx: on restart every acknowledged fact is there."""
+    sender = sender_for(settings)
+    server.start()
+    answers = [post(server, sender, give(f"g{n}", "ann", "bob")) for n in range(20)]
+    server.kill()
+    assert [status for status, _ in answers] == [201] * 20
+    server.start()
+    status, page = server.get("/v1/tenants/acme/events", sender.read_headers())
+    assert status == 200
+    assert [e["event_id"] for e in page["events"]] == [body["event_id"] for _, body in answers]
+
+
+def test_a_source_added_while_serving_works_within_a_second(settings, server):
+    sender = sender_for(settings)
+    server.start()
+    secret = cli_json(settings, "source", "add", "acme", "chat")["secret"]
+    added_at = time.monotonic()
+    chat = Sender("acme", "chat", secret, sender.read_key)
+    while post(server, chat, give("c1", "ann", "bob"))[0] != 201:
+        assert time.monotonic() - added_at < 1.0, "the new source was not accepted within a second"
+        time.sleep(0.05)
+
+
+def test_after_rotation_the_old_secret_works_for_the_grace_period(settings, server):
+    sender = sender_for(settings)
+    server.start()
+    rotated = cli_json(settings, "source", "rotate", "acme", "crm")
+    assert set(rotated) >= {"tenant", "source", "secret"} and rotated["secret"] != sender.secret
+    time.sleep(0.6)
+    assert post(server, sender, give("g1", "ann", "bob"))[0] == 201  # old secret, within the grace period
+    assert post(server, sender, give("g2", "ann", "bob"), secret=rotated["secret"])[0] == 201
+    cli_json(settings, "source", "rotate", "acme", "crm", "--grace-s", "0")
+    time.sleep(0.6)
+    assert post(server, sender, give("g3", "ann", "bob"), secret=rotated["secret"])[0] == 401
+
+
+def test_secrets_and_keys_never_appear_in_the_logs(settings, server, tmp_path):
+    sender = sender_for(settings)
+    server.start()
+    post(server, sender, give("g1", "ann", "bob"))
+    post(server, sender, give("g1", "ann", "cas"))
+    body = json.dumps(envelope(give("g2", "ann", "bob"))).encode()
+    headers = sender.headers(body)
+    headers["webhook-signature"] += " v1,AAAA"  # a valid one among others is enough
+    server.post(sender.path, body, headers)
+    server.post(sender.path, body, {**headers, "webhook-signature": "v1,AAAA"})
+    server.get("/v1/tenants/acme/events", sender.read_headers())
+    server.stop()
+    logs = (tmp_path / "serve.log").read_text()
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line["event"] == "request" and line["path"].startswith("/v1/")]
+    assert [line["status"] for line in requests] == [201, 409, 201, 401, 200]
+    assert all(line["request_id"] and line["duration_ms"] >= 0 for line in requests)
+    assert requests[0]["tenant"] == "acme" and requests[0]["source"] == "crm" and requests[0]["event_ids"]
+    for secret in (sender.secret, sender.secret.removeprefix("whsec_"), sender.read_key, headers["webhook-signature"]):
+        assert secret not in logs
+
+
+def test_cli_commands_print_the_contracted_json(settings):
+    assert cli_json(settings, "tenant", "create", "acme") == {"tenant": "acme"}
+    added = cli_json(settings, "source", "add", "acme", "crm")
+    assert set(added) == {"tenant", "source", "secret"} and added["secret"].startswith("whsec_")
+    key = cli_json(settings, "key", "add", "acme", "--scope", "read", "--scope", "ingest")
+    assert set(key) == {"tenant", "key", "scopes"} and key["scopes"] == ["ingest", "read"]
+
+
+def test_cli_refusals_say_why_and_exit_non_zero(settings):
+    cli_json(settings, "tenant", "create", "acme")
+    again = cli(settings, "tenant", "create", "acme")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    orphan = cli(settings, "source", "add", "nobody", "crm")
+    assert orphan.returncode == 1 and "tenant create nobody" in orphan.stderr
+    bad_scope = cli(settings, "key", "add", "acme", "--scope", "write")
+    assert bad_scope.returncode == 2 and "invalid choice" in bad_scope.stderr
+    bad_slug = cli(settings, "tenant", "create", "Not A Slug")
+    assert bad_slug.returncode == 2
+
+
+def test_send_signs_and_posts_a_fact_to_the_running_server(settings, server):
+    sender = sender_for(settings)
+    server.start()
+    sent = cli_json(
+        settings,
+        "send",
+        "acme",
+        "crm",
+        "give.recorded",
+        "giver=ann",
+        "receiver=bob",
+        "kind=help",
+        "context.location=Utrecht",
+        "--id",
+        "g1",
+        "--url",
+        server.url,
+    )
+    assert sent["status"] == "recorded" and sent["http_status"] == 201
+    refused = cli(
+        settings, "send", "acme", "crm", "give.recorded", "giver=ann", "receiver=ann", "kind=help", "--url", server.url
+    )
+    assert refused.returncode == 1 and "giver_is_not_receiver" not in refused.stderr and "422" in refused.stderr
+    status, page = server.get("/v1/tenants/acme/events", sender.read_headers())
+    assert status == 200 and page["events"][0]["data"]["context"] == {"location": "Utrecht"}

@@ -1,0 +1,175 @@
+"""Recording facts in the real store (SQLite file and PostgreSQL): identity, order, rules, conflicts."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from datetime import UTC, datetime
+
+import pytest
+
+from contracts.facts import webhook_adapter
+from services.domain import fact_event_id
+from services.ingest import FactWriter, Incoming
+from services.settings import Settings
+from services.store import open_ledger
+from tests.helpers import acknowledgement, envelope, give, introduction, reversal
+
+
+def incoming(fact, tenant="acme", source="crm"):
+    webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
+    return Incoming(tenant, source, webhook, datetime.now(UTC))
+
+
+@pytest.fixture
+def writer(settings: Settings):
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    yield FactWriter(ledger)
+    ledger.close()
+
+
+def statuses(outcomes):
+    return [o.status if o.problem is None else (o.problem.status, o.problem.errors[0].rule) for o in outcomes]
+
+
+def test_a_fact_is_recorded_once_and_its_duplicates_answer_the_original(writer):
+    """The same fact again, in the same transaction or later, is answered with the original's id and position."""
+    first, again_in_batch = writer.commit([incoming(give("g1", "ann", "bob")), incoming(give("g1", "ann", "bob"))])
+    (later,) = writer.commit([incoming(give("g1", "ann", "bob", value="1.0"))])
+    assert (first.status, again_in_batch.status, later.status) == ("recorded", "duplicate", "duplicate")
+    assert first.event_id == again_in_batch.event_id == later.event_id == fact_event_id("acme", "crm", "g1")
+    assert first.position == again_in_batch.position == later.position
+    assert [f.fact["external_id"] for f in writer.ledger.tenant_log("acme", 0, 10)] == ["g1"]
+
+
+def test_the_same_id_with_other_content_is_a_conflict(writer):
+    writer.commit([incoming(give("g1", "ann", "bob"))])
+    (outcome,) = writer.commit([incoming(give("g1", "ann", "cas"))])
+    assert outcome.problem.status == 409 and outcome.problem.retryable is False
+
+
+def test_a_batch_with_a_duplicate_and_a_new_fact_records_the_new_one(writer):
+    writer.commit([incoming(give("g1", "ann", "bob"))])
+    outcomes = writer.commit([incoming(give("g1", "ann", "bob")), incoming(give("g2", "bob", "ann"))])
+    assert statuses(outcomes) == ["duplicate", "recorded"]
+    assert [f.fact["external_id"] for f in writer.ledger.tenant_log("acme", 0, 10)] == ["g1", "g2"]
+
+
+def test_facts_apply_in_order_and_positions_follow_it(writer):
+    """Later items see earlier ones: an acknowledgement after its give in one batch is fine."""
+    outcomes = writer.commit(
+        [
+            incoming(give("g1", "ann", "bob")),
+            incoming(acknowledgement("a1", "bob", "g1")),
+            incoming(acknowledgement("a0", "bob", "g9")),
+            incoming(give("g9", "ann", "bob")),
+        ]
+    )
+    assert statuses(outcomes) == ["recorded", "recorded", (409, "ref_recorded"), "recorded"]
+    assert outcomes[0].position < outcomes[1].position < outcomes[3].position
+    assert outcomes[2].problem.retryable is True
+
+
+def test_one_acknowledgement_per_fact_and_acknowledger(writer):
+    writer.commit([incoming(introduction("i1", "ann", "bob", "cas"))])
+    outcomes = writer.commit(
+        [
+            incoming(acknowledgement("a1", "bob", "i1")),
+            incoming(acknowledgement("a2", "bob", "i1")),
+            incoming(acknowledgement("a3", "cas", "i1")),
+            incoming(acknowledgement("a4", "ann", "i1")),
+        ]
+    )
+    assert statuses(outcomes) == [
+        "recorded",
+        (422, "one_acknowledgement_per_acknowledger"),
+        "recorded",
+        (422, "acknowledger_was_helped"),
+    ]
+
+
+def test_reversing_again_answers_the_first_reversal(writer):
+    """A second reversal of a reversed fact is a duplicate of the first reversal, not a new fact."""
+    writer.commit([incoming(give("g1", "ann", "bob"))])
+    (first,) = writer.commit([incoming(reversal("r1", "g1"))])
+    (second,) = writer.commit([incoming(reversal("r2", "g1"))])
+    assert first.status == "recorded"
+    assert (second.status, second.event_id, second.position) == ("duplicate", first.event_id, first.position)
+    (late_ack,) = writer.commit([incoming(acknowledgement("a1", "bob", "g1"))])
+    assert late_ack.problem.errors[0].rule == "ref_not_reversed"
+
+
+def test_a_reversed_acknowledgement_can_be_given_again(writer):
+    writer.commit([incoming(give("g1", "ann", "bob")), incoming(acknowledgement("a1", "bob", "g1"))])
+    outcomes = writer.commit([incoming(reversal("r1", "a1")), incoming(acknowledgement("a2", "bob", "g1"))])
+    assert statuses(outcomes) == ["recorded", "recorded"]
+
+
+def test_only_the_recording_source_may_reverse_and_refs_may_cross_sources(writer):
+    writer.commit([incoming(give("g1", "ann", "bob"), source="crm")])
+    chat_ack = acknowledgement("a1", "bob", "g1")
+    chat_ack[1]["ref"]["source"] = "crm"
+    (acknowledged,) = writer.commit([incoming(chat_ack, source="chat")])
+    (reversed_elsewhere,) = writer.commit([incoming(reversal("r1", "g1"), source="chat")])
+    assert acknowledged.status == "recorded"
+    assert reversed_elsewhere.problem.status == 409  # chat has no fact g1 of its own
+
+
+def test_tenants_never_see_each_others_facts(writer):
+    writer.commit(
+        [incoming(give("g1", "ann", "bob"), tenant="acme"), incoming(give("g1", "ann", "bob"), tenant="zeta")]
+    )
+    (ack,) = writer.commit([incoming(acknowledgement("a1", "bob", "g9"), tenant="zeta")])
+    assert ack.problem.status == 409
+    assert [f.fact["tenant"] for f in writer.ledger.tenant_log("zeta", 0, 10)] == ["zeta"]
+
+
+RACE_ROUNDS = 5
+
+
+def _race_acknowledgements(settings: Settings, racer: int, barrier, results) -> None:
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    writer = FactWriter(ledger)
+    for round_number in range(RACE_ROUNDS):
+        barrier.wait(timeout=60)  # both racers commit at the same moment
+        (outcome,) = writer.commit([incoming(acknowledgement(f"a{round_number}-{racer}", "bob", f"g{round_number}"))])
+        results.put((round_number, outcome.status if outcome.problem is None else outcome.problem.errors[0].rule))
+    ledger.close()
+
+
+def test_two_processes_racing_to_acknowledge_the_same_give_record_exactly_one(writer, settings):
+    """Across processes the store's own conflict detection decides: exactly one acknowledgement wins."""
+    writer.commit([incoming(give(f"g{n}", "ann", "bob")) for n in range(RACE_ROUNDS)])
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    racers = [context.Process(target=_race_acknowledgements, args=(settings, n, barrier, results)) for n in (1, 2)]
+    for racer in racers:
+        racer.start()
+    answers: dict[int, list[str]] = {}
+    for _ in range(2 * RACE_ROUNDS):
+        round_number, answer = results.get(timeout=120)
+        answers.setdefault(round_number, []).append(answer)
+    for racer in racers:
+        racer.join(30)
+    assert all(sorted(a) == ["one_acknowledgement_per_acknowledger", "recorded"] for a in answers.values()), answers
+    acknowledgements = [f for f in writer.ledger.tenant_log("acme", 0, 100) if f.fact["type"].startswith("ack")]
+    assert len(acknowledgements) == RACE_ROUNDS
+
+
+def test_a_conflicting_commit_is_replanned_against_the_newer_history(writer, settings):
+    """When another writer commits in between our read and our write, the store refuses ours and we re-plan:
+    the competing acknowledgement wins, ours is answered by the rule, and the neighbour is still recorded."""
+    writer.commit([incoming(give("g1", "ann", "bob"))])
+    other = FactWriter(open_ledger(settings.database_url, settings.data_dir))
+    real_save, interleaved = writer._save, []
+
+    def save_after_the_other_writer(plan):
+        if not interleaved:
+            interleaved.append(other.commit([incoming(acknowledgement("a-other", "bob", "g1"))])[0])
+        return real_save(plan)
+
+    writer._save = save_after_the_other_writer
+    outcomes = writer.commit([incoming(acknowledgement("a-mine", "bob", "g1")), incoming(give("g2", "bob", "ann"))])
+    assert interleaved[0].status == "recorded"
+    assert statuses(outcomes) == [(422, "one_acknowledgement_per_acknowledger"), "recorded"]
+    other.ledger.close()
