@@ -30,7 +30,7 @@ def decimal_text(value: Decimal) -> str:
 
 def utc_text(moment: datetime) -> str:
     """Timestamps as we store and answer them: UTC, microseconds, 'Z' (so they sort as text)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 Value = Annotated[

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from services.ingest import FactWriter, GroupCommitter
+from services.ingest import FactWriter, GroupCommitter, ThreadWriter
 from services.metrics import Metrics
 from services.ratelimit import RateLimiter
 from services.registry import KeyAuth, Registry, RegistrySnapshot, SourceAuth
@@ -79,7 +79,7 @@ async def open_components(settings: Settings, metrics: Metrics | None = None) ->
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
     committer = GroupCommitter(
-        FactWriter(ledger),
+        ThreadWriter(FactWriter(ledger)),
         batch_facts_max=settings.commit_batch_facts_max,
         wait_s=settings.commit_wait_ms / 1000,
         queue_facts_max=settings.commit_queue_facts_max,

@@ -9,6 +9,7 @@ That is how "at most once" holds across processes without a read-then-write race
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -162,27 +163,47 @@ def ref_event_id(tenant: str, source: str, data: dict[str, Any]) -> UUID:
     return fact_event_id(tenant, ref.get("source") or source, ref["id"])
 
 
-def record_fact(tenant: str, source: str, webhook: Webhook, received_at: datetime, recorded_at: datetime) -> Fact:
-    """A new fact from a validated webhook, after the rules that need nothing but the fact itself."""
-    given = webhook.data
-    if given.occurred_at is not None and given.occurred_at > received_at + OCCURRED_AT_FUTURE_MAX:
+@dataclass(frozen=True)
+class ReceivedFact:
+    """A validated fact as it arrived, in plain data (it crosses to the writer process)."""
+
+    tenant: str
+    source: str
+    type: str
+    data: dict[str, Any]  # the validated webhook data, JSON-ready: decimals as strings, times in UTC
+    occurred_at: datetime | None  # as sent; None when the sender left it out
+    received_at: datetime
+    event_id: UUID
+
+    @classmethod
+    def from_webhook(cls, tenant: str, source: str, webhook: Webhook, received_at: datetime) -> ReceivedFact:
+        given = webhook.data
+        data = given.model_dump(mode="json", exclude_none=True)
+        event_id = fact_event_id(tenant, source, given.id)
+        return cls(tenant, source, webhook.type, data, given.occurred_at, received_at, event_id)
+
+
+def record_fact(received: ReceivedFact, recorded_at: str) -> Fact:
+    """A new fact, after the rules that need nothing but the fact itself.
+
+    `recorded_at` is already text: one transaction records all its facts at one moment."""
+    if received.occurred_at is not None and received.occurred_at > received.received_at + OCCURRED_AT_FUTURE_MAX:
         raise RuleViolation("data.occurred_at", "not_in_future", "occurred_at is more than 5 minutes ahead")
-    data = given.model_dump(mode="json", exclude_none=True)
-    _check_fact_rules(webhook.type, source, data)
+    data = received.data
+    _check_fact_rules(received.type, received.source, data)
     if "ref" in data:
-        data["ref"].setdefault("source", source)
-    event_id = fact_event_id(tenant, source, given.id)
+        data = {**data, "ref": {"source": received.source, **data["ref"]}}
     fact = {
-        "event_id": str(event_id),
-        "tenant": tenant,
-        "source": source,
-        "external_id": given.id,
-        "type": webhook.type,
-        "occurred_at": utc_text(given.occurred_at or received_at),
-        "recorded_at": utc_text(recorded_at),
+        "event_id": str(received.event_id),
+        "tenant": received.tenant,
+        "source": received.source,
+        "external_id": data["id"],
+        "type": received.type,
+        "occurred_at": utc_text(received.occurred_at or received.received_at),
+        "recorded_at": recorded_at,
         "data": data,
     }
-    return FACT_CLASSES[webhook.type](id=event_id, fact=fact)
+    return FACT_CLASSES[received.type](id=received.event_id, fact=fact)
 
 
 def _check_fact_rules(fact_type: str, source: str, data: dict[str, Any]) -> None:

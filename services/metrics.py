@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -47,6 +49,26 @@ class Metrics:
             "Position of the newest fact in the store.",
             registry=self.registry,
         )
+
+        self._route_durations: dict[str, Any] = {}
+        self._ingest_outcomes: dict[str, Any] = {}
+
+    def observe_request(self, route: str, seconds: float) -> None:
+        # Labelled children are looked up once per label value: labels() is not free at this rate.
+        child = self._route_durations.get(route)
+        if child is None:
+            child = self._route_durations[route] = self.http_duration.labels(route=route)
+        child.observe(seconds)
+
+    def count_ingest_request(self, outcome: str) -> None:
+        child = self._ingest_outcomes.get(outcome)
+        if child is None:
+            child = self._ingest_outcomes[outcome] = self.ingest_requests.labels(outcome=outcome)
+        child.inc()
+
+    def count_facts(self, outcomes: list[Any]) -> None:
+        for outcome in outcomes:
+            self.ingest_facts.labels(outcome=outcome.status).inc()
 
     def observe_commit(self, facts: int, seconds: float) -> None:
         self.commit_batch_size.observe(facts)

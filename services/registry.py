@@ -73,7 +73,7 @@ class RegistrySnapshot:
 class Registry:
     def __init__(self, database: Database) -> None:
         self.db = database
-        self.db.script(SCHEMA)
+        self.db.create(SCHEMA)
 
     def create_tenant(self, tenant: str) -> None:
         with self.db.transaction() as cur:

@@ -6,6 +6,7 @@ import errno
 import sys
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from services.http.app import create_app
@@ -30,6 +31,7 @@ def serve(settings: Settings) -> None:
             print=None,
             access_log=None,  # our middleware writes one canonical line per request instead
             shutdown_timeout=10,
+            loop=uvloop.new_event_loop(),  # a faster event loop; the code is plain asyncio either way
         )
     except OSError as failure:
         if failure.errno == errno.EADDRINUSE:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.sql import SQL, Identifier
 
-from services.store import postgres_connect, postgres_params, sqlite_connect
+from services.store import postgres_connect, postgres_params, schema_lock, sqlite_connect
 
 
 class Database:
@@ -37,7 +37,6 @@ class Database:
             return sqlite_connect(self._sqlite_path)
         connection = postgres_connect(self._database_url)
         schema = postgres_params(self._database_url)["schema"]
-        connection.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
         connection.execute(SQL("SET search_path TO {}").format(Identifier(schema)))
         return connection
 
@@ -61,8 +60,9 @@ class Database:
         with self._lock:
             return self._ensure().execute(self._sql(statement), params).fetchall()
 
-    def script(self, statements: Sequence[str]) -> None:
-        with self.transaction() as cursor:
+    def create(self, statements: Sequence[str]) -> None:
+        """Creates tables (and the schema) if missing; safe when several processes start at once."""
+        with schema_lock(self._database_url), self.transaction() as cursor:
             for statement in statements:
                 cursor.execute(statement)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,15 +309,33 @@ def postgres_connect(database_url: str) -> psycopg.Connection[Any]:
     )
 
 
+# Held while tables are created: PostgreSQL refuses concurrent DDL on the same objects ("tuple concurrently
+# updated"), and several pods or processes may start at the same moment.
+SCHEMA_LOCK_KEY = 0x7265_6369_7072  # "recipr"
+
+
+@contextmanager
+def schema_lock(database_url: str | None) -> Iterator[None]:
+    """Serialises table creation across processes on PostgreSQL (SQLite serialises it by itself)."""
+    if not database_url:
+        yield
+        return
+    with postgres_connect(database_url) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+        schema = postgres_params(database_url)["schema"]
+        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+
+
 def open_ledger(database_url: str | None, data_dir: Path) -> Ledger:
     """The store, created on first use (tables, and the PostgreSQL schema the URL names)."""
-    if database_url:
-        schema = postgres_params(database_url)["schema"]
-        with postgres_connect(database_url) as conn:
-            conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
-    else:
+    if not database_url:
         data_dir.mkdir(parents=True, exist_ok=True)
-    return Ledger(env=ledger_env(database_url, data_dir))
+    with schema_lock(database_url):
+        return Ledger(env=ledger_env(database_url, data_dir))
 
 
 def sqlite_connect(path: Path) -> sqlite3.Connection:

@@ -51,15 +51,18 @@ def cli_json(settings: Settings, *args: str) -> dict[str, Any]:
 class Server:
     """`reciprocity serve` in its own process, logging JSON to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, **extra_env: str) -> None:
         self.settings = settings
+        self.extra_env = extra_env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
-        env = environment(self.settings, RECIPROCITY_HTTP_PORT=str(self.port), RECIPROCITY_LOG_FORMAT="json")
+        env = environment(
+            self.settings, RECIPROCITY_HTTP_PORT=str(self.port), RECIPROCITY_LOG_FORMAT="json", **self.extra_env
+        )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT

@@ -7,8 +7,10 @@ from uuid import uuid4
 import pytest
 
 from contracts.facts import webhook_adapter
+from contracts.types import utc_text
 from services.domain import (
     AlreadyReversed,
+    ReceivedFact,
     RuleViolation,
     fact_event_id,
     record_fact,
@@ -21,7 +23,7 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 def recorded(fact, source="crm", received_at=NOW):
     webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
-    return record_fact("acme", source, webhook, received_at, NOW)
+    return record_fact(ReceivedFact.from_webhook("acme", source, webhook, received_at), utc_text(NOW))
 
 
 def broken_rule(fact, source="crm"):

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from contracts.facts import webhook_adapter
-from services.domain import fact_event_id
-from services.ingest import FactWriter, Incoming
+from services.domain import ReceivedFact, fact_event_id
+from services.ingest import FactWriter
 from services.settings import Settings
 from services.store import open_ledger
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
@@ -18,7 +18,7 @@ from tests.helpers import acknowledgement, envelope, give, introduction, reversa
 
 def incoming(fact, tenant="acme", source="crm"):
     webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
-    return Incoming(tenant, source, webhook, datetime.now(UTC))
+    return ReceivedFact.from_webhook(tenant, source, webhook, datetime.now(UTC))
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def _race_acknowledgements(settings: Settings, racer: int, barrier, results) -> 
     ledger = open_ledger(settings.database_url, settings.data_dir)
     writer = FactWriter(ledger)
     for round_number in range(RACE_ROUNDS):
-        barrier.wait(timeout=60)  # both racers commit at the same moment
+        barrier.wait(timeout=20)  # both racers commit at the same moment
         (outcome,) = writer.commit([incoming(acknowledgement(f"a{round_number}-{racer}", "bob", f"g{round_number}"))])
         results.put((round_number, outcome.status if outcome.problem is None else outcome.problem.errors[0].rule))
     ledger.close()
@@ -147,7 +147,7 @@ def test_two_processes_racing_to_acknowledge_the_same_give_record_exactly_one(wr
         racer.start()
     answers: dict[int, list[str]] = {}
     for _ in range(2 * RACE_ROUNDS):
-        round_number, answer = results.get(timeout=120)
+        round_number, answer = results.get(timeout=60)
         answers.setdefault(round_number, []).append(answer)
     for racer in racers:
         racer.join(30)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from services import problems
-from services.http.keys import EVENT_IDS, INGEST, OUTCOME
+from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME
 from services.http.responses import problem_answer
 from services.metrics import Metrics
 
@@ -21,15 +22,23 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def request_ids() -> Callable[[], str]:
+    """Unique request ids without a random draw per request: a random process prefix and a counter."""
+    prefix = os.urandom(6).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{next(counter):x}"
+
+
 def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Binds a request id, renders problems, times the route, and logs one line when the answer is ready."""
+    """Renders problems, times the route, counts ingest outcomes and logs one line per answered request.
+
+    Fields are gathered on the request and logged once at the end (no context variables per request)."""
+    new_request_id = request_ids()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         offered = request.headers.get("X-Request-Id", "")
-        request_id = offered if REQUEST_ID_PATTERN.match(offered) else uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        request_id = offered if REQUEST_ID_PATTERN.match(offered) else new_request_id()
         started = time.perf_counter()
         try:
             response = await handler(request)
@@ -47,19 +56,21 @@ def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awa
                 {k: v for k, v in http_error.headers.items() if k.lower() == "allow"},
             )
         duration_s = time.perf_counter() - started
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        metrics.http_duration.labels(route=route).observe(duration_s)
+        resource = request.match_info.route.resource
+        metrics.observe_request(resource.canonical if resource else "unmatched", duration_s)
         if request.get(INGEST):
-            metrics.ingest_requests.labels(outcome=request.get(OUTCOME, "error")).inc()
+            metrics.count_ingest_request(request.get(OUTCOME, "error"))
         response.headers["X-Request-Id"] = request_id
         log.info(
             "request",
+            request_id=request_id,
             method=request.method,
             path=request.path,
             status=response.status,
             outcome=request.get(OUTCOME),
             event_ids=request.get(EVENT_IDS),
             duration_ms=round(duration_s * 1000, 3),
+            **request.get(LOG_FIELDS, {}),
         )
         return response
 

@@ -9,7 +9,6 @@ import json
 import time
 from datetime import UTC, datetime
 
-import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -17,9 +16,10 @@ from contracts.answers import BatchAnswer, FactAccepted, FactRejected, Problem
 from contracts.facts import Batch, BatchShape, Webhook, webhook_adapter
 from services import problems
 from services.bootstrap import Components
-from services.http.keys import COMPONENTS, EVENT_IDS, INGEST, OUTCOME
+from services.domain import ReceivedFact
+from services.http.keys import COMPONENTS, EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME
 from services.http.responses import json_answer, problem_answer
-from services.ingest import Incoming, Outcome, Overloaded, StoreFailed, rejected
+from services.ingest import Outcome, Overloaded, StoreFailed, rejected
 from services.registry import SourceAuth
 from services.signatures import SignatureError, verify
 
@@ -33,7 +33,7 @@ async def receive_one(request: web.Request) -> web.StreamResponse:
     except ValidationError as invalid:
         raise problems.ProblemException(_parse_problem(invalid)) from None
     _check_rate(request, components, tenant, source, 1)
-    (outcome,) = await _commit(components, [Incoming(tenant, source, webhook, received_at)])
+    (outcome,) = await _commit(components, [ReceivedFact.from_webhook(tenant, source, webhook, received_at)])
     _count(request, components, [outcome], outcome.status if outcome.problem is None else _name(outcome))
     if outcome.problem is not None:
         return problem_answer(outcome.problem)
@@ -46,7 +46,9 @@ async def receive_batch(request: web.Request) -> web.StreamResponse:
     received_at = datetime.now(UTC)
     parsed = _parse_batch(body)
     _check_rate(request, components, tenant, source, len(parsed))
-    valid = [Incoming(tenant, source, item, received_at) for item in parsed if not isinstance(item, Outcome)]
+    valid = [
+        ReceivedFact.from_webhook(tenant, source, item, received_at) for item in parsed if not isinstance(item, Outcome)
+    ]
     committed = iter(await _commit(components, valid) if valid else [])
     outcomes = [item if isinstance(item, Outcome) else next(committed) for item in parsed]
     _count(request, components, outcomes, "batch")
@@ -57,7 +59,7 @@ async def receive_batch(request: web.Request) -> web.StreamResponse:
 async def _authentic_body(request: web.Request, components: Components, limit: int) -> tuple[str, str, bytes]:
     tenant, source = request.match_info["tenant"], request.match_info["source"]
     request[INGEST] = True
-    structlog.contextvars.bind_contextvars(tenant=tenant, source=source)
+    request[LOG_FIELDS] = {"tenant": tenant, "source": source}
     if request.content_length is not None and request.content_length > limit:
         raise problems.ProblemException(_too_large(limit))  # refused before reading any of it
     auth = components.registry.source(tenant, source)
@@ -77,6 +79,8 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
 
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None:  # already checked against the limit
+        return await request.read()
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(1 << 16):
         size += len(chunk)
@@ -141,7 +145,7 @@ def _parse_batch(body: bytes) -> list[Webhook | Outcome]:
     return parsed
 
 
-async def _commit(components: Components, items: list[Incoming]) -> list[Outcome]:
+async def _commit(components: Components, items: list[ReceivedFact]) -> list[Outcome]:
     try:
         return await components.committer.submit(items)
     except (Overloaded, StoreFailed) as failure:
@@ -161,8 +165,7 @@ def _name(outcome: Outcome) -> str:
 def _count(request: web.Request, components: Components, outcomes: list[Outcome], request_outcome: str) -> None:
     request[OUTCOME] = request_outcome
     request[EVENT_IDS] = [str(o.event_id) for o in outcomes if o.event_id is not None]
-    for outcome in outcomes:
-        components.metrics.ingest_facts.labels(outcome=outcome.status).inc()
+    components.metrics.count_facts(outcomes)
 
 
 def _too_large(limit: int) -> Problem:
