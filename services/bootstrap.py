@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from projections.runtime import Projections
 from services.ingest import FactWriter, GroupCommitter, ThreadWriter
 from services.metrics import Metrics
 from services.ratelimit import RateLimiter
@@ -60,6 +61,7 @@ class Components:
     ledger: Ledger
     registry: RegistryCache
     committer: GroupCommitter
+    projections: Projections
     metrics: Metrics
     rate_limiter: RateLimiter
     _tasks: list[asyncio.Task[None]]
@@ -70,6 +72,7 @@ class Components:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.committer.close()
+        await self.projections.close()
         self.registry.registry.db.close()
         self.ledger.close()
 
@@ -78,6 +81,8 @@ async def open_components(settings: Settings, metrics: Metrics | None = None) ->
     ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir)
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
+    projections = await asyncio.to_thread(Projections, ledger, settings.database_url, settings.data_dir)
+    await projections.start()
     committer = GroupCommitter(
         ThreadWriter(FactWriter(ledger)),
         batch_facts_max=settings.commit_batch_facts_max,
@@ -85,6 +90,7 @@ async def open_components(settings: Settings, metrics: Metrics | None = None) ->
         queue_facts_max=settings.commit_queue_facts_max,
         group=settings.group_commit,
         observe_batch=metrics.observe_commit,
+        on_commit=projections.wake,
     )
     await committer.start()
     tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]
@@ -94,4 +100,4 @@ async def open_components(settings: Settings, metrics: Metrics | None = None) ->
         synchronous=None if settings.database_url else ledger.recorder.writer_synchronous(),
         head_position=ledger.head_position(),
     )
-    return Components(settings, ledger, registry, committer, metrics, RateLimiter(), tasks)
+    return Components(settings, ledger, registry, committer, projections, metrics, RateLimiter(), tasks)

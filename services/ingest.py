@@ -273,6 +273,7 @@ class GroupCommitter:
         queue_facts_max: int,
         group: bool = True,
         observe_batch: Callable[[int, float], None] = lambda facts, seconds: None,
+        on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.writer = writer
         self.batch_facts_max = batch_facts_max
@@ -280,6 +281,7 @@ class GroupCommitter:
         self.queue_facts_max = queue_facts_max
         self.group = group
         self.observe_batch = observe_batch
+        self.on_commit = on_commit
         self._queue: deque[_Submission] = deque()
         self._queued_facts = 0
         self._wakeup = asyncio.Event()
@@ -351,6 +353,7 @@ class GroupCommitter:
                     submission.future.set_exception(StoreFailed(str(failure)))
             return
         self.observe_batch(len(items), time.perf_counter() - started)
+        self.on_commit()
         offset = 0
         for submission in batch:
             count = len(submission.items)

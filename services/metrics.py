@@ -44,6 +44,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.query_duration = Histogram(
+            "reciprocity_query_duration_seconds",
+            "View query handling time by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.view_lag_events = Gauge(
+            "reciprocity_view_lag_events",
+            "Facts in the log the view does not reflect yet.",
+            ["view"],
+            registry=self.registry,
+        )
+        self.view_lag_seconds = Gauge(
+            "reciprocity_view_lag_seconds",
+            "Age of the oldest fact the view does not reflect yet.",
+            ["view"],
+            registry=self.registry,
+        )
         self.log_head = Gauge(
             "reciprocity_log_head_position",
             "Position of the newest fact in the store.",
@@ -51,6 +70,7 @@ class Metrics:
         )
 
         self._route_durations: dict[str, Any] = {}
+        self._query_durations: dict[str, Any] = {}
         self._ingest_outcomes: dict[str, Any] = {}
 
     def observe_request(self, route: str, seconds: float) -> None:
@@ -59,6 +79,17 @@ class Metrics:
         if child is None:
             child = self._route_durations[route] = self.http_duration.labels(route=route)
         child.observe(seconds)
+
+    def observe_query(self, route: str, seconds: float) -> None:
+        child = self._query_durations.get(route)
+        if child is None:
+            child = self._query_durations[route] = self.query_duration.labels(route=route)
+        child.observe(seconds)
+
+    def set_lag(self, lag: dict[str, dict[str, float]]) -> None:
+        for view, figures in lag.items():
+            self.view_lag_events.labels(view=view).set(figures["events"])
+            self.view_lag_seconds.labels(view=view).set(figures["seconds"])
 
     def count_ingest_request(self, outcome: str) -> None:
         child = self._ingest_outcomes.get(outcome)

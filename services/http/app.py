@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.bootstrap import Components, open_components
-from services.http import events, ops, webhooks
+from services.http import events, ops, views, webhooks
 from services.http.keys import COMPONENTS
 from services.http.middleware import request_middleware
 from services.metrics import Metrics
@@ -38,6 +38,12 @@ def create_app(settings: Settings, components: Components | None = None) -> web.
     app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}", webhooks.receive_one)
     app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}/batch", webhooks.receive_batch)
     app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
+    app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/balance", views.balance)
+    app.router.add_get("/v1/tenants/{tenant}/pairs/{a}/{b}", views.pair)
+    app.router.add_get("/v1/tenants/{tenant}/balances", views.balances)
+    app.router.add_get("/v1/tenants/{tenant}/influence", views.influence)
+    app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/influence", views.participant_influence)
+    app.router.add_get("/v1/tenants/{tenant}/maintenance", views.maintenance)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)

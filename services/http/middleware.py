@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from services import problems
-from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME
+from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME, QUERY
 from services.http.responses import problem_answer
 from services.metrics import Metrics
 
@@ -57,7 +57,10 @@ def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awa
             )
         duration_s = time.perf_counter() - started
         resource = request.match_info.route.resource
-        metrics.observe_request(resource.canonical if resource else "unmatched", duration_s)
+        route = resource.canonical if resource else "unmatched"
+        metrics.observe_request(route, duration_s)
+        if request.get(QUERY):
+            metrics.observe_query(route, duration_s)
         if request.get(INGEST):
             metrics.count_ingest_request(request.get(OUTCOME, "error"))
         response.headers["X-Request-Id"] = request_id

@@ -27,10 +27,20 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "unavailable", **body}, status=503)
     components.metrics.log_head.set(head)
     body.update(store="ok", head_position=head)
+    try:
+        lag = await asyncio.wait_for(asyncio.to_thread(components.projections.lag), READY_TIMEOUT_S)
+        body["views"] = {"projecting": components.projections.projecting, **lag}
+    except Exception as failure:  # reported, never a reason to take ingest out of service
+        body["views"] = f"unavailable: {type(failure).__name__}"
     ready = components.committer.running
     return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     components = request.app[COMPONENTS]
+    try:
+        components.metrics.set_lag(await asyncio.to_thread(components.projections.lag))
+        components.metrics.log_head.set(await asyncio.to_thread(components.ledger.head_position))
+    except Exception:
+        pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")

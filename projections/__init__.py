@@ -1,0 +1,1 @@
+"""Projection workers: views built from the store's ordered log."""

@@ -1,0 +1,199 @@
+"""The influence view: per tenant, recomputed in the background from the reciprocity view's rows.
+
+Never on the request path, at most once per interval, only for tenants whose facts changed. The same
+view rows (and so the same log) always give the same answers: edges are read in a fixed order and `as_of`
+is the latest occurred_at of the tenant's live facts, not the clock.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from contracts.views import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
+from projections.influence import InfluenceGraph, compute_influence
+from projections.queries import ReciprocityQueries, decode_cursor, encode_cursor
+from projections.reciprocity import DECAY_EPOCH, HALF_LIFE_DAYS, MICRO
+from projections.viewstore import ViewStore
+
+VIEW = "influence"
+INTRODUCTION_WEIGHT = 0.25
+INTRODUCTION_PAID_OFF_WEIGHT = 1.0
+CONTRIBUTION_FACTS_MAX = 10
+
+DDL = (
+    "CREATE TABLE IF NOT EXISTS view_influence (tenant TEXT NOT NULL, participant TEXT NOT NULL,"
+    " score REAL NOT NULL, rank INTEGER NOT NULL, burt_constraint REAL, effective_size REAL,"
+    " introductions_paid_off INTEGER NOT NULL, contributions TEXT NOT NULL, PRIMARY KEY (tenant, participant))",
+    "CREATE INDEX IF NOT EXISTS view_influence_rank ON view_influence (tenant, rank)",
+    "CREATE TABLE IF NOT EXISTS view_influence_tenants (tenant TEXT PRIMARY KEY, position INTEGER NOT NULL)",
+)
+TABLES = ("view_influence", "view_influence_tenants")
+
+
+@dataclass(frozen=True)
+class TenantGraph:
+    graph: InfluenceGraph
+    paid_off: dict[str, int]
+
+
+class InfluenceView:
+    """Recomputes tenants' influence and answers from the stored results."""
+
+    def __init__(self, store: ViewStore, reciprocity: ReciprocityQueries) -> None:
+        self.store = store
+        self.reciprocity = reciprocity
+
+    # --- recomputing ---
+
+    def stale_tenants(self) -> list[str]:
+        """Tenants whose reciprocity rows changed after their influence was last computed."""
+        rows = self.store.read(
+            "SELECT t.tenant FROM view_tenants t LEFT JOIN view_influence_tenants i ON i.tenant = t.tenant "
+            "WHERE i.position IS NULL OR i.position < t.changed_position ORDER BY t.tenant"
+        )
+        return [row[0] for row in rows]
+
+    def recompute(self, tenant: str) -> int:
+        """Recomputes one tenant from one consistent read; returns the reciprocity position it reflects."""
+        with self.store.transaction(commit=False) as cursor:
+            position = self.store.position("reciprocity")
+            tenant_graph = self._read_graph(cursor, tenant)
+        scores = compute_influence(tenant_graph.graph)
+        rows = [
+            (
+                tenant,
+                s.participant,
+                s.score,
+                s.rank,
+                s.constraint,
+                s.effective_size,
+                tenant_graph.paid_off.get(s.participant, 0),
+                json.dumps([[source, weight] for source, weight in s.contributions]),
+            )
+            for s in scores
+        ]
+        with self.store.transaction() as cursor:
+            cursor.execute("DELETE FROM view_influence WHERE tenant = ?", (tenant,))
+            cursor.executemany(
+                "INSERT INTO view_influence (tenant, participant, score, rank, burt_constraint, effective_size,"
+                " introductions_paid_off, contributions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            cursor.execute(
+                "INSERT INTO view_influence_tenants (tenant, position) VALUES (?, ?) "
+                "ON CONFLICT (tenant) DO UPDATE SET position = excluded.position",
+                (tenant, position),
+            )
+        return position
+
+    def _read_graph(self, cursor, tenant: str) -> TenantGraph:
+        participants = [
+            row[0]
+            for row in cursor.execute(
+                "SELECT participant FROM view_participants WHERE tenant = ? AND scope = '' ORDER BY participant",
+                (tenant,),
+            )
+        ]
+        index = {p: i for i, p in enumerate(participants)}
+        as_of = self.reciprocity.latest_occurred_at(tenant)
+        decay = 2.0 ** (-_days_since_epoch(as_of) / HALF_LIFE_DAYS) if as_of else 1.0
+        pairs = cursor.execute(
+            "SELECT a, b, decayed_ab, decayed_ba, strength_micro FROM view_pairs "
+            "WHERE tenant = ? AND scope = '' AND strength_micro > 0 ORDER BY a, b",
+            (tenant,),
+        )
+        src, dst, weight = [], [], []
+        for a, b, decayed_ab, decayed_ba, _ in pairs:
+            # A give is an edge receiver -> giver: the receiver endorses the one who helped.
+            for giver, receiver, decayed in ((a, b, decayed_ab), (b, a, decayed_ba)):
+                if decayed > 0:
+                    src.append(index[receiver])
+                    dst.append(index[giver])
+                    weight.append(decayed * decay)
+        paid_off: dict[str, int] = {}
+        introductions = cursor.execute(
+            "SELECT i.introducer, i.a, i.b, i.occurred_at, p.last_at FROM view_introductions i "
+            "LEFT JOIN view_pairs p ON p.tenant = i.tenant AND p.scope = '' AND p.a = i.a AND p.b = i.b "
+            "WHERE i.tenant = ? AND i.live = 1 ORDER BY i.position",
+            (tenant,),
+        )
+        for introducer, a, b, occurred_at, last_at in introductions:
+            paid = last_at is not None and last_at > occurred_at
+            paid_off[introducer] = paid_off.get(introducer, 0) + int(paid)
+            for introduced in (a, b):
+                src.append(index[introduced])
+                dst.append(index[introducer])
+                weight.append(INTRODUCTION_PAID_OFF_WEIGHT if paid else INTRODUCTION_WEIGHT)
+        ties = [(index[a], index[b], strength / MICRO) for a, b, _, _, strength in pairs]
+        graph = InfluenceGraph(
+            participants=participants,
+            src=np.array(src, dtype=np.int64),
+            dst=np.array(dst, dtype=np.int64),
+            weight=np.array(weight, dtype=np.float64),
+            tie_a=np.array([t[0] for t in ties], dtype=np.int64),
+            tie_b=np.array([t[1] for t in ties], dtype=np.int64),
+            tie_weight=np.array([t[2] for t in ties], dtype=np.float64),
+        )
+        return TenantGraph(graph, paid_off)
+
+    # --- answering ---
+
+    def position(self, tenant: str) -> int:
+        rows = self.store.read("SELECT position FROM view_influence_tenants WHERE tenant = ?", (tenant,))
+        return rows[0][0] if rows else 0
+
+    def page(self, tenant: str, limit: int, cursor: str | None) -> InfluencePage:
+        after_rank = int(decode_cursor(cursor)[0]) if cursor else 0
+        position = self.position(tenant)
+        rows = self.store.read(
+            f"SELECT {ITEM_COLUMNS} FROM view_influence WHERE tenant = ? AND rank > ? ORDER BY rank LIMIT ?",
+            (tenant, after_rank, limit + 1),
+        )
+        items = [self._item(tenant, row) for row in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].rank) if len(rows) > limit else None
+        return InfluencePage(items=items, next_cursor=next_cursor, position=position)
+
+    def participant(self, tenant: str, participant: str) -> ParticipantInfluence | None:
+        position = self.position(tenant)
+        rows = self.store.read(
+            f"SELECT {ITEM_COLUMNS} FROM view_influence WHERE tenant = ? AND participant = ?", (tenant, participant)
+        )
+        if not rows:
+            return None
+        return ParticipantInfluence(**self._item(tenant, rows[0]).model_dump(by_alias=True), position=position)
+
+    def _item(self, tenant: str, row: tuple) -> InfluenceItem:
+        participant, score, rank, constraint, effective_size, paid_off, contributions = row
+        return InfluenceItem(
+            participant=participant,
+            score=score,
+            rank=rank,
+            constraint=constraint,
+            effective_size=effective_size,
+            introductions_paid_off=paid_off,
+            contributions=[
+                Contribution(from_=source, weight=weight, facts=self._facts(tenant, participant, source))
+                for source, weight in json.loads(contributions)
+            ],
+        )
+
+    def _facts(self, tenant: str, endorsed: str, endorser: str) -> list[str]:
+        """The live gives and introductions through which `endorser` endorsed `endorsed`, newest first."""
+        rows = self.store.read(
+            "SELECT position, event_id FROM view_gives WHERE tenant = ? AND giver = ? AND receiver = ? AND live = 1 "
+            "UNION ALL SELECT position, event_id FROM view_introductions WHERE tenant = ? AND introducer = ? "
+            "AND (a = ? OR b = ?) AND live = 1 ORDER BY 1 DESC LIMIT ?",
+            (tenant, endorsed, endorser, tenant, endorsed, endorser, endorser, CONTRIBUTION_FACTS_MAX),
+        )
+        return [row[1] for row in rows]
+
+
+ITEM_COLUMNS = "participant, score, rank, burt_constraint, effective_size, introductions_paid_off, contributions"
+
+
+def _days_since_epoch(moment: str) -> float:
+    return (datetime.fromisoformat(moment) - DECAY_EPOCH).total_seconds() / 86_400

@@ -1,0 +1,204 @@
+"""The projection side of a running service: the views database, the follower, the influence recomputer,
+and what queries need from them (positions to wait for, lag to report).
+
+One process projects at a time (a file lock on SQLite, an advisory lock on PostgreSQL); any other process
+stands by and still answers queries from the shared views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from projections import influence_view, reciprocity
+from projections.follower import Follower, PostgresNotifications
+from projections.influence_view import InfluenceView
+from projections.queries import ReciprocityQueries
+from projections.viewstore import ViewStore
+from services.store import Ledger, postgres_connect, postgres_params
+
+log = structlog.get_logger(__name__)
+
+VIEWS = (reciprocity.VIEW, influence_view.VIEW)
+INFLUENCE_INTERVAL_S = 1.0
+STANDBY_RETRY_S = 2.0
+PROJECTOR_LOCK_BASE = 0x7265_6369_7000  # plus a checksum of the schema: one projector per store
+
+
+def open_view_store(database_url: str | None, data_dir: Path) -> ViewStore:
+    return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL))
+
+
+class ProjectorLock:
+    """Held by the one process that projects; `reciprocity rebuild` takes it too."""
+
+    def __init__(self, database_url: str | None, data_dir: Path) -> None:
+        self._database_url = database_url
+        self._path = data_dir / "projector.lock"
+        self._held: Any = None
+
+    def try_acquire(self) -> bool:
+        if self._held is not None:
+            return True
+        if self._database_url:
+            conn = postgres_connect(self._database_url)
+            key = PROJECTOR_LOCK_BASE + zlib.crc32(postgres_params(self._database_url)["schema"].encode())
+            if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                self._held = conn
+                return True
+            conn.close()
+            return False
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self._path, "a+")  # noqa: SIM115 (held open for as long as we project)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._held = handle
+        return True
+
+    def acquire(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.try_acquire():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held.close()  # closing the session or the file releases the lock
+            self._held = None
+
+
+class Projections:
+    """Views for one service process: follows the log when it holds the projector lock, else stands by."""
+
+    def __init__(self, ledger: Ledger, database_url: str | None, data_dir: Path, *, project: bool = True) -> None:
+        self.ledger = ledger
+        self.database_url = database_url
+        self.store = open_view_store(database_url, data_dir)
+        self.queries = ReciprocityQueries(self.store)
+        self.influence = InfluenceView(self.store, self.queries)
+        self.lock = ProjectorLock(database_url, data_dir)
+        self.project = project
+        self.projecting = False
+        self._wakeup = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._notifications: PostgresNotifications | None = None
+        # One thread does all projection work: pages and influence never contend for the views' writer,
+        # and closing waits for the work in flight instead of dropping it mid-transaction.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
+        self.follower = Follower(
+            ledger, reciprocity.ReciprocityProjection(self.store), self.reciprocity_position, on_page=self._on_page
+        )
+
+    def reciprocity_position(self) -> int:
+        return self.store.position(reciprocity.VIEW)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.project:
+            self._tasks.append(asyncio.create_task(self._project_when_leader(), name="projector"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        if self._notifications:
+            self._notifications.stop()
+        self.lock.release()
+        self.store.close()
+
+    def wake(self) -> None:
+        """Called after this process committed facts: project them now rather than at the next poll."""
+        self._wakeup.set()
+
+    def _on_page(self, tenants: set[str], position: int) -> None:
+        # Runs on the follower's thread; waiters for a position live on the event loop.
+        self._loop.call_soon_threadsafe(self._page_applied)
+
+    def _page_applied(self) -> None:
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    async def _project_when_leader(self) -> None:
+        while not await asyncio.to_thread(self.lock.try_acquire):
+            await asyncio.sleep(STANDBY_RETRY_S)  # another process projects; we answer queries meanwhile
+        self.projecting = True
+        log.info("projector_started", position=self.reciprocity_position())
+        if self.database_url:
+            self._notifications = PostgresNotifications(
+                self.database_url, "stored_events", lambda: self._loop.call_soon_threadsafe(self.wake)
+            )
+            self._notifications.start()
+        influence = asyncio.create_task(self._recompute_influence(), name="influence")
+        try:
+            await self.follower.follow(self._wakeup, self._executor)
+        finally:
+            influence.cancel()
+
+    async def _recompute_influence(self) -> None:
+        """At most once an interval, every tenant whose reciprocity rows changed since its last compute."""
+        while True:
+            started = time.monotonic()
+            try:
+                for tenant in await self._loop.run_in_executor(self._executor, self.influence.stale_tenants):
+                    await self._loop.run_in_executor(self._executor, self.influence.recompute, tenant)
+            except Exception as failure:  # keep the last results; try again next interval
+                log.error("influence_recompute_failed", error=str(failure))
+            await asyncio.sleep(max(0.0, INFLUENCE_INTERVAL_S - (time.monotonic() - started)))
+
+    async def wait_for(self, position: int, timeout_s: float, view_position: Callable[[], int] | None = None) -> bool:
+        """Waits until a view reflects `position` (a client reading its own write); reciprocity by default."""
+        view_position = view_position or self.reciprocity_position
+        deadline = time.monotonic() + timeout_s
+        while view_position() < position:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                # Woken by our own follower; polled briefly when another process projects.
+                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+        return True
+
+    def lag(self) -> dict[str, dict[str, float]]:
+        """Per view: facts behind the log head, and seconds since the oldest unapplied fact was recorded."""
+        head = self.ledger.head_position()
+        positions = {
+            reciprocity.VIEW: self.reciprocity_position(),
+            influence_view.VIEW: self._influence_position(),
+        }
+        lag = {}
+        for view, position in positions.items():
+            behind = max(0, head - position)
+            seconds = 0.0
+            if behind:
+                pending = self.ledger.read_log(position, 1)
+                if pending:
+                    recorded = datetime.fromisoformat(pending[0].fact["recorded_at"])
+                    seconds = max(0.0, (datetime.now(UTC) - recorded).total_seconds())
+            lag[view] = {"events": behind, "seconds": round(seconds, 3), "position": position}
+        return lag
+
+    def _influence_position(self) -> int:
+        """The influence view reflects the log up to the oldest position among tenants still to recompute."""
+        stale = self.store.read(
+            "SELECT MIN(t.changed_position) FROM view_tenants t LEFT JOIN view_influence_tenants i "
+            "ON i.tenant = t.tenant WHERE i.position IS NULL OR i.position < t.changed_position"
+        )[0][0]
+        return self.reciprocity_position() if stale is None else stale - 1

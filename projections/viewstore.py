@@ -1,0 +1,127 @@
+"""Where views live: their own SQLite file (so projections never hold the ingest writer's lock) or the
+PostgreSQL schema of the store, with the eventsourcing library's tracking table beside the view tables.
+
+A view writes its rows and its tracking position through one cursor, in one transaction: a replayed page
+can never count twice, and a crash between pages loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.rows import tuple_row
+from psycopg.sql import SQL, Identifier
+
+from services.store import postgres_params, schema_lock
+
+SQLITE_LOCK_TIMEOUT_S = 30
+
+
+class SchemaPostgresDatastore(PostgresDatastore):
+    """The library's datastore with its schema on the search path, so view SQL needs no qualified names."""
+
+    def after_connect_func(self) -> Callable[[Any], None]:
+        configure = super().after_connect_func()
+        search_path = SQL("SET search_path TO {}").format(Identifier(self.schema))
+
+        def after_connect(conn: Any) -> None:
+            configure(conn)
+            conn.cursor().execute(search_path)
+
+        return after_connect
+
+
+class ViewCursor:
+    """The library's cursor, with `?` placeholders and rows that unpack like tuples on both stores."""
+
+    def __init__(self, raw: Any, postgres: bool) -> None:
+        self.raw = raw
+        self._postgres = postgres
+        if postgres:
+            raw.row_factory = tuple_row  # the library's connections make dicts, which merge same-named columns
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self._postgres else statement
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.raw.execute(self._sql(statement), params)
+        if self._postgres and self.raw.description is None:
+            return []  # psycopg refuses to fetch from a statement that returns no rows
+        return self.raw.fetchall()
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.raw.executemany(self._sql(statement), rows)
+
+
+class ViewStore:
+    """The views database and the library's tracking recorder on it."""
+
+    def __init__(self, database_url: str | None, data_dir: Path, ddl: Sequence[str]) -> None:
+        self.postgres = bool(database_url)
+        if database_url:
+            pg = postgres_params(database_url)
+            datastore: Any = SchemaPostgresDatastore(
+                dbname=pg["dbname"],
+                host=pg["host"],
+                port=pg["port"],
+                user=pg["user"],
+                password=pg["password"],
+                schema=pg["schema"],
+                pool_size=4,
+                max_overflow=8,
+                connect_timeout=5,
+            )
+            self.tracking: Any = PostgresTrackingRecorder(datastore)
+            self.tracking_table = self.tracking.tracking_table_name
+        else:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            datastore = SQLiteDatastore(str(data_dir / "views.sqlite3"), lock_timeout=SQLITE_LOCK_TIMEOUT_S)
+            self.tracking = SQLiteTrackingRecorder(datastore)
+            self.tracking_table = "tracking"
+        self.datastore = datastore
+        with schema_lock(database_url):
+            self.tracking.create_table()
+            with self.transaction() as cursor:
+                for statement in ddl:
+                    cursor.execute(self._dialect(statement))
+
+    def _dialect(self, ddl: str) -> str:
+        if not self.postgres:
+            return ddl
+        # Ids order by byte value (DESIGN section 1): the "C" collation, not the database's locale.
+        return ddl.replace("INTEGER", "BIGINT").replace("REAL", "DOUBLE PRECISION").replace("TEXT", 'TEXT COLLATE "C"')
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[ViewCursor]:
+        with self.datastore.transaction(commit=commit) as raw:
+            yield ViewCursor(raw, self.postgres)
+
+    def read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.transaction(commit=False) as cursor:
+            return cursor.execute(statement, params)
+
+    def position(self, view: str) -> int:
+        """The last log position this view reflects (0 before its first page)."""
+        return self.tracking.max_tracking_id(view) or 0
+
+    def record_position(self, cursor: ViewCursor, view: str, position: int) -> None:
+        """Advances the view's tracking row inside the view's own transaction (the library refuses a
+        position that does not advance, so two projectors can never both apply one page)."""
+        self.tracking._insert_tracking(cursor.raw, Tracking(view, position))
+
+    def reset(self, view: str, tables: Sequence[str]) -> None:
+        """Empties a view and its tracking, for a rebuild from position 0."""
+        with self.transaction() as cursor:
+            for table in tables:
+                cursor.execute(f"DELETE FROM {table}")
+            cursor.execute(f"DELETE FROM {self.tracking_table} WHERE application_name = ?", (view,))
+
+    def close(self) -> None:
+        self.datastore.close()

@@ -1,0 +1,143 @@
+"""The query API over the views (DESIGN section 5): balances, pairs, influence, maintenance.
+
+Every route needs a `read` key of the tenant, accepts `?min_position=N` (wait until the view reflects N,
+at most 5 s, else 503), and answers with the view's `position`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from contracts.answers import ProblemError
+from contracts.queries import MIN_POSITION_WAIT_S, BalancesQuery, MaintenanceQuery, PageQuery, Query
+from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
+from services import problems
+from services.http.auth import require_key
+from services.http.keys import COMPONENTS, QUERY
+from services.http.responses import json_answer
+
+Q = TypeVar("Q", bound=BaseModel)
+PARTICIPANT = re.compile(PARTICIPANT_PATTERN)
+
+
+def parse_query(request: web.Request, model: type[Q]) -> Q:
+    """The query string through its contract; a 422 names `query.<parameter>` and the rule."""
+    try:
+        return model.model_validate(dict(request.query.items()))
+    except ValidationError as invalid:
+        raise problems.ProblemException(problems.invalid(problems.validation_errors(invalid, "query"))) from None
+
+
+def path_participant(request: web.Request, name: str = "participant") -> str:
+    value = request.match_info[name]
+    if not PARTICIPANT.match(value):
+        error = ProblemError(
+            path=f"path.{name}", rule="string_pattern_mismatch", message=f"must match {PARTICIPANT_PATTERN}"
+        )
+        raise problems.ProblemException(problems.invalid([error]))
+    return value
+
+
+async def _prepare(request: web.Request, model: type[Q], view: str = "reciprocity") -> tuple[str, Q]:
+    """Key, query contract and min_position, common to every view route."""
+    tenant = request.match_info["tenant"]
+    request[QUERY] = True
+    require_key(request, tenant, "read")
+    query = parse_query(request, model)
+    if isinstance(query, Query) and query.min_position is not None:
+        projections = request.app[COMPONENTS].projections
+        position: Callable[[], int] | None = None
+        if view == "influence":
+            position = lambda: projections.influence.position(tenant)  # noqa: E731
+        if not await projections.wait_for(query.min_position, MIN_POSITION_WAIT_S, position):
+            raise problems.ProblemException(
+                problems.problem(
+                    503,
+                    "view-behind",
+                    "The view does not reflect that position yet",
+                    f"the {view} view did not reach position {query.min_position} within {MIN_POSITION_WAIT_S} s",
+                    retryable=True,
+                ),
+                {"Retry-After": "1"},
+            )
+    return tenant, query
+
+
+async def _read(request: web.Request, function: Callable[..., Any], *args: Any) -> Any:
+    """A view read: on SQLite a local point read takes microseconds, less than a thread hop would cost;
+    on PostgreSQL the round trip runs on a worker thread."""
+    if request.app[COMPONENTS].settings.database_url:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
+def _not_found(what: str) -> problems.ProblemException:
+    return problems.ProblemException(problems.problem(404, "not-found", "Not found", what))
+
+
+async def balance(request: web.Request) -> web.StreamResponse:
+    tenant, _ = await _prepare(request, Query)
+    participant = path_participant(request)
+    answer = await _read(request, request.app[COMPONENTS].projections.queries.balance, tenant, participant)
+    if answer is None:
+        raise _not_found(f"no participant {participant!r} in this tenant")
+    return json_answer(answer)
+
+
+async def pair(request: web.Request) -> web.StreamResponse:
+    tenant, _ = await _prepare(request, Query)
+    a, b = path_participant(request, "a"), path_participant(request, "b")
+    answer = await _read(request, request.app[COMPONENTS].projections.queries.pair, tenant, a, b)
+    if answer is None:
+        raise _not_found(f"no pair of known participants {a!r} and {b!r} in this tenant")
+    return json_answer(answer)
+
+
+async def balances(request: web.Request) -> web.StreamResponse:
+    tenant, query = await _prepare(request, BalancesQuery)
+    scope = f"{query.context[0]}={context_key(query.context[1])}" if query.context else ""
+    queries = request.app[COMPONENTS].projections.queries
+    try:
+        page = await _read(request, queries.balances, tenant, query.order, scope, query.limit, query.cursor)
+    except ValueError as bad_cursor:
+        raise problems.ProblemException(
+            problems.invalid([ProblemError(path="query.cursor", rule="cursor", message=str(bad_cursor))])
+        ) from None
+    return json_answer(page)
+
+
+async def influence(request: web.Request) -> web.StreamResponse:
+    tenant, query = await _prepare(request, PageQuery, "influence")
+    view = request.app[COMPONENTS].projections.influence
+    try:
+        page = await _read(request, view.page, tenant, query.limit, query.cursor)
+    except ValueError as bad_cursor:
+        raise problems.ProblemException(
+            problems.invalid([ProblemError(path="query.cursor", rule="cursor", message=str(bad_cursor))])
+        ) from None
+    return json_answer(page)
+
+
+async def participant_influence(request: web.Request) -> web.StreamResponse:
+    tenant, _ = await _prepare(request, Query, "influence")
+    participant = path_participant(request)
+    answer = await _read(request, request.app[COMPONENTS].projections.influence.participant, tenant, participant)
+    if answer is None:
+        raise _not_found(f"no influence score for {participant!r} in this tenant (yet)")
+    return json_answer(answer)
+
+
+async def maintenance(request: web.Request) -> web.StreamResponse:
+    tenant, query = await _prepare(request, MaintenanceQuery)
+    as_of = utc_text(query.as_of) if query.as_of else None
+    queries = request.app[COMPONENTS].projections.queries
+    answer = await _read(request, queries.maintenance, tenant, query.participant, as_of)
+    if answer is None:
+        raise _not_found(f"no participant {query.participant!r} in this tenant")
+    return json_answer(answer)
