@@ -1,4 +1,5 @@
-"""Writes the JSON Schemas of the contracts to `contracts/schemas/` (or checks that they are current).
+"""Writes the JSON Schemas of the contracts to `contracts/schemas/` and the OpenAPI document to
+`contracts/openapi.json` (or checks that they are current).
 
 python -m contracts.export          # rewrite the files
 python -m contracts.export --check  # exit 1 when a committed file differs from the models
@@ -16,8 +17,11 @@ from pydantic import TypeAdapter
 
 from contracts.answers import BatchAnswer, EventsPage, FactAccepted, LoggedFact, Problem
 from contracts.facts import Batch, Webhook
+from contracts.openapi import openapi_document
+from contracts.views import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
+OPENAPI_FILE = "openapi.json"
 
 INPUTS: dict[str, Any] = {"webhook": Webhook, "batch": Batch}
 OUTPUTS: dict[str, Any] = {
@@ -26,6 +30,12 @@ OUTPUTS: dict[str, Any] = {
     "problem": Problem,
     "logged-fact": LoggedFact,
     "events-page": EventsPage,
+    "balance": Balance,
+    "pair": Pair,
+    "balances-page": BalancesPage,
+    "influence-page": InfluencePage,
+    "participant-influence": ParticipantInfluence,
+    "maintenance": Maintenance,
 }
 
 
@@ -40,6 +50,10 @@ def schemas() -> dict[str, str]:
     return rendered
 
 
+def openapi_text() -> str:
+    return json.dumps(openapi_document(), indent=2) + "\n"
+
+
 def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
     wanted = schemas()
     present = {p.name for p in directory.glob("*.schema.json")} if directory.exists() else set()
@@ -48,6 +62,9 @@ def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
         for name, text in wanted.items()
         if not (directory / name).exists() or (directory / name).read_text() != text
     ]
+    openapi = directory.parent / OPENAPI_FILE
+    if directory == SCHEMA_DIR and (not openapi.exists() or openapi.read_text() != openapi_text()):
+        differing.append(f"../{OPENAPI_FILE}")
     return sorted(differing + sorted(present - set(wanted)))
 
 
@@ -57,6 +74,8 @@ def write(directory: Path = SCHEMA_DIR) -> list[str]:
         (directory / stray).unlink()
     for name, text in schemas().items():
         (directory / name).write_text(text)
+    if directory == SCHEMA_DIR:
+        (directory.parent / OPENAPI_FILE).write_text(openapi_text())
     return sorted(schemas())
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from contracts import export
 from contracts.types import SLUG_PATTERN
+from projections.rebuild import VIEWS, RebuildRefused, rebuild
 from services.bootstrap import open_registry
 from services.registry import SCOPES, Registry, RegistryError
 from services.serve import serve
@@ -121,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.set_defaults(run=_send)
 
+    rebuild_view = commands.add_parser(
+        "rebuild", parents=[common], help="empty the views and build them again from position 0"
+    )
+    rebuild_view.add_argument("view", nargs="?", choices=VIEWS, help="one view (default: all; influence follows)")
+    rebuild_view.add_argument("--wait-s", type=float, default=10.0, help="how long to wait for the projector lock")
+    rebuild_view.set_defaults(run=_rebuild)
+
     contracts = commands.add_parser("contracts", help="the wire contract").add_subparsers(metavar="ACTION")
     export = contracts.add_parser("export", parents=[common], help="write the JSON Schemas under contracts/")
     export.add_argument("--check", action="store_true", help="only fail when the files are stale")
@@ -219,6 +227,13 @@ def _fields(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = value.split(",") if leaf == "introduced" else value
     return data
+
+
+def _rebuild(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        return rebuild(settings.database_url, settings.data_dir, args.view, args.wait_s)
+    except RebuildRefused as refused:
+        raise CommandError(str(refused)) from None
 
 
 def _contracts_export(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

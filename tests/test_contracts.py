@@ -58,3 +58,22 @@ def test_values_arrive_as_numbers_or_strings_and_leave_as_canonical_strings():
             }
         )
         assert webhook_adapter.validate_json(body).data.model_dump(mode="json")["value"] == "2.5"
+
+
+def test_the_openapi_document_is_valid_and_describes_every_route():
+    from openapi_spec_validator import validate
+
+    from contracts.openapi import openapi_document
+
+    document = openapi_document()
+    validate(document)
+    assert "/v1/tenants/{tenant}/webhooks/{source}/batch" in document["paths"]
+    assert "/v1/tenants/{tenant}/maintenance" in document["paths"]
+    assert json.loads((export.SCHEMA_DIR.parent / "openapi.json").read_text()) == document
+
+
+async def test_the_service_serves_its_openapi_document(client):
+    from contracts.openapi import openapi_document
+
+    response = await client.get("/openapi.json")
+    assert response.status == 200 and await response.json() == openapi_document()

@@ -47,4 +47,5 @@ def create_app(settings: Settings, components: Components | None = None) -> web.
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/openapi.json", ops.openapi)
     return app

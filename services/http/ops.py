@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 
 from aiohttp import web
 
+from contracts.openapi import openapi_document
 from services.http.keys import COMPONENTS
 
 READY_TIMEOUT_S = 2.0
@@ -34,6 +37,15 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         body["views"] = f"unavailable: {type(failure).__name__}"
     ready = components.committer.running
     return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
+
+
+@functools.cache
+def _openapi_body() -> bytes:
+    return json.dumps(openapi_document()).encode()
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=_openapi_body(), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

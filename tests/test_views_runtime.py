@@ -1,0 +1,179 @@
+"""Projection runtime: deterministic influence, resistance to a gaming ring, crash safety, rebuild."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts.facts import webhook_adapter
+from projections import influence_view, reciprocity
+from projections.follower import Follower
+from projections.influence_view import InfluenceView
+from projections.queries import ReciprocityQueries
+from projections.runtime import open_view_store
+from services.domain import ReceivedFact
+from services.ingest import FactWriter
+from services.store import open_ledger
+from tests.helpers import acknowledgement, envelope, give, introduction, reversal
+from tests.processes import cli, cli_json, environment
+
+START = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def received(fact, tenant="acme", source="crm"):
+    webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
+    return ReceivedFact.from_webhook(tenant, source, webhook, datetime.now(UTC))
+
+
+def at(minutes: int) -> str:
+    return (START + timedelta(minutes=minutes)).isoformat()
+
+
+@pytest.fixture
+def stores(settings):
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    views = open_view_store(settings.database_url, settings.data_dir)
+    yield ledger, views
+    views.close()
+    ledger.close()
+
+
+def project(ledger, views, page_facts_max=500):
+    Follower(
+        ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(reciprocity.VIEW),
+        page_facts_max=page_facts_max,
+    ).catch_up()  # fmt: skip
+    influence = InfluenceView(views, ReciprocityQueries(views))
+    for tenant in influence.stale_tenants():
+        influence.recompute(tenant)
+    return influence
+
+
+def community(n_facts: int = 400) -> list:
+    """Background activity: 40 people giving, introducing, thanking and sometimes reversing."""
+    people = [f"p{i:02d}" for i in range(40)]
+    facts = []
+    for n in range(n_facts):
+        giver, receiver = people[(n * 7) % 40], people[(n * 11 + 3) % 40]
+        if giver == receiver:
+            continue
+        facts.append(give(f"g{n}", giver, receiver, value=str(1 + n % 5), occurred_at=at(n)))
+        if n % 3 == 0:
+            facts.append(acknowledgement(f"a{n}", receiver, f"g{n}", occurred_at=at(n + 1)))
+        if n % 17 == 0:
+            facts.append(introduction(f"i{n}", giver, receiver, people[(n + 5) % 40], occurred_at=at(n)))
+        if n % 29 == 0:
+            facts.append(reversal(f"r{n}", f"g{n}"))
+    return facts
+
+
+def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
+    """The same log gives byte-identical influence answers, however it was paged and projected."""
+    ledger, views = stores
+    writer = FactWriter(ledger)
+    facts = [received(f) for f in community()]
+    for start in range(0, len(facts), 37):
+        writer.commit(facts[start : start + 37])
+        project(ledger, views, page_facts_max=13)
+    followed = project(ledger, views).page("acme", 1000, None).model_dump_json()
+    views.reset(reciprocity.VIEW, (*reciprocity.TABLES, *influence_view.TABLES))
+    rebuilt = project(ledger, views, page_facts_max=1000).page("acme", 1000, None).model_dump_json()
+    assert rebuilt == followed
+    assert json.loads(rebuilt)["items"][0]["rank"] == 1
+
+
+def test_a_ring_trading_small_acknowledged_gives_scores_below_an_honest_helper(stores):
+    """Five accounts give each other 200 gives of value 1 each, all acknowledged; an honest participant
+    gives 20 gives of value 5 to 20 independent people, each acknowledged. Background: the 40-person
+    community of `community()` (gives, introductions, acknowledgements, reversals) in the same tenant."""
+    ledger, views = stores
+    facts = community()
+    ring = [f"ring{i}" for i in range(5)]
+    for n in range(200 * 5):
+        giver, receiver = ring[n % 5], ring[(n + 1 + n // 5 % 4) % 5]
+        facts.append(give(f"ring-g{n}", giver, receiver, value="1", occurred_at=at(n % 400)))
+        facts.append(acknowledgement(f"ring-a{n}", receiver, f"ring-g{n}", occurred_at=at(n % 400 + 1)))
+    for n in range(20):
+        facts.append(give(f"honest-g{n}", "honest", f"helped{n}", value="5", occurred_at=at(20 * n)))
+        facts.append(acknowledgement(f"honest-a{n}", f"helped{n}", f"honest-g{n}", occurred_at=at(20 * n + 1)))
+    writer = FactWriter(ledger)
+    for start in range(0, len(facts), 500):
+        outcomes = writer.commit([received(f) for f in facts[start : start + 500]])
+        assert all(o.status != "rejected" or o.problem.status == 422 for o in outcomes)
+    influence = project(ledger, views)
+    scores = {item.participant: item.score for item in influence.page("acme", 1000, None).items}
+    assert all(scores[member] < scores["honest"] for member in ring), (scores["honest"], [scores[m] for m in ring])
+
+
+CRASHING_PROJECTOR = """
+import sys
+from pathlib import Path
+from projections import reciprocity
+from projections.follower import Follower
+from projections.runtime import open_view_store
+from services.store import open_ledger
+url = sys.argv[2] or None
+ledger, views = open_ledger(url, Path(sys.argv[1])), open_view_store(url, Path(sys.argv[1]))
+print("started", flush=True)
+Follower(ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(reciprocity.VIEW),
+         page_facts_max=7).catch_up()
+"""
+
+
+def snapshot(views):
+    tables = ("view_participants", "view_pairs", "view_gives", "view_introductions", "view_acknowledgements")
+    return {table: sorted(map(tuple, views.read(f"SELECT * FROM {table}"))) for table in tables}
+
+
+def test_a_projector_killed_mid_page_resumes_to_the_same_view_as_a_rebuild(stores, settings):
+    """SIGKILL while pages are being written; the survivor's rows equal a rebuild from position 0."""
+    ledger, views = stores
+    FactWriter(ledger).commit([received(f) for f in community(1500)])
+    head = ledger.head_position()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_PROJECTOR, str(settings.data_dir), settings.database_url or ""],
+        env=environment(settings),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 30
+    while views.position(reciprocity.VIEW) == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)  # kill as soon as the first pages are in, with hundreds still to go
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    killed_at = views.position(reciprocity.VIEW)
+    assert 0 < killed_at < head, "the kill should land mid-way through the log"
+    project(ledger, views)
+    resumed = snapshot(views)
+    views.reset(reciprocity.VIEW, (*reciprocity.TABLES, *influence_view.TABLES))
+    project(ledger, views, page_facts_max=5000)
+    assert snapshot(views) == resumed
+
+
+def test_the_rebuild_command_rebuilds_every_view(settings, stores):
+    ledger, views = stores
+    FactWriter(ledger).commit([received(f) for f in community(100)])
+    project(ledger, views)
+    before = snapshot(views)
+    rebuilt = cli_json(settings, "rebuild")
+    assert rebuilt["facts"] == len(ledger.read_log(0, 100_000)) and rebuilt["tenants"] == 1
+    assert snapshot(views) == before
+
+
+def test_the_rebuild_command_refuses_while_another_process_projects(settings):
+    from projections.runtime import ProjectorLock
+
+    holder = ProjectorLock(settings.database_url, settings.data_dir)
+    assert holder.try_acquire()
+    try:
+        refused = cli(settings, "rebuild", "--wait-s", "0.3")
+        assert refused.returncode == 1 and "another process projects" in refused.stderr
+    finally:
+        holder.release()
