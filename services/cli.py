@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from contracts import export
 from contracts.types import SLUG_PATTERN
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
 from services.bootstrap import open_registry
+from services.demo import run_demo
 from services.registry import SCOPES, Registry, RegistryError
 from services.serve import serve
 from services.settings import Settings, SettingsError
@@ -121,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="variable holding the source's whsec_ secret (else read from the local store)",
     )
     send.set_defaults(run=_send)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="a small community through the real HTTP path: balances, influence, upkeep"
+    )
+    demo.set_defaults(run=_demo)
 
     rebuild_view = commands.add_parser(
         "rebuild", parents=[common], help="empty the views and build them again from position 0"
@@ -227,6 +234,16 @@ def _fields(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = value.split(",") if leaf == "introduced" else value
     return data
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> None:
+    """In a throwaway SQLite directory unless --data-dir or --database-url says where (then it is kept)."""
+    as_json = getattr(args, "json", False)
+    if getattr(args, "data_dir", None) or getattr(args, "database_url", None):
+        run_demo(settings, as_json=as_json)
+        return
+    with tempfile.TemporaryDirectory(prefix="reciprocity-demo-") as scratch:
+        run_demo(settings.with_(data_dir=Path(scratch), database_url=None), as_json=as_json)
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

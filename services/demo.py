@@ -456,7 +456,7 @@ def upkeep_table(maintenance: dict[str, dict[str, Any]]) -> str:
             )
         if not answer["dormant_ties"] and not answer["pending_thanks"]:
             rows.append([person, "nothing pending", "", "", "", ""])
-    headers = ["participant", "upkeep", "with", "last give", "days ago", "value"]
+    headers = ["participant", "upkeep", "with", "since", "days ago", "value"]
     note = (
         "dormant tie: one of the strongest ties, no give either way for over 90 days; "
         "pending thanks: a give received over 14 days ago, not yet acknowledged"
@@ -471,7 +471,7 @@ def _when(moment: str, as_of: datetime) -> tuple[str, str]:
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
     """Plain text with aligned columns; numbers (columns in `right`) align on the right."""
-    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    widths = [max([len(headers[i]), *(len(row[i]) for row in rows)]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
         padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
