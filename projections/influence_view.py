@@ -27,8 +27,10 @@ CONTRIBUTION_FACTS_MAX = 10
 DDL = (
     "CREATE TABLE IF NOT EXISTS view_influence (tenant TEXT NOT NULL, participant TEXT NOT NULL,"
     " score REAL NOT NULL, rank INTEGER NOT NULL, burt_constraint REAL, effective_size REAL,"
-    " introductions_paid_off INTEGER NOT NULL, contributions TEXT NOT NULL, PRIMARY KEY (tenant, participant))",
+    " introductions_paid_off INTEGER NOT NULL, contributions TEXT NOT NULL, changed_position INTEGER NOT NULL,"
+    " PRIMARY KEY (tenant, participant))",
     "CREATE INDEX IF NOT EXISTS view_influence_rank ON view_influence (tenant, rank)",
+    "CREATE INDEX IF NOT EXISTS view_influence_changed ON view_influence (changed_position)",
     "CREATE TABLE IF NOT EXISTS view_influence_tenants (tenant TEXT PRIMARY KEY, position INTEGER NOT NULL)",
 )
 TABLES = ("view_influence", "view_influence_tenants")
@@ -77,11 +79,22 @@ class InfluenceView:
             for s in scores
         ]
         with self.store.transaction() as cursor:
-            cursor.execute("DELETE FROM view_influence WHERE tenant = ?", (tenant,))
+            # Only rows whose answer changed are written (and so marked for the KV writer).
+            stored = {
+                row[1]: tuple(row)
+                for row in cursor.execute(
+                    f"SELECT tenant, {ITEM_COLUMNS} FROM view_influence WHERE tenant = ?", (tenant,)
+                )
+            }
+            changed = [(*row, position) for row in rows if stored.get(row[1]) != row]
             cursor.executemany(
                 "INSERT INTO view_influence (tenant, participant, score, rank, burt_constraint, effective_size,"
-                " introductions_paid_off, contributions) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                " introductions_paid_off, contributions, changed_position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, participant) DO UPDATE SET score = excluded.score, rank = excluded.rank, "
+                "burt_constraint = excluded.burt_constraint, effective_size = excluded.effective_size, "
+                "introductions_paid_off = excluded.introductions_paid_off, contributions = excluded.contributions, "
+                "changed_position = excluded.changed_position",
+                changed,
             )
             cursor.execute(
                 "INSERT INTO view_influence_tenants (tenant, position) VALUES (?, ?) "

@@ -14,7 +14,7 @@ from projections import influence_view, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
-from projections.runtime import ProjectorLock, open_view_store
+from projections.runtime import WorkerLock, open_view_store
 from services.store import open_ledger
 
 VIEWS = ("reciprocity", "influence")
@@ -25,7 +25,7 @@ class RebuildRefused(Exception):
 
 
 def rebuild(database_url: str | None, data_dir: Path, view: str | None, wait_s: float) -> dict[str, Any]:
-    lock = ProjectorLock(database_url, data_dir)
+    lock = WorkerLock(database_url, data_dir, "projector")
     if not lock.acquire(wait_s):
         raise RebuildRefused(
             f"another process projects (a running `reciprocity serve`?) and held the lock for {wait_s:g} s; "

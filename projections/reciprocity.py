@@ -53,7 +53,9 @@ DDL = (
     " intro_made INTEGER NOT NULL, intro_received INTEGER NOT NULL, ack_given INTEGER NOT NULL,"
     " ack_received INTEGER NOT NULL, unack_count INTEGER NOT NULL, unack_micro INTEGER NOT NULL,"
     " unack_oldest_at TEXT, counterparts INTEGER NOT NULL, returned_micro INTEGER NOT NULL,"
-    " PRIMARY KEY (tenant, scope, participant))",
+    " changed_position INTEGER NOT NULL, PRIMARY KEY (tenant, scope, participant))",
+    # changed_position: the page that last changed a row, so the KV writer can follow changes by position.
+    "CREATE INDEX IF NOT EXISTS view_participants_changed ON view_participants (changed_position)",
     "CREATE INDEX IF NOT EXISTS view_participants_balance ON view_participants"
     " (tenant, scope, balance_micro DESC, participant)",
     "CREATE INDEX IF NOT EXISTS view_participants_given ON view_participants"
@@ -63,7 +65,9 @@ DDL = (
     "CREATE TABLE IF NOT EXISTS view_pairs (tenant TEXT NOT NULL, scope TEXT NOT NULL, a TEXT NOT NULL,"
     " b TEXT NOT NULL, ab_count INTEGER NOT NULL, ab_micro INTEGER NOT NULL, ba_count INTEGER NOT NULL,"
     " ba_micro INTEGER NOT NULL, strength_micro INTEGER NOT NULL, first_at TEXT, last_at TEXT,"
-    " decayed_ab REAL NOT NULL, decayed_ba REAL NOT NULL, PRIMARY KEY (tenant, scope, a, b))",
+    " decayed_ab REAL NOT NULL, decayed_ba REAL NOT NULL, changed_position INTEGER NOT NULL,"
+    " PRIMARY KEY (tenant, scope, a, b))",
+    "CREATE INDEX IF NOT EXISTS view_pairs_changed ON view_pairs (changed_position)",
     "CREATE INDEX IF NOT EXISTS view_pairs_strength ON view_pairs (tenant, scope, strength_micro DESC)",
     "CREATE INDEX IF NOT EXISTS view_pairs_b ON view_pairs (tenant, scope, b)",
     "CREATE TABLE IF NOT EXISTS view_tenants (tenant TEXT PRIMARY KEY, changed_position INTEGER NOT NULL)",
@@ -478,7 +482,7 @@ class Page:
 
     # writing back, in the page's transaction
 
-    def save(self) -> None:
+    def save(self, position: int) -> None:
         for table, row_type in FACT_ROWS.items():
             columns = _columns(table)
             rows = [self.facts[k] for k in sorted(self.new_facts) if isinstance(self.facts[k], row_type)]
@@ -501,9 +505,13 @@ class Page:
             )
         self._recompute_extremes()
         self._upsert(
-            "view_participants", ("tenant", "scope", "participant"), self.participants, self.dirty_participants
+            "view_participants",
+            ("tenant", "scope", "participant"),
+            self.participants,
+            self.dirty_participants,
+            position,
         )
-        self._upsert("view_pairs", ("tenant", "scope", "a", "b"), self.pairs, self.dirty_pairs)
+        self._upsert("view_pairs", ("tenant", "scope", "a", "b"), self.pairs, self.dirty_pairs, position)
         self.cursor.executemany(
             "INSERT INTO view_tenants (tenant, changed_position) VALUES (?, ?) "
             "ON CONFLICT (tenant) DO UPDATE SET changed_position = excluded.changed_position",
@@ -530,9 +538,11 @@ class Page:
             pair = self.pairs[(tenant, scope, a, b)]
             pair.first_at, pair.last_at = tuple(found[0]) if found else (None, None)
 
-    def _upsert(self, table: str, key_columns: tuple[str, ...], rows: dict[Any, Any], dirty: set[Any]) -> None:
+    def _upsert(
+        self, table: str, key_columns: tuple[str, ...], rows: dict[Any, Any], dirty: set[Any], position: int
+    ) -> None:
         value_columns = PARTICIPANT_COLUMNS if table == "view_participants" else PAIR_COLUMNS
-        derived = ["balance_micro"] if table == "view_participants" else ["strength_micro"]
+        derived = ["balance_micro" if table == "view_participants" else "strength_micro", "changed_position"]
         columns = [*key_columns, *value_columns, *derived]
         updates = ", ".join(f"{c} = excluded.{c}" for c in [*value_columns, *derived])
         statement = (
@@ -545,7 +555,7 @@ class Page:
             extra = (
                 row.given_micro - row.received_micro if table == "view_participants" else row.ab_micro + row.ba_micro
             )
-            values.append((*key, *_values(row), extra))
+            values.append((*key, *_values(row), extra, position))
         self.cursor.executemany(statement, values)
 
 
@@ -580,6 +590,6 @@ class ReciprocityProjection:
             state.load(page)
             for stored in page:
                 state.apply(stored)
-            state.save()
+            state.save(page[-1].position)
             self.store.record_position(cursor, VIEW, page[-1].position)
         return set(state.tenants)

@@ -32,19 +32,21 @@ log = structlog.get_logger(__name__)
 VIEWS = (reciprocity.VIEW, influence_view.VIEW)
 INFLUENCE_INTERVAL_S = 1.0
 STANDBY_RETRY_S = 2.0
-PROJECTOR_LOCK_BASE = 0x7265_6369_7000  # plus a checksum of the schema: one projector per store
+LOCK_KEY_BASE = 0x7265_6369_7000  # plus a checksum of schema and job: one holder per store and job
 
 
 def open_view_store(database_url: str | None, data_dir: Path) -> ViewStore:
     return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL))
 
 
-class ProjectorLock:
-    """Held by the one process that projects; `reciprocity rebuild` takes it too."""
+class WorkerLock:
+    """Held by the one process that does a singular job (projecting, relaying) for one store; others stand
+    by. `reciprocity rebuild` takes the projector's."""
 
-    def __init__(self, database_url: str | None, data_dir: Path) -> None:
+    def __init__(self, database_url: str | None, data_dir: Path, name: str = "projector") -> None:
         self._database_url = database_url
-        self._path = data_dir / "projector.lock"
+        self._name = name
+        self._path = data_dir / f"{name}.lock"
         self._held: Any = None
 
     def try_acquire(self) -> bool:
@@ -52,7 +54,8 @@ class ProjectorLock:
             return True
         if self._database_url:
             conn = postgres_connect(self._database_url)
-            key = PROJECTOR_LOCK_BASE + zlib.crc32(postgres_params(self._database_url)["schema"].encode())
+            schema = postgres_params(self._database_url)["schema"]
+            key = LOCK_KEY_BASE + zlib.crc32(f"{schema}/{self._name}".encode())
             if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
                 self._held = conn
                 return True
@@ -91,11 +94,12 @@ class Projections:
         self.store = open_view_store(database_url, data_dir)
         self.queries = ReciprocityQueries(self.store)
         self.influence = InfluenceView(self.store, self.queries)
-        self.lock = ProjectorLock(database_url, data_dir)
+        self.lock = WorkerLock(database_url, data_dir, "projector")
         self.project = project
         self.projecting = False
         self._wakeup = asyncio.Event()
         self._advanced = asyncio.Event()
+        self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
         self._tasks: list[asyncio.Task[None]] = []
         self._notifications: PostgresNotifications | None = None
         # One thread does all projection work: pages and influence never contend for the views' writer,
@@ -135,6 +139,8 @@ class Projections:
     def _page_applied(self) -> None:
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
+        for listener in self.page_listeners:
+            listener()
 
     async def _project_when_leader(self) -> None:
         while not await asyncio.to_thread(self.lock.try_acquire):
@@ -159,6 +165,8 @@ class Projections:
             try:
                 for tenant in await self._loop.run_in_executor(self._executor, self.influence.stale_tenants):
                     await self._loop.run_in_executor(self._executor, self.influence.recompute, tenant)
+                    for listener in self.page_listeners:
+                        listener()
             except Exception as failure:  # keep the last results; try again next interval
                 log.error("influence_recompute_failed", error=str(failure))
             await asyncio.sleep(max(0.0, INFLUENCE_INTERVAL_S - (time.monotonic() - started)))
@@ -181,7 +189,7 @@ class Projections:
         head = self.ledger.head_position()
         positions = {
             reciprocity.VIEW: self.reciprocity_position(),
-            influence_view.VIEW: self._influence_position(),
+            influence_view.VIEW: self.influence_position(),
         }
         lag = {}
         for view, position in positions.items():
@@ -195,7 +203,7 @@ class Projections:
             lag[view] = {"events": behind, "seconds": round(seconds, 3), "position": position}
         return lag
 
-    def _influence_position(self) -> int:
+    def influence_position(self) -> int:
         """The influence view reflects the log up to the oldest position among tenants still to recompute."""
         stale = self.store.read(
             "SELECT MIN(t.changed_position) FROM view_tenants t LEFT JOIN view_influence_tenants i "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import structlog
 
 from projections.runtime import Projections
+from services.bus_workers import BusWorkers
 from services.ingest import FactWriter, GroupCommitter, ThreadWriter
 from services.metrics import Metrics
 from services.ratelimit import RateLimiter
@@ -55,49 +56,82 @@ class RegistryCache:
             log.info("registry_reloaded", version=self.snapshot.version)
 
 
+ROLES = ("all", "ingest", "query", "projector", "relay")
+
+
 @dataclass
 class Components:
+    """The parts a role runs; a part a role does not run is None."""
+
     settings: Settings
     ledger: Ledger
     registry: RegistryCache
-    committer: GroupCommitter
     projections: Projections
     metrics: Metrics
     rate_limiter: RateLimiter
+    committer: GroupCommitter | None
+    bus: BusWorkers | None
     _tasks: list[asyncio.Task[None]]
+
+    def runs(self, part: str) -> bool:
+        return self.settings.role in ("all", part)
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.committer.close()
+        if self.committer is not None:
+            await self.committer.close()  # commits what is queued before anything below closes
+        if self.bus is not None:
+            await self.bus.close()
         await self.projections.close()
         self.registry.registry.db.close()
         self.ledger.close()
 
 
 async def open_components(settings: Settings, metrics: Metrics | None = None) -> Components:
+    """The parts of `settings.role`: ingest commits facts, query answers, projector builds the views and
+    writes KV, relay publishes the stream; "all" (the default of `serve`) runs every one."""
+    role = settings.role
     ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir)
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
-    projections = await asyncio.to_thread(Projections, ledger, settings.database_url, settings.data_dir)
-    await projections.start()
-    committer = GroupCommitter(
-        ThreadWriter(FactWriter(ledger)),
-        batch_facts_max=settings.commit_batch_facts_max,
-        wait_s=settings.commit_wait_ms / 1000,
-        queue_facts_max=settings.commit_queue_facts_max,
-        group=settings.group_commit,
-        observe_batch=metrics.observe_commit,
-        on_commit=projections.wake,
+    projecting = role in ("all", "projector")
+    projections = await asyncio.to_thread(
+        Projections, ledger, settings.database_url, settings.data_dir, project=projecting
     )
-    await committer.start()
+    await projections.start()
+    bus = None
+    if settings.nats_url:
+        bus = BusWorkers(
+            settings, ledger, projections, metrics, relay=role in ("all", "relay"), query=role in ("all", "query")
+        )
+        await bus.start()
+    committer = None
+    if role in ("all", "ingest"):
+        committer = GroupCommitter(
+            ThreadWriter(FactWriter(ledger)),
+            batch_facts_max=settings.commit_batch_facts_max,
+            wait_s=settings.commit_wait_ms / 1000,
+            queue_facts_max=settings.commit_queue_facts_max,
+            group=settings.group_commit,
+            observe_batch=metrics.observe_commit,
+            on_commit=lambda: _wake(projections, bus),
+        )
+        await committer.start()
     tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]
     log.info(
         "store_opened",
+        role=role,
         store="postgresql" if settings.database_url else "sqlite",
         synchronous=None if settings.database_url else ledger.recorder.writer_synchronous(),
         head_position=ledger.head_position(),
     )
-    return Components(settings, ledger, registry, committer, projections, metrics, RateLimiter(), tasks)
+    return Components(settings, ledger, registry, projections, metrics, RateLimiter(), committer, bus, tasks)
+
+
+def _wake(projections: Projections, bus: BusWorkers | None) -> None:
+    projections.wake()
+    if bus is not None:
+        bus.wake()

@@ -23,7 +23,7 @@ from typing import Any
 from contracts import export
 from contracts.types import SLUG_PATTERN
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
-from services.bootstrap import open_registry
+from services.bootstrap import ROLES, open_registry
 from services.demo import run_demo
 from services.registry import SCOPES, Registry, RegistryError
 from services.serve import serve
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-host", help="RECIPROCITY_HTTP_HOST (127.0.0.1)")
     serve.add_argument("--http-port", type=int, help="RECIPROCITY_HTTP_PORT (8080)")
     serve.add_argument("--log-format", choices=["json", "console"], help="RECIPROCITY_LOG_FORMAT (by TTY)")
+    serve.add_argument("--role", choices=ROLES, help="RECIPROCITY_ROLE: one part only, for Kubernetes (all)")
+    serve.add_argument("--nats-url", help="RECIPROCITY_NATS_URL (an embedded nats-server when unset)")
+    serve.add_argument("--nats-port", type=int, help="RECIPROCITY_NATS_PORT: the embedded server's port (4222)")
     serve.set_defaults(run=_serve)
 
     tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
@@ -150,7 +153,7 @@ def _slug(text: str) -> str:
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("data_dir", "database_url", "http_host", "http_port", "log_format")
+    names = ("data_dir", "database_url", "http_host", "http_port", "log_format", "role", "nats_url", "nats_port")
     overrides = {name: getattr(args, name, None) for name in names}
     if overrides["data_dir"] is not None:
         overrides["data_dir"] = Path(overrides["data_dir"])

@@ -63,6 +63,12 @@ class Metrics:
             ["view"],
             registry=self.registry,
         )
+        self.relay_position = Gauge(
+            "reciprocity_relay_position", "Position of the last fact the relay published.", registry=self.registry
+        )
+        self.nats_connected = Gauge(
+            "reciprocity_nats_connected", "1 while this process is connected to NATS.", registry=self.registry
+        )
         self.log_head = Gauge(
             "reciprocity_log_head_position",
             "Position of the newest fact in the store.",

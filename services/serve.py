@@ -1,4 +1,4 @@
-"""`reciprocity serve`: the whole service in one process on its embedded defaults."""
+"""`reciprocity serve`: the whole service in one process on its embedded defaults (or one role of it)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.http.app import create_app
 from services.logs import configure_logging
+from services.natsserver import EmbeddedNatsServer, NatsServerError
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -18,10 +19,20 @@ log = structlog.get_logger(__name__)
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
+    embedded = None
+    if not settings.nats_url:
+        embedded = EmbeddedNatsServer(settings.data_dir, settings.nats_port)
+        try:
+            settings = settings.with_(nats_url=embedded.start())
+        except NatsServerError as failure:
+            log.error("nats_not_started", error=str(failure))
+            sys.exit(f"reciprocity: {failure}")
     log.info(
         "starting",
+        role=settings.role,
         http=f"http://{settings.http_host}:{settings.http_port}",
         store="postgresql" if settings.database_url else f"sqlite under {settings.data_dir}",
+        nats=settings.nats_url,
     )
     try:
         web.run_app(
@@ -38,3 +49,6 @@ def serve(settings: Settings) -> None:
             log.error("port_in_use", port=settings.http_port, hint="set RECIPROCITY_HTTP_PORT")
             sys.exit(f"reciprocity: port {settings.http_port} on {settings.http_host} is taken")
         raise
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -20,6 +20,8 @@ class Settings:
     database_url: str | None = None
     nats_url: str | None = None
     nats_port: int = 4222
+    role: str = "all"  # all, ingest, query, projector or relay (roles other than all need PostgreSQL and NATS)
+    nats_duplicate_window_s: float = 120.0  # JetStream's deduplication window for the event stream
     log_format: str | None = None  # "json" or "console"; by TTY when unset
     log_level: str = "info"
     # Group commit: how many facts one transaction may hold, and how long it may wait for more.
@@ -55,6 +57,13 @@ class Settings:
         for name in ("http_port", "nats_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"RECIPROCITY_{name.upper()} must be a TCP port (0-65535)")
+        if self.role not in ("all", "ingest", "query", "projector", "relay"):
+            raise SettingsError("RECIPROCITY_ROLE must be all, ingest, query, projector or relay")
+        if self.role != "all" and not (self.database_url and self.nats_url):
+            raise SettingsError(
+                f"--role {self.role} shares its store and bus with other pods: set RECIPROCITY_DATABASE_URL "
+                "(postgresql://...) and RECIPROCITY_NATS_URL"
+            )
         if self.commit_batch_facts_max < 1000:
             raise SettingsError("RECIPROCITY_COMMIT_BATCH_FACTS_MAX must hold a full batch (>= 1000)")
 

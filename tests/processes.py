@@ -55,13 +55,18 @@ class Server:
         self.settings = settings
         self.extra_env = extra_env
         self.port = free_port()
+        self.nats_port = free_port()  # the embedded nats-server's, so runs never collide
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
         env = environment(
-            self.settings, RECIPROCITY_HTTP_PORT=str(self.port), RECIPROCITY_LOG_FORMAT="json", **self.extra_env
+            self.settings,
+            RECIPROCITY_HTTP_PORT=str(self.port),
+            RECIPROCITY_NATS_PORT=str(self.nats_port),
+            RECIPROCITY_LOG_FORMAT="json",
+            **self.extra_env,
         )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -168,9 +168,9 @@ def test_the_rebuild_command_rebuilds_every_view(settings, stores):
 
 
 def test_the_rebuild_command_refuses_while_another_process_projects(settings):
-    from projections.runtime import ProjectorLock
+    from projections.runtime import WorkerLock
 
-    holder = ProjectorLock(settings.database_url, settings.data_dir)
+    holder = WorkerLock(settings.database_url, settings.data_dir, "projector")
     assert holder.try_acquire()
     try:
         refused = cli(settings, "rebuild", "--wait-s", "0.3")

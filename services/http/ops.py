@@ -22,7 +22,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready when the store answers and ingest is running; lag and NATS are reported, never a reason to
     take ingest out of service."""
     components = request.app[COMPONENTS]
-    body: dict[str, object] = {"ingest": "running" if components.committer.running else "stopped"}
+    body: dict[str, object] = {"role": components.settings.role}
+    if components.committer is not None:
+        body["ingest"] = "running" if components.committer.running else "stopped"
+    if components.bus is not None:
+        body["nats"] = "connected" if components.bus.connected else "disconnected"
     try:
         head = await asyncio.wait_for(asyncio.to_thread(components.ledger.head_position), READY_TIMEOUT_S)
     except Exception as failure:  # unreachable, locked, timed out: all mean not ready
@@ -35,7 +39,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         body["views"] = {"projecting": components.projections.projecting, **lag}
     except Exception as failure:  # reported, never a reason to take ingest out of service
         body["views"] = f"unavailable: {type(failure).__name__}"
-    ready = components.committer.running
+    ready = components.committer is None or components.committer.running
     return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
 
 

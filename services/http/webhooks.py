@@ -146,6 +146,7 @@ def _parse_batch(body: bytes) -> list[Webhook | Outcome]:
 
 
 async def _commit(components: Components, items: list[ReceivedFact]) -> list[Outcome]:
+    assert components.committer is not None  # the routes exist only where ingest runs
     try:
         return await components.committer.submit(items)
     except (Overloaded, StoreFailed) as failure:

@@ -1,0 +1,144 @@
+"""Views in JetStream key-value buckets: changed rows follow the projection, page by page.
+
+Every view row records the position of the page that last changed it. The writer keeps, per bucket, the
+position up to which it has written (a row in the library's tracking table) and writes the rows changed
+since, pipelined, waiting for the acks before it advances. After a NATS outage it resumes from there, so
+the buckets converge to the views. Values are the HTTP answers' JSON; their `position` is the view's
+position when the key was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from nats.js import JetStreamContext
+
+from projections import reciprocity
+from projections.influence_view import ITEM_COLUMNS, InfluenceView
+from projections.queries import balance_answer, pair_answer
+from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
+from projections.viewstore import ViewStore
+from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
+
+ROWS_PER_BATCH = 2_000
+INFLUENCE_KEYS_MAX = 1_000  # the top of each tenant; lower ranks are removed from the bucket
+ACK_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.5
+
+
+class KvWriter:
+    def __init__(self, store: ViewStore, influence: InfluenceView, influence_position: Callable[[], int]) -> None:
+        self.store = store
+        self.influence = influence
+        # Influence rows change when a tenant is recomputed, after the page: they are written up to the
+        # position below which no recompute can still change a row.
+        self.upto = {
+            BUCKET_BALANCES: lambda: store.position(reciprocity.VIEW),
+            BUCKET_PAIRS: lambda: store.position(reciprocity.VIEW),
+            BUCKET_INFLUENCE: influence_position,
+        }
+
+    def tracked(self, bucket: str) -> int:
+        return self.store.position(f"kv/{bucket}")
+
+    async def run(self, js: JetStreamContext, wakeup: asyncio.Event) -> None:
+        """Writes changes until cancelled (a NATS failure ends it; the caller runs it again)."""
+        while True:
+            wakeup.clear()
+            wrote = 0
+            for bucket, rows in (
+                (BUCKET_BALANCES, self._balances),
+                (BUCKET_PAIRS, self._pairs),
+                (BUCKET_INFLUENCE, self._influence),
+            ):
+                wrote += await self._sync(js, bucket, rows)
+            if not wrote:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+
+    async def _sync(self, js: JetStreamContext, bucket: str, rows: Callable[..., Iterator[Any]]) -> int:
+        since = await asyncio.to_thread(self.tracked, bucket)
+        upto = await asyncio.to_thread(self.upto[bucket])
+        if upto <= since:
+            return 0
+        written = 0
+        batches = await asyncio.to_thread(lambda: list(rows(since, upto)))
+        for batch in batches:
+            acks = []
+            for key, value in batch:
+                subject = f"$KV.{bucket}.{key}"
+                if value is None:  # no longer in the bucket's scope: a delete marker
+                    acks.append(await js.publish_async(subject, b"", headers={"KV-Operation": "DEL"}))
+                else:
+                    acks.append(await js.publish_async(subject, value))
+            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), ACK_TIMEOUT_S)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise RuntimeError(f"{len(failures)} KV writes to {bucket} failed: {failures[0]!r}")
+            written += len(batch)
+        await asyncio.to_thread(self._record, bucket, upto)
+        return written
+
+    def _record(self, bucket: str, position: int) -> None:
+        with self.store.transaction() as cursor:
+            self.store.record_position(cursor, f"kv/{bucket}", position)
+
+    def _changed(self, table: str, columns: str, since: int, upto: int) -> list[tuple]:
+        scope = "scope = '' AND " if table != "view_influence" else ""
+        return self.store.read(
+            f"SELECT {columns} FROM {table} WHERE {scope}changed_position > ? AND changed_position <= ? "
+            "ORDER BY changed_position",
+            (since, upto),
+        )
+
+    def _balances(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
+        rows = self._changed("view_participants", f"tenant, participant, {', '.join(PARTICIPANT_COLUMNS)}", since, upto)
+        for chunk in _chunks(rows):
+            yield [
+                (f"{r[0]}.{r[1]}", balance_answer(r[1], ParticipantRow(*r[2:]), upto).model_dump_json().encode())
+                for r in chunk
+            ]
+
+    def _pairs(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
+        rows = self._changed("view_pairs", f"tenant, a, b, {', '.join(PAIR_COLUMNS)}", since, upto)
+        for chunk in _chunks(rows):
+            batch = []
+            for r in chunk:
+                introducers = [
+                    row[0]
+                    for row in self.store.read(
+                        "SELECT introducer FROM view_introductions WHERE tenant = ? AND a = ? AND b = ? AND live = 1 "
+                        "ORDER BY position",
+                        (r[0], r[1], r[2]),
+                    )
+                ]
+                answer = pair_answer(r[1], r[2], PairRow(*r[3:]), introducers, upto)
+                batch.append((f"{r[0]}.{r[1]}.{r[2]}", answer.model_dump_json().encode()))
+            yield batch
+
+    def _influence(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
+        rows = self._changed("view_influence", f"tenant, {ITEM_COLUMNS}", since, upto)
+        for chunk in _chunks(rows):
+            batch: list[tuple[str, bytes | None]] = []
+            for r in chunk:
+                tenant, participant, rank = r[0], r[1], r[3]
+                if rank > INFLUENCE_KEYS_MAX:
+                    batch.append((f"{tenant}.{participant}", None))
+                    continue
+                item = self.influence._item(tenant, r[1:])
+                value = {**item.model_dump(mode="json", by_alias=True), "position": upto}
+                batch.append((f"{tenant}.{participant}", _json(value)))
+            yield batch
+
+
+def _chunks(rows: list[tuple]) -> Iterator[list[tuple]]:
+    for start in range(0, len(rows), ROWS_PER_BATCH):
+        yield rows[start : start + ROWS_PER_BATCH]
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value)

@@ -1,0 +1,92 @@
+"""The outbox relay: every committed fact onto the JetStream stream, in position order, exactly once.
+
+The store is the source of truth and the stream follows it. The relay reads the log in pages and
+publishes them pipelined, each message carrying its event id (`Nats-Msg-Id`), its position and, chained,
+the previous message's id as `Nats-Expected-Last-Msg-Id`: if one publish in the pipeline fails, every
+later one is refused by the server instead of leaving a gap. It waits for the acks before it moves on.
+After any failure or restart it realigns from the stream's last message (its `Reciprocity-Position`),
+so nothing is missing and nothing is published twice, even long after the duplicate window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import orjson
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.bus import (
+    EXPECTED_LAST_MSG_ID_HEADER,
+    MSG_ID_HEADER,
+    POSITION_HEADER,
+    STREAM,
+    event_subject,
+)
+from services.store import Ledger
+
+log = structlog.get_logger(__name__)
+
+PAGE_FACTS_MAX = 2_000
+POLL_INTERVAL_S = 0.5
+ACK_TIMEOUT_S = 10.0
+
+
+class PublishRefused(Exception):
+    """The stream refused or did not acknowledge a message of the page; realign and go again."""
+
+
+async def stream_position(js: JetStreamContext) -> tuple[int, str | None]:
+    """The position and event id of the stream's last message ((0, None) for an empty stream)."""
+    info = await js.stream_info(STREAM)
+    if info.state.messages == 0 or not info.state.last_seq:
+        return 0, None
+    try:
+        message = await js.get_msg(STREAM, seq=info.state.last_seq)
+    except NotFoundError:
+        return 0, None
+    headers = message.headers or {}
+    return int(headers[POSITION_HEADER]), headers[MSG_ID_HEADER]
+
+
+class Relay:
+    def __init__(self, ledger: Ledger, on_position: Callable[[int], None] = lambda position: None) -> None:
+        self.ledger = ledger
+        self.on_position = on_position
+        self.position = 0
+
+    async def run(self, js: JetStreamContext, wakeup: asyncio.Event) -> None:
+        """Publishes until cancelled or refused (then the caller runs it again, which realigns)."""
+        self.position, last_id = await stream_position(js)
+        self.on_position(self.position)
+        log.info("relay_aligned", position=self.position)
+        while True:
+            wakeup.clear()
+            page = await asyncio.to_thread(self.ledger.read_log, self.position, PAGE_FACTS_MAX)
+            if not page:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+                continue
+            last_id = await self._publish(js, page, last_id)
+            self.position = page[-1].position
+            self.on_position(self.position)
+
+    async def _publish(self, js: JetStreamContext, page: list, last_id: str | None) -> str | None:
+        acks = []
+        for stored in page:
+            event_id = stored.fact["event_id"]
+            headers = {MSG_ID_HEADER: event_id, POSITION_HEADER: str(stored.position)}
+            if last_id is not None:
+                headers[EXPECTED_LAST_MSG_ID_HEADER] = last_id
+            subject = event_subject(stored.fact["tenant"], stored.fact["type"])
+            acks.append(await js.publish_async(subject, orjson.dumps(stored.as_logged()), headers=headers))
+            last_id = event_id
+        # A lost connection never resolves its acks: bound the wait, then realign.
+        results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), ACK_TIMEOUT_S)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise PublishRefused(f"{len(failures)} of {len(page)} publishes failed: {failures[0]!r}")
+        return last_id

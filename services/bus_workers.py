@@ -1,0 +1,105 @@
+"""What one service process does on NATS: relay the log to the stream, write the views to KV, answer the
+micro service's queries. All of it waits for NATS in the background; ingest never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from projections.kv import KvWriter
+from projections.relay import Relay
+from projections.runtime import Projections, WorkerLock
+from services.bus import connect, ensure_buckets, ensure_stream, until_cancelled, until_done
+from services.metrics import Metrics
+from services.micro import QueryService
+from services.settings import Settings
+from services.store import Ledger
+
+log = structlog.get_logger(__name__)
+
+STANDBY_RETRY_S = 2.0
+
+
+class BusWorkers:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        projections: Projections,
+        metrics: Metrics,
+        *,
+        relay: bool = True,
+        query: bool = True,
+    ) -> None:
+        assert settings.nats_url, "the bus needs a NATS URL (serve starts an embedded server when none is set)"
+        self.settings = settings
+        self.projections = projections
+        self.metrics = metrics
+        self.relay = Relay(ledger, on_position=metrics.relay_position.set) if relay else None
+        self.relay_lock = WorkerLock(settings.database_url, settings.data_dir, "relay")
+        self.query = query
+        self.connected = False
+        self.relay_wakeup = asyncio.Event()
+        self.kv_wakeup = asyncio.Event()
+        self.client: Client | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """After this process committed facts or applied a page: publish now, not at the next poll."""
+        self.relay_wakeup.set()
+        self.kv_wakeup.set()
+
+    def _state(self, up: bool) -> None:
+        self.connected = up
+        self.metrics.nats_connected.set(1 if up else 0)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name="nats"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.drain()
+        await asyncio.to_thread(self.relay_lock.release)
+
+    async def _run(self) -> None:
+        assert self.settings.nats_url
+        self.client = await connect(self.settings.nats_url, "reciprocity", self._state)
+        js = self.client.jetstream()
+        await until_done(lambda: self._prepare(js), "prepare")
+        workers = []
+        if self.query:
+            await QueryService(self.projections, off_loop=bool(self.settings.database_url)).start(self.client)
+        if self.relay is not None:
+            workers.append(self._singular(self.relay_lock, lambda: self.relay.run(js, self.relay_wakeup), "relay"))
+        workers.append(self._kv(js))
+        await asyncio.gather(*workers)
+
+    async def _prepare(self, js: JetStreamContext) -> None:
+        await ensure_stream(js, self.settings.nats_duplicate_window_s)
+        await ensure_buckets(js)
+
+    async def _singular(self, lock: WorkerLock, work: Callable[[], Awaitable[None]], name: str) -> None:
+        """Runs `work` only while holding the lock: one relay per stream however many processes run."""
+        while not await asyncio.to_thread(lock.try_acquire):
+            await asyncio.sleep(STANDBY_RETRY_S)
+        log.info("worker_active", worker=name)
+        await until_cancelled(work, name)
+
+    async def _kv(self, js: JetStreamContext) -> None:
+        """The KV writer follows the projector: it runs in whichever process projects."""
+        while not self.projections.projecting:
+            await asyncio.sleep(STANDBY_RETRY_S)
+        writer = KvWriter(self.projections.store, self.projections.influence, self.projections.influence_position)
+        self.projections.page_listeners.append(self.kv_wakeup.set)
+        await until_cancelled(lambda: writer.run(js, self.kv_wakeup), "kv")

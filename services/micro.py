@@ -1,0 +1,100 @@
+"""The NATS micro service `reciprocity`: the same view queries as HTTP, on `reciprocity.query.{tenant}.*`.
+
+Discoverable through `$SRV.PING`; the tenant is a subject token, so NATS permissions confine a client to
+its own tenant's subjects. Replies are the HTTP answers' JSON; errors use the micro error headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import BaseModel, ValidationError
+
+from contracts.bus import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
+from contracts.types import utc_text
+from projections.runtime import Projections
+from services.bus import QUERY_ENDPOINTS, SERVICE_NAME
+
+VERSION = "1.0.0"
+
+
+class QueryService:
+    def __init__(self, projections: Projections, off_loop: bool) -> None:
+        self.projections = projections
+        self.off_loop = off_loop  # PostgreSQL reads run on a worker thread, SQLite point reads do not
+
+    async def start(self, client: Client) -> Service:
+        service = await add_service(
+            client, name=SERVICE_NAME, version=VERSION, description="Reciprocity views: balances, pairs, influence"
+        )
+        handlers: dict[str, Callable[[Request], Awaitable[None]]] = {
+            "balance": self._balance,
+            "pair": self._pair,
+            "influence": self._influence,
+            "maintenance": self._maintenance,
+        }
+        for endpoint in QUERY_ENDPOINTS:
+            await service.add_endpoint(
+                name=endpoint, subject=f"reciprocity.query.*.{endpoint}", handler=_answering(handlers[endpoint])
+            )
+        return service
+
+    async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(function, *args) if self.off_loop else function(*args)
+
+    async def _balance(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, BalanceRequest)
+        return await self._read(self.projections.queries.balance, _tenant(request), asked.participant)
+
+    async def _pair(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, PairRequest)
+        return await self._read(self.projections.queries.pair, _tenant(request), asked.a, asked.b)
+
+    async def _influence(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, InfluenceRequest)
+        return await self._read(self.projections.influence.page, _tenant(request), asked.limit, None)
+
+    async def _maintenance(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, MaintenanceRequest)
+        as_of = utc_text(asked.as_of) if asked.as_of else None
+        return await self._read(self.projections.queries.maintenance, _tenant(request), asked.participant, as_of)
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _answering(handler: Callable[[Request], Awaitable[BaseModel | None]]) -> Callable[[Request], Awaitable[None]]:
+    """Turns a query into a reply: the answer's JSON, 404 when there is none, 400 for a bad request."""
+
+    async def reply(request: Request) -> None:
+        try:
+            answer = await handler(request)
+        except BadRequest as bad:
+            await request.respond_error("400", str(bad))
+            return
+        if answer is None:
+            await request.respond_error("404", "not found")
+            return
+        await request.respond(answer.model_dump_json().encode())
+
+    return reply
+
+
+def _tenant(request: Request) -> str:
+    return request.subject.split(".")[2]
+
+
+def _parse(request: Request, model: type[BaseModel]) -> Any:
+    try:
+        return model.model_validate_json(request.data or b"{}")
+    except ValidationError as invalid:
+        first = invalid.errors(include_url=False)[0]
+        path = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadRequest(f"{path}: {first['msg']} ({first['type']})") from None
