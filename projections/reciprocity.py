@@ -297,6 +297,7 @@ class Page:
                 participants.update({(row.tenant, scope, row.giver), (row.tenant, scope, row.receiver)})
                 pairs.add((row.tenant, scope, *row.pair))
         elif isinstance(row, IntroductionRow):
+            pairs.add((row.tenant, "", row.a, row.b))
             for scope in row.scopes:
                 participants.update({(row.tenant, scope, p) for p in (row.introducer, row.a, row.b)})
             for ack in self.acks_by_ref.get((row.tenant, row.event_id), ()):
@@ -431,6 +432,7 @@ class Page:
             self.span_to_recompute.add((give.tenant, scope, a, b))
 
     def _count_introduction(self, intro: IntroductionRow, sign: int) -> None:
+        self.pair(intro.tenant, "", intro.a, intro.b)  # its introduced_by changed: the row is rewritten (and KV)
         for scope in intro.scopes:
             self.participant(intro.tenant, scope, intro.introducer).intro_made += sign
             self.participant(intro.tenant, scope, intro.a).intro_received += sign

@@ -24,6 +24,7 @@ from services.store import Ledger
 log = structlog.get_logger(__name__)
 
 STANDBY_RETRY_S = 2.0
+DRAIN_TIMEOUT_S = 5.0
 
 
 class BusWorkers:
@@ -48,6 +49,7 @@ class BusWorkers:
         self.relay_wakeup = asyncio.Event()
         self.kv_wakeup = asyncio.Event()
         self.client: Client | None = None
+        self.prepared = asyncio.Event()  # the stream and buckets exist
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
@@ -68,8 +70,12 @@ class BusWorkers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.client is not None:
+            # Drain answers what the micro service is handling; bounded, because a NATS that went away
+            # would otherwise keep shutdown waiting for it.
             with contextlib.suppress(Exception):
-                await self.client.drain()
+                await asyncio.wait_for(self.client.drain(), DRAIN_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await self.client.close()
         await asyncio.to_thread(self.relay_lock.release)
 
     async def _run(self) -> None:
@@ -77,6 +83,7 @@ class BusWorkers:
         self.client = await connect(self.settings.nats_url, "reciprocity", self._state)
         js = self.client.jetstream()
         await until_done(lambda: self._prepare(js), "prepare")
+        self.prepared.set()
         workers = []
         if self.query:
             await QueryService(self.projections, off_loop=bool(self.settings.database_url)).start(self.client)

@@ -66,10 +66,11 @@ def port_is_free(host: str, port: int) -> bool:
 class EmbeddedNatsServer:
     """Start it from the main thread (the parent-death signal follows the thread that forked)."""
 
-    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", config: Path | None = None) -> None:
         self.directory = data_dir / "nats"
         self.port = port
         self.host = host
+        self.config = config  # users and permissions, when the server confines clients to tenants
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,6 +93,7 @@ class EmbeddedNatsServer:
             str(find_binary()), "--addr", self.host, "--port", str(self.port), "--jetstream",
             "--store_dir", str(self.directory / "jetstream"), "--pid", str(self.pidfile),
             "--server_name", f"reciprocity-{self.port}",
+            *(["--config", str(self.config)] if self.config else []),
         ]  # fmt: skip
         log_file = open(self.directory / "nats-server.log", "ab")  # noqa: SIM115 (the child writes to it)
         self.process = subprocess.Popen(

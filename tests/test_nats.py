@@ -1,0 +1,263 @@
+"""NATS, against a real nats-server process: the stream follows the log exactly once, in order, through
+relay crashes and NATS outages; the views in KV equal the HTTP answers; the micro service answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import nats
+import pytest
+
+from services.bootstrap import open_components
+from services.bus import STREAM
+from services.http.app import create_app
+from services.ingest import FactWriter
+from services.natsserver import EmbeddedNatsServer
+from services.store import open_ledger
+from tests.conftest import make_sender
+from tests.helpers import acknowledgement, give, introduction
+from tests.processes import environment, free_port
+from tests.test_views_runtime import community, received
+
+DUPLICATE_WINDOW_S = 1.0
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bus_settings(settings, nats_server):
+    return settings.with_(nats_url=nats_server.url, nats_duplicate_window_s=DUPLICATE_WINDOW_S)
+
+
+@pytest.fixture
+async def bus_client(aiohttp_client, bus_settings):
+    sender = make_sender(bus_settings, "acme", "crm")
+    components = await open_components(bus_settings)
+    await asyncio.wait_for(components.bus.prepared.wait(), 20)  # the stream and buckets exist
+    client = await aiohttp_client(create_app(bus_settings, components))
+    client.sender, client.components = sender, components
+    yield client
+    await components.close()
+
+
+async def stream_ids(url: str) -> list[str]:
+    """The event ids in the stream, in stream order."""
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        info = await js.stream_info(STREAM)
+        ids = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg(STREAM, seq=seq)
+            ids.append(message.headers["Nats-Msg-Id"])
+        return ids
+    finally:
+        await client.close()
+
+
+def log_ids(settings) -> list[str]:
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    try:
+        return [f.fact["event_id"] for f in ledger.read_log(0, 1_000_000)]
+    finally:
+        ledger.close()
+
+
+async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
+        await asyncio.sleep(0.1)
+
+
+async def stream_equals_log(settings) -> None:
+    expected = await asyncio.to_thread(log_ids, settings)
+
+    async def caught_up() -> bool:
+        return len(await stream_ids(settings.nats_url)) >= len(expected)
+
+    await until(caught_up, what="the stream catching up with the log")
+    assert await stream_ids(settings.nats_url) == expected
+
+
+async def post_all(client, facts) -> int:
+    position = 0
+    for fact in facts:
+        response = await client.sender.post(client, fact)
+        assert response.status in (200, 201), await response.text()
+        position = (await response.json())["position"]
+    return position
+
+
+async def test_the_stream_equals_the_log_after_a_normal_run(bus_client, bus_settings):
+    """Every fact once, in position order, with its id and position in the headers and the fact as body."""
+    await post_all(bus_client, [give(f"g{n}", "ann", "bob") for n in range(30)] + [acknowledgement("a1", "bob", "g1")])
+    await stream_equals_log(bus_settings)
+    client = await nats.connect(bus_settings.nats_url)
+    message = await client.jetstream().get_msg(STREAM, seq=1)
+    body = json.loads(message.data)
+    assert message.subject == "reciprocity.events.acme.give_recorded"
+    assert message.headers["Reciprocity-Position"] == str(body["position"]) and body["external_id"] == "g0"
+    await client.close()
+
+
+RELAY_PROCESS = """
+import asyncio, sys
+from pathlib import Path
+from projections.relay import Relay
+from services.bus import connect, ensure_stream
+from services.store import open_ledger
+
+async def main():
+    ledger = open_ledger(sys.argv[2] or None, Path(sys.argv[1]))
+    client = await connect(sys.argv[3], "relay-under-test")
+    js = client.jetstream()
+    await ensure_stream(js, float(sys.argv[4]))
+    print("relaying", flush=True)
+    while True:
+        try:
+            await Relay(ledger).run(js, asyncio.Event())
+        except Exception:
+            await asyncio.sleep(0.1)
+asyncio.run(main())
+"""
+
+
+def start_relay(settings) -> subprocess.Popen:
+    relay = subprocess.Popen(
+        [sys.executable, "-c", RELAY_PROCESS, str(settings.data_dir), settings.database_url or "",
+         settings.nats_url, str(DUPLICATE_WINDOW_S)],
+        env=environment(settings), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert relay.stdout.readline().strip() == "relaying"
+    return relay
+
+
+async def test_the_stream_equals_the_log_after_the_relay_is_killed_many_times(bus_settings):
+    """SIGKILL the relay ten times while facts are being written: nothing missing, nothing twice."""
+    ledger = open_ledger(bus_settings.database_url, bus_settings.data_dir)
+    writer = FactWriter(ledger)
+    facts = [received(f) for f in community(2_000)]
+    for kill in range(10):
+        relay = start_relay(bus_settings)
+        chunk = facts[kill * len(facts) // 10 : (kill + 1) * len(facts) // 10]
+        for start in range(0, len(chunk), 50):
+            await asyncio.to_thread(writer.commit, chunk[start : start + 50])
+        await asyncio.sleep(0.05 * (kill % 4))  # kill at different moments of the relay's pipeline
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(10)
+    relay = start_relay(bus_settings)
+    try:
+        await stream_equals_log(bus_settings)
+    finally:
+        relay.kill()
+        relay.wait(10)
+        ledger.close()
+
+
+async def test_ingest_answers_201_through_a_nats_outage_and_the_stream_and_kv_converge(
+    bus_client, bus_settings, nats_server
+):
+    """NATS stopped for longer than the duplicate window: ingest keeps answering 201, and once NATS is back
+    the stream equals the log (nothing republished) and the buckets equal the views."""
+    await post_all(bus_client, [give(f"g{n}", "ann", "bob") for n in range(10)])
+    await stream_equals_log(bus_settings)
+    nats_server.stop()
+    outage = [give(f"o{n}", "bob", "cas", value="2") for n in range(20)]
+    for fact in outage:
+        response = await bus_client.sender.post(bus_client, fact)
+        assert response.status == 201
+    await asyncio.sleep(DUPLICATE_WINDOW_S * 2)
+    nats_server.start()
+    await stream_equals_log(bus_settings)
+    await kv_equals_http(bus_client, bus_settings, "acme.cas", "/v1/tenants/acme/participants/cas/balance")
+
+
+async def kv_equals_http(client, settings, key: str, path: str, bucket: str = "reciprocity_balances") -> None:
+    """Polls until the bucket's value equals the HTTP answer (both catch up in the background)."""
+    nc = await nats.connect(settings.nats_url)
+    kv = await nc.jetstream().key_value(bucket)
+    seen: dict[str, object] = {}
+
+    async def equal() -> bool:
+        http = await client.get(path, headers=client.sender.read_headers())
+        seen["http"] = await http.json()
+        try:
+            seen["kv"] = json.loads((await kv.get(key)).value)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        return http.status == 200 and _without_position(seen["kv"]) == _without_position(seen["http"])
+
+    try:
+        await until(equal, what=f"KV {bucket} {key} equal to HTTP {path}")
+    except AssertionError as unequal:
+        raise AssertionError(f"{unequal}; last seen {seen}") from None
+    finally:
+        await nc.close()
+
+
+def _without_position(answer: object) -> object:
+    return {k: v for k, v in answer.items() if k != "position"} if isinstance(answer, dict) else answer
+
+
+async def test_kv_values_equal_the_http_answers(bus_client, bus_settings):
+    await post_all(
+        bus_client,
+        [give("g1", "ann", "bob", value="5"), give("g2", "bob", "ann"), introduction("i1", "cas", "ann", "bob")],
+    )
+    await kv_equals_http(bus_client, bus_settings, "acme.ann", "/v1/tenants/acme/participants/ann/balance")
+    await kv_equals_http(
+        bus_client, bus_settings, "acme.ann.bob", "/v1/tenants/acme/pairs/ann/bob", "reciprocity_pairs"
+    )
+    await kv_equals_http(
+        bus_client, bus_settings, "acme.ann", "/v1/tenants/acme/participants/ann/influence", "reciprocity_influence"
+    )
+
+
+async def test_a_kv_watch_sees_a_new_fact(bus_client, bus_settings):
+    nc = await nats.connect(bus_settings.nats_url)
+    kv = await nc.jetstream().key_value("reciprocity_balances")
+    watcher = await kv.watch("acme.dan")
+    position = await post_all(bus_client, [give("g1", "dan", "eve", value="3")])
+    try:
+
+        async def seen() -> bool:
+            update = await watcher.updates(timeout=1)
+            return update is not None and json.loads(update.value)["given"]["value"] == "3"
+
+        await until(seen, what="a watch update for acme.dan")
+    finally:
+        await watcher.stop()
+        await nc.close()
+    assert position > 0
+
+
+async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_client, bus_settings):
+    position = await post_all(bus_client, [give("g1", "ann", "bob", value="5"), give("g2", "bob", "ann")])
+    path = f"/v1/tenants/acme/pairs/bob/ann?min_position={position}"
+    http = await (await bus_client.get(path, headers=bus_client.sender.read_headers())).json()
+    nc = await nats.connect(bus_settings.nats_url)
+    try:
+        ping = json.loads((await nc.request("$SRV.PING.reciprocity", b"", timeout=5)).data)
+        assert ping["name"] == "reciprocity" and ping["type"] == "io.nats.micro.v1.ping_response"
+        reply = await nc.request("reciprocity.query.acme.pair", b'{"a": "bob", "b": "ann"}', timeout=5)
+        assert json.loads(reply.data) == http
+        missing = await nc.request("reciprocity.query.acme.balance", b'{"participant": "zed"}', timeout=5)
+        assert missing.headers["Nats-Service-Error-Code"] == "404"
+        bad = await nc.request("reciprocity.query.acme.maintenance", b'{"who": "ann"}', timeout=5)
+        assert bad.headers["Nats-Service-Error-Code"] == "400"
+        other = await nc.request("reciprocity.query.zeta.balance", b'{"participant": "ann"}', timeout=5)
+        assert other.headers["Nats-Service-Error-Code"] == "404"
+    finally:
+        await nc.close()
