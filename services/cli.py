@@ -29,6 +29,7 @@ from services.registry import SCOPES, Registry, RegistryError
 from services.serve import serve
 from services.settings import Settings, SettingsError
 from services.signatures import secret_key, sign
+from services.tail import run_tail
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -126,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="variable holding the source's whsec_ secret (else read from the local store)",
     )
     send.set_defaults(run=_send)
+
+    follow = commands.add_parser("tail", parents=[common], help="follow one tenant's facts on the NATS stream")
+    follow.add_argument("tenant", type=_slug)
+    follow.add_argument("--durable", help="a durable consumer name: the next tail with it continues where it was")
+    follow.add_argument("--from", dest="start", choices=["start", "now"], default="start", help="(start)")
+    follow.add_argument("--limit", type=int, help="stop after this many facts (default: follow forever)")
+    follow.add_argument("--nats-url", help="RECIPROCITY_NATS_URL (default: the embedded server of serve)")
+    follow.set_defaults(run=_tail)
 
     demo = commands.add_parser(
         "demo", parents=[common], help="a small community through the real HTTP path: balances, influence, upkeep"
@@ -237,6 +246,18 @@ def _fields(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = value.split(",") if leaf == "introduced" else value
     return data
+
+
+def _tail(settings: Settings, args: argparse.Namespace) -> None:
+    url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+    run_tail(
+        url,
+        args.tenant,
+        durable=args.durable,
+        from_start=args.start == "start",
+        limit=args.limit,
+        as_json=getattr(args, "json", False),
+    )
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:

@@ -261,3 +261,22 @@ async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_clien
         assert other.headers["Nats-Service-Error-Code"] == "404"
     finally:
         await nc.close()
+
+
+async def test_tail_follows_one_tenants_facts_and_a_durable_consumer_continues(bus_client, bus_settings):
+    await post_all(bus_client, [give(f"g{n}", "ann", "bob") for n in range(3)])
+    zeta = make_sender(bus_settings, "zeta", "crm")
+    await bus_client.components.registry.refresh()
+    await zeta.post(bus_client, give("z1", "ann", "bob"))
+    await stream_equals_log(bus_settings)
+    first = await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "2")
+    second = await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "1")
+    assert [json.loads(line)["external_id"] for line in first + second] == ["g0", "g1", "g2"]
+
+
+def _tail_cli(settings, *args: str) -> list[str]:
+    from tests.processes import cli
+
+    done = cli(settings.with_(nats_url=None), "tail", "acme", "--nats-url", settings.nats_url, "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()

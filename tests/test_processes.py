@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +146,34 @@ def test_send_signs_and_posts_a_fact_to_the_running_server(settings, server):
     assert refused.returncode == 1 and "giver_is_not_receiver" not in refused.stderr and "422" in refused.stderr
     status, page = server.get("/v1/tenants/acme/events", sender.read_headers())
     assert status == 200 and page["events"][0]["data"]["context"] == {"location": "Utrecht"}
+
+
+def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, server):
+    """The nats-server child never outlives its service, even one killed without a chance to clean up."""
+    server.start()
+    pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
+    assert _is_nats_server(pid)
+    server.kill()
+    deadline = time.monotonic() + 10
+    while _is_nats_server(pid):
+        assert time.monotonic() < deadline, f"nats-server {pid} outlived its killed service"
+        time.sleep(0.05)
+
+
+def test_a_taken_nats_port_is_a_clear_error_and_a_non_zero_exit(settings, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        blocked = Server(settings, tmp_path / "blocked.log")
+        blocked.nats_port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match="is taken"):
+            blocked.start()
+        assert blocked.process.returncode != 0
+
+
+def _is_nats_server(pid: int) -> bool:
+    """Alive and a nats-server (a zombie has no command line left)."""
+    try:
+        return b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

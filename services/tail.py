@@ -1,0 +1,78 @@
+"""`reciprocity tail T`: follow one tenant's facts on the JetStream stream (from the start or from now).
+
+With `--durable NAME` the consumer remembers where it was, so the next `tail --durable NAME` continues
+there; without it an ephemeral consumer is used and forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import TextIO
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from services.bus import POSITION_HEADER, STREAM
+
+FETCH_BATCH = 100
+FETCH_WAIT_S = 1.0
+
+
+async def tail(
+    url: str,
+    tenant: str,
+    *,
+    durable: str | None,
+    from_start: bool,
+    limit: int | None,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Prints facts until `limit` (or forever); returns how many it printed."""
+    client = await nats.connect(url, max_reconnect_attempts=-1)
+    try:
+        js = client.jetstream()
+        config = ConsumerConfig(
+            filter_subject=f"reciprocity.events.{tenant}.>",
+            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+        )
+        subscription = await js.pull_subscribe(
+            f"reciprocity.events.{tenant}.>", durable=durable, stream=STREAM, config=config
+        )
+        printed = 0
+        while limit is None or printed < limit:
+            try:
+                messages = await subscription.fetch(
+                    FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - printed), timeout=FETCH_WAIT_S
+                )
+            except nats.errors.TimeoutError:
+                continue
+            for message in messages:
+                out.write(_line(message.data, message.headers or {}, as_json) + "\n")
+                out.flush()
+                await message.ack()
+                printed += 1
+        return printed
+    finally:
+        await client.drain()
+
+
+def _line(body: bytes, headers: dict[str, str], as_json: bool) -> str:
+    if as_json:
+        return body.decode()
+    fact = json.loads(body)
+    data = fact["data"]
+    who = data.get("giver") or data.get("introducer") or data.get("acknowledger") or ""
+    whom = data.get("receiver") or " & ".join(data.get("introduced", [])) or data.get("ref", {}).get("id", "")
+    position = headers.get(POSITION_HEADER, fact["position"])
+    return f"{position:>8}  {fact['occurred_at']}  {fact['type']:<25} {who} -> {whom}"
+
+
+def run_tail(url: str, tenant: str, **options: object) -> int:
+    try:
+        return asyncio.run(tail(url, tenant, **options))  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        return 0
