@@ -16,12 +16,14 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from contracts.answers import BatchAnswer, EventsPage, FactAccepted, LoggedFact, Problem
+from contracts.asyncapi import asyncapi_document
 from contracts.facts import Batch, Webhook
 from contracts.openapi import openapi_document
 from contracts.views import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 OPENAPI_FILE = "openapi.json"
+ASYNCAPI_FILE = "asyncapi.json"
 
 INPUTS: dict[str, Any] = {"webhook": Webhook, "batch": Batch}
 OUTPUTS: dict[str, Any] = {
@@ -50,8 +52,12 @@ def schemas() -> dict[str, str]:
     return rendered
 
 
-def openapi_text() -> str:
-    return json.dumps(openapi_document(), indent=2) + "\n"
+def documents() -> dict[str, str]:
+    """The interface descriptions beside the schemas: OpenAPI (HTTP) and AsyncAPI (NATS)."""
+    return {
+        OPENAPI_FILE: json.dumps(openapi_document(), indent=2) + "\n",
+        ASYNCAPI_FILE: json.dumps(asyncapi_document(), indent=2) + "\n",
+    }
 
 
 def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
@@ -62,9 +68,11 @@ def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
         for name, text in wanted.items()
         if not (directory / name).exists() or (directory / name).read_text() != text
     ]
-    openapi = directory.parent / OPENAPI_FILE
-    if directory == SCHEMA_DIR and (not openapi.exists() or openapi.read_text() != openapi_text()):
-        differing.append(f"../{OPENAPI_FILE}")
+    if directory == SCHEMA_DIR:
+        for name, text in documents().items():
+            document = directory.parent / name
+            if not document.exists() or document.read_text() != text:
+                differing.append(f"../{name}")
     return sorted(differing + sorted(present - set(wanted)))
 
 
@@ -75,7 +83,8 @@ def write(directory: Path = SCHEMA_DIR) -> list[str]:
     for name, text in schemas().items():
         (directory / name).write_text(text)
     if directory == SCHEMA_DIR:
-        (directory.parent / OPENAPI_FILE).write_text(openapi_text())
+        for name, text in documents().items():
+            (directory.parent / name).write_text(text)
     return sorted(schemas())
 
 

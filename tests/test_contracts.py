@@ -77,3 +77,16 @@ async def test_the_service_serves_its_openapi_document(client):
 
     response = await client.get("/openapi.json")
     assert response.status == 200 and await response.json() == openapi_document()
+
+
+def test_the_asyncapi_document_names_the_contracted_subjects_and_is_current():
+    from contracts.asyncapi import asyncapi_document
+    from services import bus
+
+    document = asyncapi_document()
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert "reciprocity.events.{tenant}.{type}" in addresses
+    assert {f"$KV.{b}.{{tenant}}.{{participant}}" for b in (bus.BUCKET_BALANCES, bus.BUCKET_INFLUENCE)} <= addresses
+    assert {f"reciprocity.query.{{tenant}}.{e}" for e in bus.QUERY_ENDPOINTS} <= addresses
+    assert document["asyncapi"].startswith("3.")
+    assert json.loads((export.SCHEMA_DIR.parent / "asyncapi.json").read_text()) == document

@@ -14,7 +14,7 @@ from services.bootstrap import open_components
 from services.natsserver import EmbeddedNatsServer
 from tests.conftest import make_sender
 from tests.processes import free_port
-from tests.test_nats import post_all, until
+from tests.test_nats import until
 
 SERVICE_PASSWORD = "service-secret"
 ACME_PASSWORD = "acme-secret"

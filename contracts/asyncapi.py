@@ -1,0 +1,127 @@
+"""The AsyncAPI 3 description of what we put on NATS: the event stream, the view buckets and the query
+service, generated from the same pydantic contracts as the HTTP interface (contracts/asyncapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from contracts.answers import LoggedFact
+from contracts.bus import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
+from contracts.facts import FACT_TYPES
+from contracts.types import PARTICIPANT_PATTERN, SLUG_PATTERN
+from contracts.views import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
+
+REF = "#/components/schemas/{model}"
+PAYLOADS: list[type[BaseModel]] = [
+    LoggedFact,
+    Balance,
+    Pair,
+    ParticipantInfluence,
+    InfluencePage,
+    Maintenance,
+    BalanceRequest,
+    PairRequest,
+    InfluenceRequest,
+    MaintenanceRequest,
+]
+QUERIES = {  # endpoint: (request, reply)
+    "balance": ("BalanceRequest", "Balance"),
+    "pair": ("PairRequest", "Pair"),
+    "influence": ("InfluenceRequest", "InfluencePage"),
+    "maintenance": ("MaintenanceRequest", "Maintenance"),
+}
+BUCKETS = {  # bucket: (key address after the bucket, value)
+    "reciprocity_balances": ("{tenant}.{participant}", "Balance"),
+    "reciprocity_pairs": ("{tenant}.{a}.{b}", "Pair"),
+    "reciprocity_influence": ("{tenant}.{participant}", "ParticipantInfluence"),
+}
+
+
+def asyncapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema([(model, "serialization") for model in PAYLOADS], ref_template=REF)
+    channels: dict[str, Any] = {"events": _events_channel()}
+    operations: dict[str, Any] = {
+        "publishFacts": {
+            "action": "send",
+            "channel": {"$ref": "#/channels/events"},
+            "summary": "The relay publishes every committed fact once, in position order (the outbox).",
+        }
+    }
+    for bucket, (key, value) in BUCKETS.items():
+        name = bucket.removeprefix("reciprocity_")
+        channels[name] = _channel(f"$KV.{bucket}.{key}", value, f"The {name} view in KV bucket {bucket} (history 1).")
+        operations[f"write{name.title()}"] = {"action": "send", "channel": {"$ref": f"#/channels/{name}"}}
+    for endpoint, (request, reply) in QUERIES.items():
+        channels[f"query-{endpoint}"] = _channel(f"reciprocity.query.{{tenant}}.{endpoint}", request, "")
+        channels[f"query-{endpoint}-reply"] = {"address": None, "messages": {reply: _message_ref(reply)}}
+        operations[f"query{endpoint.title()}"] = {
+            "action": "receive",
+            "channel": {"$ref": f"#/channels/query-{endpoint}"},
+            "summary": f"NATS micro service `reciprocity`, endpoint {endpoint}; errors in Nats-Service-Error(-Code).",
+            "reply": {"channel": {"$ref": f"#/channels/query-{endpoint}-reply"}},
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "reciprocity-ledger on NATS",
+            "version": "1",
+            "description": "The fact stream RECIPROCITY_EVENTS, the views in KV buckets, the query micro service.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": dict(sorted(schemas.get("$defs", {}).items())),
+            "messages": {name: {"payload": {"$ref": REF.format(model=name)}} for name in _message_names()},
+        },
+    }
+
+
+def _events_channel() -> dict[str, Any]:
+    return {
+        "address": "reciprocity.events.{tenant}.{type}",
+        "description": "JetStream stream RECIPROCITY_EVENTS: every fact, unlimited retention.",
+        "parameters": {
+            "tenant": {"description": f"The tenant slug, {SLUG_PATTERN}"},
+            "type": {"enum": [t.replace(".", "_") for t in FACT_TYPES], "description": "The fact type, dot as _"},
+        },
+        "messages": {
+            "LoggedFact": {
+                "payload": {"$ref": REF.format(model="LoggedFact")},
+                "headers": {
+                    "type": "object",
+                    "required": ["Nats-Msg-Id", "Reciprocity-Position"],
+                    "properties": {
+                        "Nats-Msg-Id": {"type": "string", "format": "uuid", "description": "The event id"},
+                        "Reciprocity-Position": {"type": "string", "description": "The position in the log"},
+                    },
+                },
+            }
+        },
+    }
+
+
+def _channel(address: str, message: str, description: str) -> dict[str, Any]:
+    parameters = {
+        name: {"description": f"Participant id, {PARTICIPANT_PATTERN}" if name != "tenant" else "Tenant slug"}
+        for name in ("tenant", "participant", "a", "b")
+        if f"{{{name}}}" in address
+    }
+    return {
+        "address": address,
+        **({"description": description} if description else {}),
+        "parameters": parameters,
+        "messages": {message: _message_ref(message)},
+    }
+
+
+def _message_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/messages/{name}"}
+
+
+def _message_names() -> list[str]:
+    names = {value for _, value in BUCKETS.values()} | {n for pair in QUERIES.values() for n in pair}
+    return sorted(names)
