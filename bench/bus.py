@@ -1,0 +1,215 @@
+"""NATS benchmark: relay throughput, end-to-end lag to a KV watch, micro service latency.
+
+    .venv/bin/python bench/bus.py                    # SQLite store, an embedded nats-server on a free port
+    .venv/bin/python bench/bus.py --relay-facts 50000 --rate 2000 --seconds 10
+
+  relay     N facts written straight into a fresh store, then the relay alone publishes them to an
+            empty stream: events/s until the stream holds them all
+  lag       `reciprocity serve` (everything: ingest, projections, relay, KV writer, micro service) takes
+            single-fact webhooks at a steady rate from another process, which also subscribes to
+            `$KV.reciprocity_balances.bench.>`; every fact has a giver of its own, so the first KV update of
+            that giver's key is that fact arriving: time from the 201 to it (p50, p99)
+  query     sequential requests to `reciprocity.query.bench.balance` for known participants (p50, p99)
+The ingest benchmark with everything running inside serve is `bench/ingest.py` (serve runs all roles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ingest import give_body  # noqa: E402
+from projections.relay import Relay  # noqa: E402
+from services.bus import STREAM, connect, ensure_stream  # noqa: E402
+from services.domain import ReceivedFact, fact_event_id  # noqa: E402
+from services.ingest import FactWriter  # noqa: E402
+from services.natsserver import EmbeddedNatsServer  # noqa: E402
+from services.settings import Settings  # noqa: E402
+from services.signatures import secret_key, sign  # noqa: E402
+from services.store import open_ledger  # noqa: E402
+from tests.processes import Server, cli_json, free_port  # noqa: E402
+
+TENANT, SOURCE = "bench", "crm"
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("nan")
+
+
+# --- relay --------------------------------------------------------------------------------------------
+
+
+def fill_store(data_dir: Path, facts: int) -> None:
+    writer = FactWriter(open_ledger(None, data_dir))
+    received_at = datetime.now(UTC)
+    for start in range(0, facts, 2_000):
+        batch = []
+        for n in range(start, min(facts, start + 2_000)):
+            data = give_body("relay", n)["data"]
+            event_id = fact_event_id(TENANT, SOURCE, data["id"])
+            batch.append(ReceivedFact(TENANT, SOURCE, "give.recorded", data, None, received_at, event_id))
+        writer.commit(batch)
+    writer.ledger.close()
+
+
+async def relay_throughput(data_dir: Path, nats_url: str, facts: int) -> dict[str, Any]:
+    ledger = open_ledger(None, data_dir)
+    client = await connect(nats_url, "bench-relay")
+    js = client.jetstream()
+    await ensure_stream(js, 120)
+    relay = Relay(ledger)
+    head = ledger.head_position()
+    started = time.perf_counter()
+    task = asyncio.create_task(relay.run(js, asyncio.Event()))
+    while relay.position < head:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    task.cancel()
+    stored = (await js.stream_info(STREAM)).state.messages
+    await client.close()
+    ledger.close()
+    return {"relay_facts": stored, "relay_seconds": round(elapsed, 2), "relay_events_per_s": round(stored / elapsed)}
+
+
+# --- end-to-end lag, in a process of its own ----------------------------------------------------------
+
+
+async def lag_run(http_url: str, nats_url: str, secret: str, rate: int, seconds: float) -> dict[str, Any]:
+    arrived: dict[str, float] = {}
+    answered: dict[str, float] = {}
+    client = await nats.connect(nats_url)
+
+    async def on_kv(message: Any) -> None:
+        arrived.setdefault(message.subject.rsplit(".", 1)[1], time.perf_counter())
+
+    await client.subscribe(f"$KV.reciprocity_balances.{TENANT}.>", cb=on_kv)
+    key = secret_key(secret)
+    run = uuid.uuid4().hex[:6]
+    interval = 1 / rate
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+        tasks = []
+        started = time.perf_counter()
+        n = 0
+        while time.perf_counter() - started < seconds:
+            giver = f"lag{run}x{n}"
+            tasks.append(asyncio.create_task(_post(http, http_url, key, giver, n, answered)))
+            n += 1
+            await asyncio.sleep(max(0.0, started + n * interval - time.perf_counter()))
+        await asyncio.gather(*tasks)
+    await asyncio.sleep(2)  # the last facts' KV updates
+    await client.close()
+    lags = [(arrived[g] - answered[g]) * 1000 for g in answered if g in arrived]
+    return {
+        "lag_sent": n,
+        "lag_rate_per_s": round(n / seconds),
+        "lag_seen_in_kv": len(lags),
+        "lag_p50_ms": round(statistics.median(lags), 1) if lags else None,
+        "lag_p99_ms": round(percentile(lags, 0.99), 1) if lags else None,
+    }
+
+
+async def _post(http: aiohttp.ClientSession, url: str, key: bytes, giver: str, n: int, answered: dict) -> None:
+    body = give_body(giver, n)
+    body["data"]["giver"] = giver
+    payload = json.dumps(body).encode()
+    message_id, timestamp = f"msg_{uuid.uuid4().hex}", int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, message_id, timestamp, payload),
+    }
+    async with http.post(f"{url}/v1/tenants/{TENANT}/webhooks/{SOURCE}", data=payload, headers=headers) as answer:
+        await answer.read()
+        if answer.status == 201:
+            answered[giver] = time.perf_counter()
+
+
+def _lag_process(args: tuple, queue: Any) -> None:
+    queue.put(asyncio.run(lag_run(*args)))
+
+
+# --- micro service latency ----------------------------------------------------------------------------
+
+
+async def query_latency(nats_url: str, participants: list[str], requests: int) -> dict[str, Any]:
+    client = await nats.connect(nats_url)
+    latencies = []
+    for _ in range(requests):
+        body = json.dumps({"participant": random.choice(participants)}).encode()
+        started = time.perf_counter()
+        await client.request(f"reciprocity.query.{TENANT}.balance", body, timeout=5)
+        latencies.append((time.perf_counter() - started) * 1000)
+    await client.close()
+    return {
+        "query_requests": requests,
+        "query_p50_ms": round(statistics.median(latencies), 3),
+        "query_p99_ms": round(percentile(latencies, 0.99), 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relay-facts", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=2_000, help="facts per second for the lag measurement")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--queries", type=int, default=5_000)
+    args = parser.parse_args()
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="reciprocity-bench-nats-") as tmp:
+        work = Path(tmp)
+        nats_server = EmbeddedNatsServer(work / "relay", free_port())
+        nats_server.start()
+        try:
+            fill_store(work / "relay", args.relay_facts)
+            figures.update(asyncio.run(relay_throughput(work / "relay", nats_server.url, args.relay_facts)))
+        finally:
+            nats_server.stop()
+        figures.update(serve_phase(work / "serve", args))
+    for name, value in figures.items():
+        print(f"{name:<24}{value}")
+    print(json.dumps(figures))
+    return 0
+
+
+def serve_phase(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings(data_dir=data_dir)
+    cli_json(settings, "tenant", "create", TENANT)
+    secret = cli_json(settings, "source", "add", TENANT, SOURCE)["secret"]
+    server = Server(settings, data_dir.parent / "serve.log").start()
+    try:
+        nats_url = f"nats://127.0.0.1:{server.nats_port}"
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        lag = context.Process(
+            target=_lag_process, args=((server.url, nats_url, secret, args.rate, args.seconds), queue)
+        )
+        lag.start()
+        figures = queue.get(timeout=args.seconds + 120)
+        lag.join()
+        participants = [f"p{n}" for n in range(997)]
+        figures.update(asyncio.run(query_latency(nats_url, participants, args.queries)))
+        return figures
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
