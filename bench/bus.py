@@ -34,16 +34,16 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import give_body  # noqa: E402
-from projections.relay import Relay  # noqa: E402
-from services.bus import STREAM, connect, ensure_stream  # noqa: E402
-from services.domain import ReceivedFact, fact_event_id  # noqa: E402
-from services.ingest import FactWriter  # noqa: E402
-from services.natsserver import EmbeddedNatsServer  # noqa: E402
-from services.settings import Settings  # noqa: E402
-from services.signatures import secret_key, sign  # noqa: E402
-from services.store import open_ledger  # noqa: E402
-from tests.processes import Server, cli_json, free_port  # noqa: E402
+from bench.ingest import give_body
+from projections.relay import Relay
+from services.bus import STREAM, connect, ensure_stream
+from services.domain import ReceivedFact, fact_event_id
+from services.ingest import FactWriter
+from services.natsserver import EmbeddedNatsServer
+from services.settings import Settings
+from services.signatures import secret_key, sign
+from services.store import open_ledger
+from tests.processes import Server, cli_json, free_port
 
 TENANT, SOURCE = "bench", "crm"
 
