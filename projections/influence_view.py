@@ -15,7 +15,7 @@ import numpy as np
 
 from contracts.views import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
 from projections.influence import InfluenceGraph, compute_influence
-from projections.queries import ReciprocityQueries, decode_cursor, encode_cursor
+from projections.queries import CursorError, ReciprocityQueries, decode_cursor, encode_cursor
 from projections.reciprocity import DECAY_EPOCH, HALF_LIFE_DAYS, MICRO
 from projections.viewstore import ViewStore
 
@@ -160,7 +160,7 @@ class InfluenceView:
         return rows[0][0] if rows else 0
 
     def page(self, tenant: str, limit: int, cursor: str | None) -> InfluencePage:
-        after_rank = int(decode_cursor(cursor)[0]) if cursor else 0
+        after_rank = _rank_of(decode_cursor(cursor)) if cursor else 0
         position = self.position(tenant)
         rows = self.store.read(
             f"SELECT {ITEM_COLUMNS} FROM view_influence WHERE tenant = ? AND rank > ? ORDER BY rank LIMIT ?",
@@ -206,6 +206,12 @@ class InfluenceView:
 
 
 ITEM_COLUMNS = "participant, score, rank, burt_constraint, effective_size, introductions_paid_off, contributions"
+
+
+def _rank_of(key: list) -> int:
+    if len(key) != 1 or not isinstance(key[0], int):
+        raise CursorError("not a cursor of this list")
+    return key[0]
 
 
 def _days_since_epoch(moment: str) -> float:

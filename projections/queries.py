@@ -125,7 +125,7 @@ class ReciprocityQueries:
         position = self.position()
         condition, params = "", ()
         if cursor:
-            last_value, last_participant = decode_cursor(cursor)
+            last_value, last_participant = _balance_key(decode_cursor(cursor))
             condition = f" AND ({column} < ? OR ({column} = ? AND participant > ?))"
             params = (last_value, last_value, last_participant)
         rows = self.store.read(
@@ -196,6 +196,12 @@ class ReciprocityQueries:
             PendingThanks(event_id=r[0], external_id=r[1], giver=r[2], occurred_at=r[3], value=money(r[4]))
             for r in rows
         ]
+
+
+def _balance_key(key: list[Any]) -> tuple[int, str]:
+    if len(key) != 2 or not isinstance(key[0], int) or not isinstance(key[1], str):
+        raise CursorError("not a cursor of this list")
+    return key[0], key[1]
 
 
 def encode_cursor(*key: Any) -> str:

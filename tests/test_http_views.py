@@ -173,3 +173,9 @@ async def test_metrics_report_view_lag_and_query_latency(client):
     )
     ready = await (await client.get("/readyz")).json()
     assert ready["views"]["reciprocity"]["events"] == 0
+
+
+async def test_a_cursor_this_api_did_not_hand_out_is_422(client):
+    for route in ("balances", "influence"):
+        response = await client.get(f"/v1/tenants/acme/{route}?cursor=bm9wZQ", headers=client.sender.read_headers())
+        assert response.status == 422 and (await response.json())["errors"][0]["path"] == "query.cursor"

@@ -22,6 +22,7 @@ from services.store import open_ledger
 from tests.conftest import make_sender
 from tests.helpers import acknowledgement, give, introduction
 from tests.processes import environment, free_port
+from tests.test_http_views import post_all
 from tests.test_views_runtime import community, received
 
 DUPLICATE_WINDOW_S = 1.0
@@ -89,15 +90,6 @@ async def stream_equals_log(settings) -> None:
 
     await until(caught_up, what="the stream catching up with the log")
     assert await stream_ids(settings.nats_url) == expected
-
-
-async def post_all(client, facts) -> int:
-    position = 0
-    for fact in facts:
-        response = await client.sender.post(client, fact)
-        assert response.status in (200, 201), await response.text()
-        position = (await response.json())["position"]
-    return position
 
 
 async def test_the_stream_equals_the_log_after_a_normal_run(bus_client, bus_settings):

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.answers import ProblemError
 from contracts.queries import MIN_POSITION_WAIT_S, BalancesQuery, MaintenanceQuery, PageQuery, Query
 from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
+from projections.queries import CursorError
 from services import problems
 from services.http.auth import require_key
 from services.http.keys import COMPONENTS, QUERY
@@ -81,6 +82,15 @@ def _not_found(what: str) -> problems.ProblemException:
     return problems.ProblemException(problems.problem(404, "not-found", "Not found", what))
 
 
+async def _read_page(request: web.Request, function: Callable[..., Any], *args: Any) -> Any:
+    """A page read; a cursor this API did not hand out is a 422 at `query.cursor`."""
+    try:
+        return await _read(request, function, *args)
+    except CursorError as bad_cursor:
+        error = ProblemError(path="query.cursor", rule="cursor", message=str(bad_cursor))
+        raise problems.ProblemException(problems.invalid([error])) from None
+
+
 async def balance(request: web.Request) -> web.StreamResponse:
     tenant, _ = await _prepare(request, Query)
     participant = path_participant(request)
@@ -103,25 +113,15 @@ async def balances(request: web.Request) -> web.StreamResponse:
     tenant, query = await _prepare(request, BalancesQuery)
     scope = f"{query.context[0]}={context_key(query.context[1])}" if query.context else ""
     queries = request.app[COMPONENTS].projections.queries
-    try:
-        page = await _read(request, queries.balances, tenant, query.order, scope, query.limit, query.cursor)
-    except ValueError as bad_cursor:
-        raise problems.ProblemException(
-            problems.invalid([ProblemError(path="query.cursor", rule="cursor", message=str(bad_cursor))])
-        ) from None
-    return json_answer(page)
+    return json_answer(
+        await _read_page(request, queries.balances, tenant, query.order, scope, query.limit, query.cursor)
+    )
 
 
 async def influence(request: web.Request) -> web.StreamResponse:
     tenant, query = await _prepare(request, PageQuery, "influence")
     view = request.app[COMPONENTS].projections.influence
-    try:
-        page = await _read(request, view.page, tenant, query.limit, query.cursor)
-    except ValueError as bad_cursor:
-        raise problems.ProblemException(
-            problems.invalid([ProblemError(path="query.cursor", rule="cursor", message=str(bad_cursor))])
-        ) from None
-    return json_answer(page)
+    return json_answer(await _read_page(request, view.page, tenant, query.limit, query.cursor))
 
 
 async def participant_influence(request: web.Request) -> web.StreamResponse:
