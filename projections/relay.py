@@ -53,9 +53,15 @@ async def stream_position(js: JetStreamContext) -> tuple[int, str | None]:
 
 
 class Relay:
-    def __init__(self, ledger: Ledger, on_position: Callable[[int], None] = lambda position: None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        on_position: Callable[[int], None] = lambda position: None,
+        poll_s: float = POLL_INTERVAL_S,
+    ) -> None:
         self.ledger = ledger
         self.on_position = on_position
+        self.poll_s = poll_s
         self.position = 0
 
     async def run(self, js: JetStreamContext, wakeup: asyncio.Event) -> None:
@@ -68,7 +74,7 @@ class Relay:
             page = await asyncio.to_thread(self.ledger.read_log, self.position, PAGE_FACTS_MAX)
             if not page:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+                    await asyncio.wait_for(wakeup.wait(), self.poll_s)
                 continue
             last_id = await self._publish(js, page, last_id)
             self.position = page[-1].position

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from projections import influence_view, reciprocity
-from projections.follower import Follower, PostgresNotifications
+from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.viewstore import ViewStore
@@ -35,8 +35,14 @@ STANDBY_RETRY_S = 2.0
 LOCK_KEY_BASE = 0x7265_6369_7000  # plus a checksum of schema and job: one holder per store and job
 
 
+# Where the relay says how far it got, for metrics and readiness in every process (it realigns from the
+# stream itself, so this is a report, not its memory).
+RELAY_DDL = ("CREATE TABLE IF NOT EXISTS view_relay (stream TEXT PRIMARY KEY, position INTEGER NOT NULL)",)
+RELAY_RECORD_INTERVAL_S = 1.0
+
+
 def open_view_store(database_url: str | None, data_dir: Path) -> ViewStore:
-    return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL))
+    return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL))
 
 
 class WorkerLock:
@@ -88,7 +94,9 @@ class WorkerLock:
 class Projections:
     """Views for one service process: follows the log when it holds the projector lock, else stands by."""
 
-    def __init__(self, ledger: Ledger, database_url: str | None, data_dir: Path, *, project: bool = True) -> None:
+    def __init__(
+        self, ledger: Ledger, database_url: str | None, data_dir: Path, *, project: bool = True, poll_s: float = 0.5
+    ) -> None:
         self.ledger = ledger
         self.database_url = database_url
         self.store = open_view_store(database_url, data_dir)
@@ -96,12 +104,13 @@ class Projections:
         self.influence = InfluenceView(self.store, self.queries)
         self.lock = WorkerLock(database_url, data_dir, "projector")
         self.project = project
+        self.poll_s = poll_s
         self.projecting = False
         self._wakeup = asyncio.Event()
         self._advanced = asyncio.Event()
         self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
+        self._relay_recorded_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self._notifications: PostgresNotifications | None = None
         # One thread does all projection work: pages and influence never contend for the views' writer,
         # and closing waits for the work in flight instead of dropping it mid-transaction.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
@@ -123,8 +132,6 @@ class Projections:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self._executor.shutdown, wait=True)
-        if self._notifications:
-            self._notifications.stop()
         self.lock.release()
         self.store.close()
 
@@ -147,14 +154,9 @@ class Projections:
             await asyncio.sleep(STANDBY_RETRY_S)  # another process projects; we answer queries meanwhile
         self.projecting = True
         log.info("projector_started", position=self.reciprocity_position())
-        if self.database_url:
-            self._notifications = PostgresNotifications(
-                self.database_url, "stored_events", lambda: self._loop.call_soon_threadsafe(self.wake)
-            )
-            self._notifications.start()
         influence = asyncio.create_task(self._recompute_influence(), name="influence")
         try:
-            await self.follower.follow(self._wakeup, self._executor)
+            await self.follower.follow(self._wakeup, self._executor, self.poll_s)
         finally:
             influence.cancel()
 
@@ -181,8 +183,28 @@ class Projections:
                 return False
             with contextlib.suppress(TimeoutError):
                 # Woken by our own follower; polled briefly when another process projects.
-                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.01))
         return True
+
+    def record_relay_position(self, position: int) -> None:
+        """Notes the relay's position for other processes, at most once a second (off the event loop)."""
+        now = time.monotonic()
+        if now - self._relay_recorded_at < RELAY_RECORD_INTERVAL_S:
+            return
+        self._relay_recorded_at = now
+        self._loop.run_in_executor(None, self._write_relay_position, position)
+
+    def _write_relay_position(self, position: int) -> None:
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO view_relay (stream, position) VALUES ('events', ?) "
+                "ON CONFLICT (stream) DO UPDATE SET position = excluded.position",
+                (position,),
+            )
+
+    def relay_position(self) -> int:
+        rows = self.store.read("SELECT position FROM view_relay WHERE stream = 'events'")
+        return rows[0][0] if rows else 0
 
     def lag(self) -> dict[str, dict[str, float]]:
         """Per view: facts behind the log head, and seconds since the oldest unapplied fact was recorded."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from projections.follower import PostgresNotifications
 from projections.runtime import Projections
 from services.bus_workers import BusWorkers
 from services.ingest import FactWriter, GroupCommitter, ThreadWriter
@@ -57,13 +58,21 @@ class RegistryCache:
 
 
 ROLES = ("all", "ingest", "query", "projector", "relay")
+PARTS = frozenset({"ingest", "query", "projector", "relay"})
+LOCAL_POLL_S = 0.01  # when another local process writes the store and only polling can tell
+REMOTE_POLL_S = 0.5  # when this process commits itself, or PostgreSQL notifies
+
+
+def role_parts(role: str) -> frozenset[str]:
+    return PARTS if role == "all" else frozenset({role})
 
 
 @dataclass
 class Components:
-    """The parts a role runs; a part a role does not run is None."""
+    """The parts this process runs (ingest, query, projector, relay); a part it does not run is None."""
 
     settings: Settings
+    parts: frozenset[str]
     ledger: Ledger
     registry: RegistryCache
     projections: Projections
@@ -72,15 +81,15 @@ class Components:
     committer: GroupCommitter | None
     bus: BusWorkers | None
     _tasks: list[asyncio.Task[None]]
-
-    def runs(self, part: str) -> bool:
-        return self.settings.role in ("all", part)
+    _notifications: PostgresNotifications | None
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._notifications is not None:
+            self._notifications.stop()
         if self.committer is not None:
             await self.committer.close()  # commits what is queued before anything below closes
         if self.bus is not None:
@@ -90,26 +99,36 @@ class Components:
         self.ledger.close()
 
 
-async def open_components(settings: Settings, metrics: Metrics | None = None) -> Components:
-    """The parts of `settings.role`: ingest commits facts, query answers, projector builds the views and
-    writes KV, relay publishes the stream; "all" (the default of `serve`) runs every one."""
-    role = settings.role
+async def open_components(
+    settings: Settings, metrics: Metrics | None = None, parts: frozenset[str] | None = None
+) -> Components:
+    """The parts of `settings.role` (or those given): ingest commits facts, query answers over HTTP and the
+    micro service, projector builds the views and writes KV, relay publishes the stream."""
+    parts = parts or role_parts(settings.role)
     ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir)
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
-    projecting = role in ("all", "projector")
+    # Woken by our own commits; else by PostgreSQL's NOTIFY; else (another local process) by fast polling.
+    poll_s = REMOTE_POLL_S if "ingest" in parts or settings.database_url else LOCAL_POLL_S
     projections = await asyncio.to_thread(
-        Projections, ledger, settings.database_url, settings.data_dir, project=projecting
+        Projections, ledger, settings.database_url, settings.data_dir, project="projector" in parts, poll_s=poll_s
     )
     await projections.start()
     bus = None
-    if settings.nats_url:
+    if settings.nats_url and parts & {"query", "projector", "relay"}:
         bus = BusWorkers(
-            settings, ledger, projections, metrics, relay=role in ("all", "relay"), query=role in ("all", "query")
+            settings,
+            ledger,
+            projections,
+            metrics,
+            relay="relay" in parts,
+            query="query" in parts,
+            kv="projector" in parts,
+            poll_s=poll_s,
         )
         await bus.start()
     committer = None
-    if role in ("all", "ingest"):
+    if "ingest" in parts:
         committer = GroupCommitter(
             ThreadWriter(FactWriter(ledger)),
             batch_facts_max=settings.commit_batch_facts_max,
@@ -120,15 +139,24 @@ async def open_components(settings: Settings, metrics: Metrics | None = None) ->
             on_commit=lambda: _wake(projections, bus),
         )
         await committer.start()
+    notifications = None
+    if settings.database_url and parts & {"projector", "relay"}:
+        loop = asyncio.get_running_loop()
+        notifications = PostgresNotifications(
+            settings.database_url, "stored_events", lambda: loop.call_soon_threadsafe(_wake, projections, bus)
+        )
+        notifications.start()
     tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]
     log.info(
         "store_opened",
-        role=role,
+        parts=sorted(parts),
         store="postgresql" if settings.database_url else "sqlite",
         synchronous=None if settings.database_url else ledger.recorder.writer_synchronous(),
         head_position=ledger.head_position(),
     )
-    return Components(settings, ledger, registry, projections, metrics, RateLimiter(), committer, bus, tasks)
+    return Components(
+        settings, parts, ledger, registry, projections, metrics, RateLimiter(), committer, bus, tasks, notifications
+    )
 
 
 def _wake(projections: Projections, bus: BusWorkers | None) -> None:

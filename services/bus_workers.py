@@ -37,12 +37,15 @@ class BusWorkers:
         *,
         relay: bool = True,
         query: bool = True,
+        kv: bool = True,
+        poll_s: float = 0.5,
     ) -> None:
         assert settings.nats_url, "the bus needs a NATS URL (serve starts an embedded server when none is set)"
         self.settings = settings
         self.projections = projections
         self.metrics = metrics
-        self.relay = Relay(ledger, on_position=metrics.relay_position.set) if relay else None
+        self.relay = Relay(ledger, on_position=self._relayed, poll_s=poll_s) if relay else None
+        self.kv = kv
         self.relay_lock = WorkerLock(settings.database_url, settings.data_dir, "relay")
         self.query = query
         self.connected = False
@@ -56,6 +59,10 @@ class BusWorkers:
         """After this process committed facts or applied a page: publish now, not at the next poll."""
         self.relay_wakeup.set()
         self.kv_wakeup.set()
+
+    def _relayed(self, position: int) -> None:
+        self.metrics.relay_position.set(position)
+        self.projections.record_relay_position(position)
 
     def _state(self, up: bool) -> None:
         self.connected = up
@@ -89,7 +96,8 @@ class BusWorkers:
             await QueryService(self.projections, off_loop=bool(self.settings.database_url)).start(self.client)
         if self.relay is not None:
             workers.append(self._singular(self.relay_lock, lambda: self.relay.run(js, self.relay_wakeup), "relay"))
-        workers.append(self._kv(js))
+        if self.kv:
+            workers.append(self._kv(js))
         await asyncio.gather(*workers)
 
     async def _prepare(self, js: JetStreamContext) -> None:

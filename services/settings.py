@@ -21,6 +21,7 @@ class Settings:
     nats_url: str | None = None
     nats_port: int = 4222
     role: str = "all"  # all, ingest, query, projector or relay (roles other than all need PostgreSQL and NATS)
+    background_process: bool = True  # serve's projector and relay in a second process (the other core)
     nats_duplicate_window_s: float = 120.0  # JetStream's deduplication window for the event stream
     log_format: str | None = None  # "json" or "console"; by TTY when unset
     log_level: str = "info"
@@ -69,6 +70,16 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that gives these settings back through from_env (for a child process)."""
+        return {
+            f"RECIPROCITY_{spec.name.upper()}": str(getattr(self, spec.name)).lower()
+            if isinstance(getattr(self, spec.name), bool)
+            else str(getattr(self, spec.name))
+            for spec in fields(self)
+            if getattr(self, spec.name) is not None
+        }
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:

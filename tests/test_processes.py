@@ -148,15 +148,20 @@ def test_send_signs_and_posts_a_fact_to_the_running_server(settings, server):
     assert status == 200 and page["events"][0]["data"]["context"] == {"location": "Utrecht"}
 
 
-def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, server):
-    """The nats-server child never outlives its service, even one killed without a chance to clean up."""
+def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, server, tmp_path):
+    """The nats-server child (and serve's background process) never outlive the service, even one killed
+    without a chance to clean up."""
     server.start()
-    pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
-    assert _is_nats_server(pid)
+    nats_pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
+    started = [
+        json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if "background_started" in line
+    ]
+    background_pid = started[0]["pid"]
+    assert _is_running(nats_pid, b"nats-server") and _is_running(background_pid, b"services.background")
     server.kill()
     deadline = time.monotonic() + 10
-    while _is_nats_server(pid):
-        assert time.monotonic() < deadline, f"nats-server {pid} outlived its killed service"
+    while _is_running(nats_pid, b"nats-server") or _is_running(background_pid, b"services.background"):
+        assert time.monotonic() < deadline, "a child outlived its killed service"
         time.sleep(0.05)
 
 
@@ -171,9 +176,9 @@ def test_a_taken_nats_port_is_a_clear_error_and_a_non_zero_exit(settings, tmp_pa
         assert blocked.process.returncode != 0
 
 
-def _is_nats_server(pid: int) -> bool:
-    """Alive and a nats-server (a zombie has no command line left)."""
+def _is_running(pid: int, command: bytes) -> bool:
+    """Alive and running `command` (a zombie has no command line left)."""
     try:
-        return b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return command in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False

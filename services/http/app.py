@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.bootstrap import Components, open_components
+from services.bootstrap import Components, open_components, role_parts
 from services.http import events, ops, views, webhooks
 from services.http.keys import COMPONENTS
 from services.http.middleware import request_middleware
@@ -14,31 +14,35 @@ from services.metrics import Metrics
 from services.settings import Settings
 
 
-def create_app(settings: Settings, components: Components | None = None) -> web.Application:
-    """The HTTP service. Its parts open on start-up (or are given, already open, by a caller that owns them)."""
+def create_app(
+    settings: Settings, components: Components | None = None, parts: frozenset[str] | None = None
+) -> web.Application:
+    """The HTTP service of `parts` (by default the role's). Its components open on start-up, or are given,
+    already open, by a caller that owns them."""
+    parts = components.parts if components else parts or role_parts(settings.role)
     metrics = components.metrics if components else Metrics()
     app = web.Application(
         middlewares=[request_middleware(metrics)],
         client_max_size=settings.batch_body_bytes_max,
     )
 
-    async def parts(app: web.Application) -> AsyncIterator[None]:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if components is not None:
             app[COMPONENTS] = components
             yield
             return
-        opened = await open_components(settings, metrics)
+        opened = await open_components(settings, metrics, parts)
         app[COMPONENTS] = opened
         try:
             yield
         finally:
             await opened.close()
 
-    app.cleanup_ctx.append(parts)
-    if settings.role in ("all", "ingest"):
+    app.cleanup_ctx.append(lifecycle)
+    if "ingest" in parts:
         app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}", webhooks.receive_one)
         app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}/batch", webhooks.receive_batch)
-    if settings.role in ("all", "query"):
+    if "query" in parts:
         app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/balance", views.balance)
         app.router.add_get("/v1/tenants/{tenant}/pairs/{a}/{b}", views.pair)

@@ -57,6 +57,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     try:
         components.metrics.set_lag(await asyncio.to_thread(components.projections.lag))
         components.metrics.log_head.set(await asyncio.to_thread(components.ledger.head_position))
+        if components.bus is None or components.bus.relay is None:  # another process relays: its report
+            components.metrics.relay_position.set(await asyncio.to_thread(components.projections.relay_position))
     except Exception:
         pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")

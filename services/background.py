@@ -1,0 +1,95 @@
+"""The background half of `reciprocity serve`: projector and relay in a process of their own.
+
+`serve` runs HTTP (ingest and queries) in its main process and starts this one beside it, so that
+building views, writing KV and relaying the stream use the other core instead of competing with ingest
+for one interpreter lock. Both share the same store (SQLite allows one writer per file, and the two
+write different files) and the same NATS server; this process finds new facts by polling every 10 ms.
+It dies with its parent (PR_SET_PDEATHSIG) and is restarted by it if it fails.
+
+    python -m services.background    # with the same RECIPROCITY_* environment as serve
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import structlog
+
+from services.bootstrap import open_components
+from services.logs import configure_logging
+from services.natsserver import die_with_parent
+from services.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+BACKGROUND_PARTS = frozenset({"projector", "relay"})
+RESTART_PAUSE_S = 1.0
+
+
+async def run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    components = await open_components(settings, parts=BACKGROUND_PARTS)
+    try:
+        await stop.wait()
+    finally:
+        await components.close()
+
+
+class BackgroundProcess:
+    """Started and watched by `serve`: restarted when it dies, stopped with SIGTERM when serve stops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="background-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        # The parent-death signal follows the thread that forks: the watcher thread lives as long as serve.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.background"], env=env, preexec_fn=die_with_parent
+        )
+        log.info("background_started", pid=self.process.pid, parts=sorted(BACKGROUND_PARTS))
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            assert self.process is not None
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            log.error("background_died", code=code, restart_in_s=RESTART_PAUSE_S)
+            time.sleep(RESTART_PAUSE_S)
+            self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
