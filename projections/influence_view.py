@@ -23,6 +23,7 @@ VIEW = "influence"
 INTRODUCTION_WEIGHT = 0.25
 INTRODUCTION_PAID_OFF_WEIGHT = 1.0
 CONTRIBUTION_FACTS_MAX = 10
+KV_RANK_MAX = 1_000  # the influence bucket holds the top of each tenant
 
 DDL = (
     "CREATE TABLE IF NOT EXISTS view_influence (tenant TEXT NOT NULL, participant TEXT NOT NULL,"
@@ -79,14 +80,19 @@ class InfluenceView:
             for s in scores
         ]
         with self.store.transaction() as cursor:
-            # Only rows whose answer changed are written (and so marked for the KV writer).
+            # Only rows whose answer changed are written; of those, the ones at the top (now or before) are
+            # marked for the KV writer. Rows far below change on every recompute and keep their mark.
             stored = {
-                row[1]: tuple(row)
+                row[1]: (tuple(row[:-1]), row[-1])
                 for row in cursor.execute(
-                    f"SELECT tenant, {ITEM_COLUMNS} FROM view_influence WHERE tenant = ?", (tenant,)
+                    f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
                 )
             }
-            changed = [(*row, position) for row in rows if stored.get(row[1]) != row]
+            changed = [
+                (*row, position if _shown(row, stored) else stored.get(row[1], (None, 0))[1])
+                for row in rows
+                if stored.get(row[1], (None, 0))[0] != row
+            ]
             cursor.executemany(
                 "INSERT INTO view_influence (tenant, participant, score, rank, burt_constraint, effective_size,"
                 " introductions_paid_off, contributions, changed_position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -206,6 +212,12 @@ class InfluenceView:
 
 
 ITEM_COLUMNS = "participant, score, rank, burt_constraint, effective_size, introductions_paid_off, contributions"
+
+
+def _shown(row: tuple, stored: dict[str, tuple[tuple, int]]) -> bool:
+    """Whether a changed row concerns the KV bucket: at the top of the tenant, now or before."""
+    before = stored.get(row[1])
+    return row[3] <= KV_RANK_MAX or (before is not None and before[0][3] <= KV_RANK_MAX)
 
 
 def _rank_of(key: list) -> int:

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from projections import reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
 from projections.queries import balance_answer, pair_answer
-from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
+from projections.reciprocity import KEYS_PER_QUERY, PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
 from projections.viewstore import ViewStore
 from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 
@@ -45,18 +45,13 @@ class KvWriter:
     def tracked(self, bucket: str) -> int:
         return self.store.position(f"kv/{bucket}")
 
-    async def run(self, js: JetStreamContext, wakeup: asyncio.Event) -> None:
-        """Writes changes until cancelled (a NATS failure ends it; the caller runs it again)."""
+    async def run(self, js: JetStreamContext, bucket: str, wakeup: asyncio.Event) -> None:
+        """Writes one bucket's changes until cancelled (a NATS failure ends it; the caller runs it again).
+        Each bucket has its own loop, so a large influence rewrite never delays a balance."""
+        rows = {BUCKET_BALANCES: self._balances, BUCKET_PAIRS: self._pairs, BUCKET_INFLUENCE: self._influence}[bucket]
         while True:
             wakeup.clear()
-            wrote = 0
-            for bucket, rows in (
-                (BUCKET_BALANCES, self._balances),
-                (BUCKET_PAIRS, self._pairs),
-                (BUCKET_INFLUENCE, self._influence),
-            ):
-                wrote += await self._sync(js, bucket, rows)
-            if not wrote:
+            if not await self._sync(js, bucket, rows):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
 
@@ -106,19 +101,31 @@ class KvWriter:
     def _pairs(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
         rows = self._changed("view_pairs", f"tenant, a, b, {', '.join(PAIR_COLUMNS)}", since, upto)
         for chunk in _chunks(rows):
-            batch = []
-            for r in chunk:
-                introducers = [
-                    row[0]
-                    for row in self.store.read(
-                        "SELECT introducer FROM view_introductions WHERE tenant = ? AND a = ? AND b = ? AND live = 1 "
-                        "ORDER BY position",
-                        (r[0], r[1], r[2]),
-                    )
-                ]
-                answer = pair_answer(r[1], r[2], PairRow(*r[3:]), introducers, upto)
-                batch.append((f"{r[0]}.{r[1]}.{r[2]}", answer.model_dump_json().encode()))
-            yield batch
+            introducers = self._introducers({(r[0], r[1], r[2]) for r in chunk})
+            yield [
+                (
+                    f"{r[0]}.{r[1]}.{r[2]}",
+                    pair_answer(r[1], r[2], PairRow(*r[3:]), introducers.get((r[0], r[1], r[2]), []), upto)
+                    .model_dump_json()
+                    .encode(),
+                )
+                for r in chunk
+            ]
+
+    def _introducers(self, pairs: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[str]]:
+        """The live introducers of many pairs in one query per chunk, in position order."""
+        found: dict[tuple[str, str, str], list[str]] = {}
+        ordered = sorted(pairs)
+        for start in range(0, len(ordered), KEYS_PER_QUERY):
+            chunk = ordered[start : start + KEYS_PER_QUERY]
+            rows = self.store.read(
+                "SELECT tenant, a, b, introducer FROM view_introductions WHERE live = 1 AND (tenant, a, b) IN "
+                f"(VALUES {','.join(['(?,?,?)'] * len(chunk))}) ORDER BY position",
+                [value for key in chunk for value in key],
+            )
+            for tenant, a, b, introducer in rows:
+                found.setdefault((tenant, a, b), []).append(introducer)
+        return found
 
     def _influence(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
         rows = self._changed("view_influence", f"tenant, {ITEM_COLUMNS}", since, upto)

@@ -30,7 +30,8 @@ from services.store import Ledger, postgres_connect, postgres_params
 log = structlog.get_logger(__name__)
 
 VIEWS = (reciprocity.VIEW, influence_view.VIEW)
-INFLUENCE_INTERVAL_S = 1.0
+INFLUENCE_INTERVAL_S = 1.0  # at most once a second...
+INFLUENCE_DUTY_MAX = 0.2  # ...and never more than a fifth of the time: a big tenant is recomputed less often
 STANDBY_RETRY_S = 2.0
 LOCK_KEY_BASE = 0x7265_6369_7000  # plus a checksum of schema and job: one holder per store and job
 
@@ -111,9 +112,10 @@ class Projections:
         self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
         self._relay_recorded_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        # One thread does all projection work: pages and influence never contend for the views' writer,
-        # and closing waits for the work in flight instead of dropping it mid-transaction.
+        # Pages on one thread, influence on another: a long recompute never holds up the next page (they
+        # meet only at the views' write lock). Closing waits for the work in flight on both.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
+        self._influence_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influence")
         self.follower = Follower(
             ledger, reciprocity.ReciprocityProjection(self.store), self.reciprocity_position, on_page=self._on_page
         )
@@ -132,6 +134,7 @@ class Projections:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._influence_executor.shutdown, wait=True)
         self.lock.release()
         self.store.close()
 
@@ -161,17 +164,20 @@ class Projections:
             influence.cancel()
 
     async def _recompute_influence(self) -> None:
-        """At most once an interval, every tenant whose reciprocity rows changed since its last compute."""
+        """Every tenant whose reciprocity rows changed since its last compute, at most once a second and at
+        most a fifth of the time (a recompute reads and may rewrite every participant of the tenant, so
+        its cost grows with the tenant; this keeps projecting pages and writing KV ahead of it)."""
         while True:
             started = time.monotonic()
             try:
-                for tenant in await self._loop.run_in_executor(self._executor, self.influence.stale_tenants):
-                    await self._loop.run_in_executor(self._executor, self.influence.recompute, tenant)
+                for tenant in await self._loop.run_in_executor(self._influence_executor, self.influence.stale_tenants):
+                    await self._loop.run_in_executor(self._influence_executor, self.influence.recompute, tenant)
                     for listener in self.page_listeners:
                         listener()
             except Exception as failure:  # keep the last results; try again next interval
                 log.error("influence_recompute_failed", error=str(failure))
-            await asyncio.sleep(max(0.0, INFLUENCE_INTERVAL_S - (time.monotonic() - started)))
+            spent = time.monotonic() - started
+            await asyncio.sleep(max(INFLUENCE_INTERVAL_S - spent, spent * (1 / INFLUENCE_DUTY_MAX - 1)))
 
     async def wait_for(self, position: int, timeout_s: float, view_position: Callable[[], int] | None = None) -> bool:
         """Waits until a view reflects `position` (a client reading its own write); reciprocity by default."""

@@ -14,13 +14,31 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
 from services.store import postgres_params, schema_lock
 
 SQLITE_LOCK_TIMEOUT_S = 30
+
+
+class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
+    """Views commit without an fsync each (WAL with synchronous=NORMAL): a power loss may take the last
+    pages back, together with their tracking row, so the follower simply applies them again. The fact
+    store itself keeps synchronous=FULL."""
+
+    def _create_connection(self) -> Any:
+        connection = super()._create_connection()
+        connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+
+class ViewsSQLiteDatastore(SQLiteDatastore):
+    def __init__(self, db_name: str, **kwargs: Any) -> None:
+        super().__init__(db_name, **kwargs)
+        self.pool.close()  # never used: replaced before any connection was made
+        self.pool = ViewsSQLiteConnectionPool(db_name=db_name, lock_timeout=kwargs.get("lock_timeout"))
 
 
 class SchemaPostgresDatastore(PostgresDatastore):
@@ -82,7 +100,7 @@ class ViewStore:
             self.tracking_table = self.tracking.tracking_table_name
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
-            datastore = SQLiteDatastore(str(data_dir / "views.sqlite3"), lock_timeout=SQLITE_LOCK_TIMEOUT_S)
+            datastore = ViewsSQLiteDatastore(str(data_dir / "views.sqlite3"), lock_timeout=SQLITE_LOCK_TIMEOUT_S)
             self.tracking = SQLiteTrackingRecorder(datastore)
             self.tracking_table = "tracking"
         self.datastore = datastore

@@ -86,6 +86,9 @@ class BackgroundProcess:
 
 
 def main() -> None:
+    # The influence recompute is CPU-bound Python on a thread; the default 5 ms interpreter switch interval
+    # would let it hold up every page and KV write behind it for that long, many times a second.
+    sys.setswitchinterval(0.0005)
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
     asyncio.run(run(settings))

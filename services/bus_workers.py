@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from projections.kv import KvWriter
 from projections.relay import Relay
 from projections.runtime import Projections, WorkerLock
-from services.bus import connect, ensure_buckets, ensure_stream, until_cancelled, until_done
+from services.bus import BUCKETS, connect, ensure_buckets, ensure_stream, until_cancelled, until_done
 from services.metrics import Metrics
 from services.micro import QueryService
 from services.settings import Settings
@@ -50,7 +50,7 @@ class BusWorkers:
         self.query = query
         self.connected = False
         self.relay_wakeup = asyncio.Event()
-        self.kv_wakeup = asyncio.Event()
+        self.kv_wakeups = {bucket: asyncio.Event() for bucket in BUCKETS}
         self.client: Client | None = None
         self.prepared = asyncio.Event()  # the stream and buckets exist
         self._tasks: list[asyncio.Task[None]] = []
@@ -58,7 +58,8 @@ class BusWorkers:
     def wake(self) -> None:
         """After this process committed facts or applied a page: publish now, not at the next poll."""
         self.relay_wakeup.set()
-        self.kv_wakeup.set()
+        for wakeup in self.kv_wakeups.values():
+            wakeup.set()
 
     def _relayed(self, position: int) -> None:
         self.metrics.relay_position.set(position)
@@ -116,5 +117,11 @@ class BusWorkers:
         while not self.projections.projecting:
             await asyncio.sleep(STANDBY_RETRY_S)
         writer = KvWriter(self.projections.store, self.projections.influence, self.projections.influence_position)
-        self.projections.page_listeners.append(self.kv_wakeup.set)
-        await until_cancelled(lambda: writer.run(js, self.kv_wakeup), "kv")
+        for wakeup in self.kv_wakeups.values():
+            self.projections.page_listeners.append(wakeup.set)
+        await asyncio.gather(
+            *(
+                until_cancelled(lambda b=bucket, w=wakeup: writer.run(js, b, w), f"kv/{bucket}")
+                for bucket, wakeup in self.kv_wakeups.items()
+            )
+        )
