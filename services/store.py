@@ -7,7 +7,6 @@ as the events, so one tenant's log can be read in order without scanning everybo
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
+import orjson
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import StoredEvent
@@ -52,7 +52,7 @@ class StoredFact:
 
 def fact_from_state(state: bytes) -> dict[str, Any]:
     """The fact inside a stored `Recorded` event (its other attributes are the library's)."""
-    return json.loads(state)["fact"]
+    return orjson.loads(state)["fact"]
 
 
 def _fact_tenants(kwargs: dict[str, Any]) -> dict[UUID, str]:
