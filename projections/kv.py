@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from projections import reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
 from projections.queries import balance_answer, pair_answer
-from projections.reciprocity import KEYS_PER_QUERY, PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
+from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
 from projections.viewstore import ViewStore
 from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 
@@ -115,14 +115,11 @@ class KvWriter:
     def _introducers(self, pairs: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], list[str]]:
         """The live introducers of many pairs in one query per chunk, in position order."""
         found: dict[tuple[str, str, str], list[str]] = {}
-        ordered = sorted(pairs)
-        for start in range(0, len(ordered), KEYS_PER_QUERY):
-            chunk = ordered[start : start + KEYS_PER_QUERY]
-            rows = self.store.read(
-                "SELECT tenant, a, b, introducer FROM view_introductions WHERE live = 1 AND (tenant, a, b) IN "
-                f"(VALUES {','.join(['(?,?,?)'] * len(chunk))}) ORDER BY position",
-                [value for key in chunk for value in key],
-            )
+        with self.store.transaction(commit=False) as cursor:
+            rows = cursor.lookup(
+                "view_introductions", ("tenant", "a", "b", "introducer"), ("tenant", "a", "b"), pairs,
+                where="t.live = 1", order_by="t.position",
+            )  # fmt: skip
             for tenant, a, b, introducer in rows:
                 found.setdefault((tenant, a, b), []).append(introducer)
         return found

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 from contracts.types import context_key
@@ -26,7 +27,6 @@ CONTEXT_DIMENSIONS = ("location", "activity", "subject")
 # so each pair keeps the sum of value * 2^((t - epoch)/h) and influence applies the as_of factor once.
 DECAY_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 HALF_LIFE_DAYS = 180.0
-KEYS_PER_QUERY = 300
 
 DDL = (
     "CREATE TABLE IF NOT EXISTS view_gives (tenant TEXT NOT NULL, event_id TEXT NOT NULL, position INTEGER NOT NULL,"
@@ -333,16 +333,7 @@ class Page:
             target[values[:width]] = row_type(*values[width:])  # type: ignore[index]
 
     def _select(self, table: str, key_columns: tuple[str, ...], keys: set[tuple[str, ...]]) -> Iterable[Any]:
-        ordered = sorted(keys)
-        columns = _columns(table)
-        tuple_sql = "(" + ",".join("?" * len(key_columns)) + ")"
-        for start in range(0, len(ordered), KEYS_PER_QUERY):
-            chunk = ordered[start : start + KEYS_PER_QUERY]
-            statement = (
-                f"SELECT {', '.join(columns)} FROM {table} WHERE ({', '.join(key_columns)}) IN "
-                f"(VALUES {','.join([tuple_sql] * len(chunk))})"
-            )
-            yield from self.cursor.execute(statement, [value for key in chunk for value in key])
+        return self.cursor.lookup(table, _columns(table), key_columns, keys)
 
     # applying, in log order
 
@@ -532,10 +523,13 @@ class Page:
             self.participants[(tenant, scope, participant)].unack_oldest_at = _first(found)
         for tenant, scope, a, b in sorted(self.span_to_recompute):
             condition, params = scope_filter(scope)
+            one_way = (
+                "SELECT MIN(occurred_at) AS first_at, MAX(occurred_at) AS last_at FROM view_gives"
+                f" WHERE tenant = ? AND giver = ? AND receiver = ? AND live = 1{condition}"
+            )  # each direction by its index; an OR of both would scan the tenant's gives
             found = self.cursor.execute(
-                "SELECT MIN(occurred_at), MAX(occurred_at) FROM view_gives WHERE tenant = ? AND live = 1"
-                f" AND ((giver = ? AND receiver = ?) OR (giver = ? AND receiver = ?)){condition}",
-                (tenant, a, b, b, a, *params),
+                f"SELECT MIN(first_at), MAX(last_at) FROM ({one_way} UNION ALL {one_way}) AS both_ways",
+                (tenant, a, b, *params, tenant, b, a, *params),
             )
             pair = self.pairs[(tenant, scope, a, b)]
             pair.first_at, pair.last_at = tuple(found[0]) if found else (None, None)
@@ -568,8 +562,15 @@ def _columns(table: str) -> list[str]:
     return [*key, *(PARTICIPANT_COLUMNS if table == "view_participants" else PAIR_COLUMNS)]
 
 
+_GETTERS: dict[type, Any] = {}
+
+
 def _values(row: Any) -> tuple[Any, ...]:
-    return tuple(getattr(row, f.name) for f in fields(row))
+    """A row's column values in declaration order (one attrgetter per row type: this runs per row)."""
+    getter = _GETTERS.get(type(row))
+    if getter is None:
+        getter = _GETTERS[type(row)] = attrgetter(*(f.name for f in fields(row)))
+    return getter(row)
 
 
 def _first(rows: list[Any]) -> Any:

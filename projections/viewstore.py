@@ -7,7 +7,7 @@ can never count twice, and a crash between pages loses nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from psycopg.sql import SQL, Identifier
 from services.store import postgres_params, schema_lock
 
 SQLITE_LOCK_TIMEOUT_S = 30
+KEYS_PER_QUERY = 500
+VIEWS_CACHE_KIB = 64 * 1024  # per connection
 
 
 class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
@@ -31,6 +33,9 @@ class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
     def _create_connection(self) -> Any:
         connection = super()._create_connection()
         connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
+        # A page reads and rewrites rows all over the view tables and their indexes: keep more of them
+        # cached than SQLite's default 2 MiB, so a large view is not re-read from the OS page by page.
+        connection._sqlite_conn.execute(f"PRAGMA cache_size=-{VIEWS_CACHE_KIB}")
         return connection
 
 
@@ -76,6 +81,35 @@ class ViewCursor:
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             self.raw.executemany(self._sql(statement), rows)
+
+    def lookup(
+        self, table: str, columns: Sequence[str], key_columns: Sequence[str], keys: Iterable[Sequence[str]],
+        where: str = "", order_by: str = "",
+    ) -> Iterator[Any]:  # fmt: skip
+        """The rows of `table` whose text key columns equal one of `keys`, a chunk of keys per query.
+
+        The keys drive a join, so each is one index lookup; a row-value `IN (VALUES ...)` would make
+        SQLite scan the whole table for every query. `where` and `order_by` refer to the table as `t`.
+        """
+        ordered = sorted(set(map(tuple, keys)))
+        selected = ", ".join(f"t.{c}" for c in columns)
+        on = " AND ".join(f"t.{c} = k.c{i}" for i, c in enumerate(key_columns))
+        tail = (f" WHERE {where}" if where else "") + (f" ORDER BY {order_by}" if order_by else "")
+        for start in range(0, len(ordered), KEYS_PER_QUERY):
+            chunk = ordered[start : start + KEYS_PER_QUERY]
+            if self._postgres:  # one array per key column
+                arrays = ", ".join(["%s::text[]"] * len(key_columns))
+                names = ", ".join(f"c{i}" for i in range(len(key_columns)))
+                source = f"unnest({arrays}) AS k({names})"
+                params: list[Any] = [list(column) for column in zip(*chunk, strict=True)]
+            else:  # CROSS JOIN keeps the keys as SQLite's outer loop
+                row = "(" + ", ".join("?" * len(key_columns)) + ")"
+                names = ", ".join(f"column{i + 1} AS c{i}" for i in range(len(key_columns)))
+                source = f"(SELECT {names} FROM (VALUES {', '.join([row] * len(chunk))})) AS k"
+                params = [value for key in chunk for value in key]
+            join = "JOIN" if self._postgres else "CROSS JOIN"
+            self.raw.execute(f"SELECT {selected} FROM {source} {join} {table} AS t ON {on}{tail}", params)
+            yield from self.raw.fetchall()
 
 
 class ViewStore:
