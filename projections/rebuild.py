@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from projections import influence_view, reciprocity
-from projections.follower import Follower
+from projections.follower import REBUILD_PAGE_FACTS, Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.runtime import WorkerLock, open_view_store
@@ -39,7 +39,10 @@ def rebuild(database_url: str | None, data_dir: Path, view: str | None, wait_s: 
         if view in (None, "reciprocity"):
             store.reset(reciprocity.VIEW, (*reciprocity.TABLES, *influence_view.TABLES))
             applied = Follower(
-                ledger, reciprocity.ReciprocityProjection(store), lambda: store.position(reciprocity.VIEW)
+                ledger,
+                reciprocity.ReciprocityProjection(store),
+                lambda: store.position(reciprocity.VIEW),
+                page_facts_max=REBUILD_PAGE_FACTS,
             ).catch_up()
         projected_s = time.perf_counter() - started
         store.reset(influence_view.VIEW, influence_view.TABLES)

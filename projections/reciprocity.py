@@ -585,6 +585,7 @@ class ReciprocityProjection:
 
     def __init__(self, store: ViewStore) -> None:
         self.store = store
+        self.analyzed_at = 0  # the position at the last ANALYZE (PostgreSQL), renewed as the view doubles
 
     def process_page(self, page: list[StoredFact]) -> set[str]:
         """Applies one page of facts; returns the tenants it touched."""
@@ -595,4 +596,7 @@ class ReciprocityProjection:
                 state.apply(stored)
             state.save(page[-1].position)
             self.store.record_position(cursor, VIEW, page[-1].position)
+        if self.store.postgres and page[-1].position >= 2 * self.analyzed_at:
+            self.store.analyze(TABLES)
+            self.analyzed_at = page[-1].position
         return set(state.tenants)

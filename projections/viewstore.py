@@ -91,7 +91,7 @@ class ViewCursor:
         The keys drive a join, so each is one index lookup; a row-value `IN (VALUES ...)` would make
         SQLite scan the whole table for every query. `where` and `order_by` refer to the table as `t`.
         """
-        ordered = sorted(set(map(tuple, keys)))
+        ordered = list(set(map(tuple, keys)))
         selected = ", ".join(f"t.{c}" for c in columns)
         on = " AND ".join(f"t.{c} = k.c{i}" for i, c in enumerate(key_columns))
         tail = (f" WHERE {where}" if where else "") + (f" ORDER BY {order_by}" if order_by else "")
@@ -167,6 +167,14 @@ class ViewStore:
         """Advances the view's tracking row inside the view's own transaction (the library refuses a
         position that does not advance, so two projectors can never both apply one page)."""
         self.tracking._insert_tracking(cursor.raw, Tracking(view, position))
+
+    def analyze(self, tables: Sequence[str]) -> None:
+        """Fresh planner statistics on PostgreSQL (SQLite plans by its indexes alone). A view built from
+        empty outgrows the statistics it was planned with long before autovacuum looks, and its lookups
+        would go on scanning tables the planner still believes are tiny."""
+        if self.postgres:
+            with self.transaction() as cursor:
+                cursor.execute(f"ANALYZE {', '.join(tables)}")
 
     def reset(self, view: str, tables: Sequence[str]) -> None:
         """Empties a view and its tracking, for a rebuild from position 0."""

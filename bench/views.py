@@ -1,0 +1,398 @@
+"""Views benchmark: reciprocity rebuild, influence, balance queries, serve memory, ingest with projections.
+
+    .venv/bin/python bench/views.py                                   # 1M facts, 100k people, both stores
+    .venv/bin/python bench/views.py --events 200000 --participants 20000 --stores sqlite --seconds 5
+
+Per store (SQLite in a temporary data dir; PostgreSQL in a fresh schema `bench_<random>`, dropped at the end):
+load N facts for tenant `bench` over P participants (skewed givers; ~86% gives, 5% introductions, 8%
+acknowledgements by the receiver, 1% reversals) and tenant `pairs` (~100k directed pairs) directly with
+FactWriter (setup, timed anyway); rebuild the reciprocity view with the Follower (events/s); recompute
+influence for both tenants. Then `reciprocity serve` on that store, once its relay and KV writer caught up:
+GET balance of random known people on 32 keep-alive connections from another process (bench/ingest.py's
+client); VmRSS/VmHWM of serve and its background process after the queries and after a posted fact made
+them recompute influence; bench/ingest.py's single and batch ingest with the projections running; lag.
+One aligned table at the end, and the raw figures as JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+from psycopg.sql import SQL, Identifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ingest import DEFAULT_DATABASE_URL, _result, drive, give_body, measure, signed_requests
+from contracts.types import utc_text
+from projections.follower import REBUILD_PAGE_FACTS, Follower
+from projections.influence_view import InfluenceView
+from projections.queries import ReciprocityQueries
+from projections.reciprocity import TABLES, VIEW, ReciprocityProjection
+from projections.relay import stream_position
+from projections.runtime import open_view_store
+from projections.viewstore import ViewStore
+from services.bus import BUCKETS
+from services.domain import ReceivedFact, fact_event_id
+from services.ingest import FactWriter
+from services.settings import Settings
+from services.store import Ledger, open_ledger
+from tests.processes import Server, cli_json
+
+TENANT, SMALL_TENANT, SOURCE = "bench", "pairs", "crm"
+KINDS = ("knowledge", "help", "time", "referral", "endorsement")
+VALUES = ("1", "2.5", "0.5", "3", "10")
+SUBJECTS = ("python", "rust", "design", "sales", "hiring", "fundraising", "ops", "legal", "marketing", "data")
+LOCATIONS = ("berlin", "paris", "remote", "london", "lagos")
+OPEN_GIVES_MAX = 50_000  # gives that may still be acknowledged or reversed (bounded memory)
+SPAN = timedelta(days=730)
+FORCE = json.dumps(give_body("force", 0)).encode()  # a fact that makes serve recompute influence
+
+
+PROGRESS = lambda _, at: at % 100_000 < REBUILD_PAGE_FACTS and note(f"  replayed to position {at:,}")  # noqa: E731
+
+
+def note(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class FactGenerator:
+    """One tenant's facts in log order, generated chunk by chunk from a seed; counts what it made."""
+
+    def __init__(self, tenant: str, events: int, participants: int, seed: int) -> None:
+        self.tenant, self.events, self.participants = tenant, events, participants
+        self.rng = random.Random(seed)
+        self.open_gives: list[tuple[str, str]] = []  # (external id, receiver), never acknowledged nor reversed
+        self.counts: Counter[str] = Counter()
+        self.received_at = datetime.now(UTC)
+        self.start = self.received_at - SPAN - timedelta(hours=1)
+
+    def fact(self, n: int) -> ReceivedFact:
+        at = self.start + SPAN * (n / self.events)
+        roll = self.rng.random()
+        if roll < 0.09 and self.open_gives:  # acknowledged by the receiver (8%), or reversed (1%)
+            i = self.rng.randrange(len(self.open_gives))
+            self.open_gives[i], self.open_gives[-1] = self.open_gives[-1], self.open_gives[i]
+            give_id, receiver = self.open_gives.pop()
+            if roll < 0.08:
+                kind, external_id, body = "acknowledgement.recorded", f"a{n}", {"acknowledger": receiver}
+            else:
+                kind, external_id, body = "reversal.recorded", f"r{n}", {}
+            body["ref"] = {"id": give_id}
+            body.update({} if roll < 0.08 else {"reason": "entered twice"})
+        elif roll < 0.14:
+            kind, external_id, body = self.introduction(n)
+        else:
+            kind, external_id, body = self.give(n)
+        self.counts[kind] += 1
+        data = {"id": external_id, "occurred_at": utc_text(at), **body}
+        event_id = fact_event_id(self.tenant, SOURCE, external_id)
+        return ReceivedFact(self.tenant, SOURCE, kind, data, at, self.received_at, event_id)
+
+    def skewed(self) -> int:
+        return int(self.participants * self.rng.random() ** 3)  # the top 1% give about a fifth
+
+    def context(self) -> dict[str, str] | None:
+        roll, rng = self.rng.random(), self.rng
+        location = {"location": rng.choice(LOCATIONS)} if roll > 0.8 else {}
+        activity = {"activity": rng.choice(("meetup", "mentoring"))} if roll > 0.95 else {}
+        return None if roll < 0.4 else {**location, **activity, "subject": rng.choice(SUBJECTS)}
+
+    def give(self, n: int) -> tuple[str, str, dict[str, Any]]:
+        giver = self.skewed()
+        receiver = giver
+        while receiver == giver:
+            receiver = self.rng.randrange(self.participants)
+        body: dict[str, Any] = {"giver": f"p{giver}", "receiver": f"p{receiver}"}
+        body.update(kind=self.rng.choice(KINDS), value=self.rng.choice(VALUES))
+        if context := self.context():
+            body["context"] = context
+        if len(self.open_gives) >= OPEN_GIVES_MAX:  # forget a random one
+            self.open_gives[self.rng.randrange(OPEN_GIVES_MAX - 1)] = self.open_gives.pop()
+        self.open_gives.append((f"g{n}", f"p{receiver}"))
+        return "give.recorded", f"g{n}", body
+
+    def introduction(self, n: int) -> tuple[str, str, dict[str, Any]]:
+        a, b = self.rng.sample(range(self.participants), 2)
+        introducer = a
+        while introducer in (a, b):
+            introducer = self.skewed()
+        body: dict[str, Any] = {"introducer": f"p{introducer}", "introduced": [f"p{a}", f"p{b}"]}
+        if context := self.context():
+            body["context"] = context
+        return "introduction.made", f"i{n}", body
+
+
+def load(ledger: Ledger, generator: FactGenerator, batch: int) -> Counter[str]:
+    """Writes the generator's facts; returns what was not recorded (should be nothing)."""
+    writer, refused, done = FactWriter(ledger), Counter[str](), 0
+    for first in range(0, generator.events, batch):
+        chunk = [generator.fact(n) for n in range(first, min(first + batch, generator.events))]
+        for outcome in writer.commit(chunk):
+            if outcome.status != "recorded":
+                refused[outcome.problem.title if outcome.problem else outcome.status] += 1
+        done += len(chunk)
+        if done % 100_000 < batch:
+            note(f"  {generator.tenant}: {done:,} facts")
+    return refused
+
+
+def check_views(store: ViewStore, generator: FactGenerator) -> str:
+    """The rebuilt view against what was generated: gives, live gives, acknowledged gives, given counts."""
+    c = generator.counts
+    expected = (c["give.recorded"], c["give.recorded"] - c["reversal.recorded"], c["acknowledgement.recorded"])
+    found = store.read(
+        "SELECT COUNT(*), SUM(live), SUM(acknowledged), (SELECT SUM(given_count) FROM view_participants"
+        " WHERE tenant = ? AND scope = '') FROM view_gives WHERE tenant = ?", (generator.tenant, generator.tenant)
+    )[0]  # fmt: skip
+    found, expected = tuple(int(v or 0) for v in found), (*expected, expected[1])
+    return "ok" if found == expected else f"{generator.tenant}: view {found} != generated {expected}"
+
+
+def directed_pairs(store: ViewStore, tenant: str) -> int:
+    counts = store.read("SELECT SUM(CASE WHEN decayed_ab > 0 THEN 1 ELSE 0 END), SUM(CASE WHEN decayed_ba > 0 THEN 1"
+                        " ELSE 0 END) FROM view_pairs WHERE tenant = ? AND scope = ''", (tenant,))[0]  # fmt: skip
+    return sum(int(n or 0) for n in counts)
+
+
+def build_views(settings: Settings, args: argparse.Namespace, figures: dict[str, Any]) -> list[str]:
+    """Load, rebuild, check, recompute influence; returns a sample of the main tenant's participants."""
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    store = open_view_store(settings.database_url, settings.data_dir)
+    try:
+        main = FactGenerator(TENANT, args.events, args.participants, seed=1)
+        small = FactGenerator(SMALL_TENANT, args.small_events, args.small_participants, seed=2)
+        started, refused = time.perf_counter(), Counter[str]()
+        for generator in (main, small):
+            note(f"loading {generator.events:,} facts for {generator.tenant}")
+            refused += load(ledger, generator, args.batch)
+        figures.update(load_events=args.events + args.small_events, load_s=time.perf_counter() - started)
+        figures.update(load_per_s=figures["load_events"] / figures["load_s"], load_refused=dict(refused))
+        figures["facts_generated"] = {g.tenant: dict(g.counts) for g in (main, small)}
+        note("rebuilding the reciprocity views")
+        store.reset(VIEW, TABLES)
+        started = time.perf_counter()
+        position = lambda: store.position(VIEW)  # noqa: E731
+        follower = Follower(
+            ledger, ReciprocityProjection(store), position, page_facts_max=REBUILD_PAGE_FACTS, on_page=PROGRESS
+        )
+        applied = follower.catch_up()
+        figures.update(rebuild_events=applied, rebuild_s=time.perf_counter() - started)
+        figures["rebuild_per_s"] = applied / figures["rebuild_s"]
+        checks = [check_views(store, g) for g in (main, small)]
+        figures["views_check"] = "ok" if checks == ["ok", "ok"] else "; ".join(c for c in checks if c != "ok")
+        influence = InfluenceView(store, ReciprocityQueries(store))
+        for tenant, prefix in ((SMALL_TENANT, "influence_small"), (TENANT, "influence")):
+            note(f"recomputing influence for {tenant}")
+            started = time.perf_counter()
+            influence.recompute(tenant)
+            figures[f"{prefix}_s"] = time.perf_counter() - started
+            figures[f"{prefix}_pairs"] = directed_pairs(store, tenant)
+        rows = store.read("SELECT participant FROM view_participants WHERE tenant = ? AND scope = ''", (TENANT,))
+        return random.Random(3).sample([r[0] for r in rows], min(20_000, len(rows)))
+    finally:
+        store.close()
+        ledger.close()
+
+
+def memory_mib(pid: int, when: str) -> dict[str, float]:
+    """VmRSS/VmHWM of serve and of its children (its background process, the embedded nats-server)."""
+    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    found = {}
+    for process in [str(pid), *children]:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{process}/status").read_text().splitlines())
+        name = "serve" if process == str(pid) else status["Name"].strip().replace("python", "background")
+        found.update({f"{name}_{k}_{when}_mib": int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")})
+    return found
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float) -> float | None:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        with contextlib.suppress(OSError):
+            if done():
+                return time.perf_counter() - started
+        time.sleep(0.2)
+    return None
+
+
+def views_caught_up(server: Server) -> bool:
+    views = server.get("/readyz")[1].get("views")
+    return isinstance(views, dict) and views["reciprocity"]["events"] == 0 == views["influence"]["events"]
+
+
+async def relay_position(nats_url: str) -> int:
+    async with await nats.connect(nats_url) as client:
+        return (await stream_position(client.jetstream()))[0]
+
+
+def background_caught_up(server: Server, store: ViewStore) -> bool:
+    """Whether serve's relay (the stream's last message) and KV writer (its tracking rows) reached the head."""
+    head = server.get("/readyz")[1]["head_position"]
+    if min(store.position(f"kv/{bucket}") for bucket in BUCKETS) < head:
+        return False
+    return asyncio.run(relay_position(f"nats://127.0.0.1:{server.nats_port}")) >= head
+
+
+def balance_load(server: Server, key: str, participants: list[str], store_name: str, args: argparse.Namespace):
+    rng, head = random.Random(4), f"HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    path = f"GET /v1/tenants/{TENANT}/participants/{{}}/balance {head}"
+    requests = lambda count: [path.format(rng.choice(participants)).encode() for _ in range(count)]  # noqa: E731
+    drive(server.port, requests(5_000), args.concurrency, 3)  # warm-up
+    measured = drive(server.port, requests(int(args.seconds * 15_000) + 2_000), args.concurrency, args.seconds)
+    return _result(store_name, "balance", "-", args.concurrency, *measured, 1)
+
+
+def load_figures(prefix: str, result: Any) -> dict[str, Any]:
+    names = ("requests_per_s", "facts_per_s", "p50_ms", "p99_ms", "non_2xx")
+    return {f"{prefix}_{name}": getattr(result, name) for name in names}
+
+
+def serve_phase(settings, workdir, secret, participants, store_name, args, figures) -> None:
+    server = Server(settings, workdir / f"serve-{store_name}.log").start()  # with an embedded NATS server
+    try:
+        pid = server.process.pid
+        note("waiting for serve's relay and KV writer to catch up with the log")
+        store = open_view_store(settings.database_url, settings.data_dir)
+        figures["background_catch_up_s"] = wait_until(lambda: background_caught_up(server, store), args.wait)
+        store.close()
+        figures.update(memory_mib(pid, "after_start"))
+        key = cli_json(settings, "key", "add", TENANT, "--scope", "read")["key"]
+        note("balance queries")
+        result = balance_load(server, key, participants, store_name, args)
+        figures.update(load_figures("balance", result))
+        figures.update(memory_mib(pid, "after_queries"))
+        note("forcing an influence recompute in serve")
+        path = f"/v1/tenants/{TENANT}/webhooks/{SOURCE}"
+        figures["force_non_2xx"] = drive(server.port, signed_requests(secret, server.port, path, [FORCE]), 1, 10)[1]
+        figures["influence_in_serve_s"] = wait_until(lambda: views_caught_up(server), 300)
+        figures.update(memory_mib(pid, "after_influence"))
+        ingest_phase(server, secret, store_name, args, figures)
+        figures.update(memory_mib(pid, "end"))
+    finally:
+        server.stop()
+
+
+def ingest_phase(server: Server, secret: str, store_name: str, args: argparse.Namespace, figures: dict) -> None:
+    """bench/ingest.py's measurement, now with the projections running inside `serve`; then the lag."""
+    note("ingest with projections running in serve")
+    ingest_args = argparse.Namespace(seconds=args.seconds, concurrency=args.concurrency, batch_concurrency=4)
+    single, batch = measure(server, secret, store_name, "group", ingest_args)
+    figures.update({**load_figures("ingest_single", single), **load_figures("ingest_batch", batch)})
+    lag = server.get("/readyz")[1]["views"]
+    figures.update(lag_end_events=lag["reciprocity"]["events"], lag_end_s=lag["reciprocity"]["seconds"])
+    figures["influence_lag_end_events"] = lag["influence"]["events"]
+    figures["catch_up_s"] = wait_until(lambda: views_caught_up(server), 600)
+
+
+def run_store(store_name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    schema = f"bench_{uuid.uuid4().hex[:8]}" if store_name == "postgresql" else None
+    database_url = f"{args.database_url}?schema={schema}" if schema else None
+    settings = Settings(data_dir=workdir / store_name, database_url=database_url)
+    figures: dict[str, Any] = {"store": store_name, "events": args.events, "participants": args.participants}
+    try:
+        cli_json(settings, "tenant", "create", TENANT)
+        secret = cli_json(settings, "source", "add", TENANT, SOURCE)["secret"]
+        participants = build_views(settings, args, figures)
+        serve_phase(settings, workdir, secret, participants, store_name, args, figures)
+    except Exception as failure:  # report what was measured, and what broke
+        traceback.print_exc()
+        figures["error"] = f"{type(failure).__name__}: {failure}"[:300]
+        log = workdir / f"serve-{store_name}.log"
+        if log.exists():
+            print("serve log tail:\n" + "\n".join(log.read_text().splitlines()[-20:]), file=sys.stderr)
+    finally:
+        if schema:
+            with psycopg.connect(args.database_url, autocommit=True) as conn:
+                conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
+    return figures
+
+
+ROWS = (  # key, label, format, target
+    ("load_events", "load: facts written (both tenants)", "{:,}", "setup only"),
+    ("load_s", "load: seconds", "{:.0f}", "setup only"),
+    ("rebuild_per_s", "rebuild reciprocity: events/s", "{:,.0f}", ">= 30,000 (SQLite)"),
+    ("views_check", "views agree with generated facts", "{}", "ok"),
+    ("influence_small_pairs", "influence `pairs`: directed pairs", "{:,}", "~100k"),
+    ("influence_small_s", "influence `pairs`: recompute s", "{:.2f}", ""),
+    ("influence_pairs", "influence `bench`: directed pairs", "{:,}", "~1M"),
+    ("influence_s", "influence `bench`: recompute s", "{:.2f}", "< 5 s at 1M pairs"),
+    ("balance_requests_per_s", "GET balance: req/s", "{:,.0f}", ">= 5,000"),
+    ("balance_p50_ms", "GET balance: p50 ms", "{:.2f}", ""),
+    ("balance_p99_ms", "GET balance: p99 ms", "{:.2f}", "<= 10 ms"),
+    ("background_catch_up_s", "serve start: relay + KV caught up, s", "{:.0f}", ""),
+    ("serve_VmHWM_after_start_mib", "serve VmHWM after that, MiB", "{:.0f}", "< 1024"),
+    ("background_VmHWM_after_start_mib", "serve's background process VmHWM, MiB", "{:.0f}", "< 1024"),
+    ("serve_VmRSS_after_queries_mib", "serve VmRSS after queries, MiB", "{:.0f}", "< 1024"),
+    ("influence_in_serve_s", "serve: fact -> influence recomputed, s", "{:.1f}", ""),
+    ("background_VmRSS_after_influence_mib", "background VmRSS after influence, MiB", "{:.0f}", "< 1024"),
+    ("background_VmHWM_after_influence_mib", "background VmHWM after influence, MiB", "{:.0f}", "< 1024"),
+    ("ingest_single_requests_per_s", "ingest single (+projections): req/s", "{:,.0f}", ""),
+    ("ingest_single_p99_ms", "ingest single: p99 ms", "{:.2f}", ""),
+    ("ingest_batch_facts_per_s", "ingest batch100 (+projections): facts/s", "{:,.0f}", ""),
+    ("ingest_batch_p99_ms", "ingest batch100: p99 ms", "{:.2f}", ""),
+    ("lag_end_events", "view lag after ingest: events", "{:,}", ""),
+    ("catch_up_s", "time to zero lag after ingest, s", "{:.1f}", ""),
+    ("serve_VmHWM_end_mib", "serve VmHWM at the end, MiB", "{:.0f}", "< 1024"),
+    ("background_VmHWM_end_mib", "background VmHWM at the end, MiB", "{:.0f}", "< 1024"),
+    ("non_2xx", "non-2xx (balance; single; batch)", "{}", "none"),
+)
+
+
+def print_report(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        r["non_2xx"] = "; ".join(
+            str(r.get(f"{k}_non_2xx") or "-") for k in ("balance", "ingest_single", "ingest_batch")
+        )
+    print()
+    cells = [[("-" if r.get(k) is None else f.format(r[k])) for k, _, f, _ in ROWS] for r in results]
+    heads = [f"{r['store']} {r['events']:,}" for r in results]
+    widths = [max(len(h), *map(len, c)) + 3 for h, c in zip(heads, cells, strict=True)]
+    lw = max(len(label) for _, label, _, _ in ROWS) + 1
+    lines = [("measurement", heads, "target"), *((row[1], [c[i] for c in cells], row[3]) for i, row in enumerate(ROWS))]
+    for label, values, target in lines:
+        print(f"{label:<{lw}}" + "".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True)) + f"   {target}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['store']} FAILED: {r['error']}")
+    print("note: a shared 2-core machine (another engineer, the load generator, the server and the database),"
+          " so figures are noisy; the ingest figures are with serve's projections running.")  # fmt: skip
+    print(json.dumps(results, default=str))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="facts for the main tenant")
+    parser.add_argument("--participants", type=int, default=100_000)
+    parser.add_argument("--small-events", type=int, default=120_000, help="facts for the ~100k-pairs tenant")
+    parser.add_argument("--small-participants", type=int, default=20_000)
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--batch", type=int, default=2_000, help="facts per load transaction")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument("--wait", type=float, default=1800, help="s to wait for serve's relay and KV writer")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reciprocity-views-") as tmp:
+        results = [run_store(store, args, Path(tmp)) for store in args.stores.split(",")]
+    print_report(results)
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
