@@ -25,6 +25,8 @@ from projections.viewstore import ViewStore
 from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 
 ROWS_PER_BATCH = 2_000
+# Rows change a page at a time (a rebuild's page is 20,000 facts), so a window holds a few pages' rows.
+POSITIONS_PER_SYNC = 50_000
 INFLUENCE_KEYS_MAX = 1_000  # the top of each tenant; lower ranks are removed from the bucket
 ACK_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
@@ -55,14 +57,18 @@ class KvWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
 
-    async def _sync(self, js: JetStreamContext, bucket: str, rows: Callable[..., Iterator[Any]]) -> int:
+    async def _sync(self, js: JetStreamContext, bucket: str, rows: Callable[..., Iterator[Any]]) -> bool:
+        """Writes the rows changed in the next window of positions; False when nothing was new.
+
+        The window bounds memory: after a rebuild every row of a million-fact view has changed, and the
+        writer holds one window's rows and one batch's JSON at a time, not the whole view."""
         since = await asyncio.to_thread(self.tracked, bucket)
-        upto = await asyncio.to_thread(self.upto[bucket])
-        if upto <= since:
-            return 0
-        written = 0
-        batches = await asyncio.to_thread(lambda: list(rows(since, upto)))
-        for batch in batches:
+        head = await asyncio.to_thread(self.upto[bucket])
+        if head <= since:
+            return False
+        upto = min(head, since + POSITIONS_PER_SYNC)
+        batches = await asyncio.to_thread(rows, since, upto)
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
             acks = []
             for key, value in batch:
                 subject = f"$KV.{bucket}.{key}"
@@ -74,9 +80,8 @@ class KvWriter:
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise RuntimeError(f"{len(failures)} KV writes to {bucket} failed: {failures[0]!r}")
-            written += len(batch)
         await asyncio.to_thread(self._record, bucket, upto)
-        return written
+        return True
 
     def _record(self, bucket: str, position: int) -> None:
         with self.store.transaction() as cursor:
