@@ -2,19 +2,21 @@
 
 The library's ProjectionRunner handles one event per transaction and needs a recorder subscription that
 its SQLite recorder lacks; this follower reads the library's notification log (facts only) in pages
-instead. It wakes up when this process commits, polls at a bounded interval for other writers, and on
-PostgreSQL also listens to the library's NOTIFY on every insert.
+instead. It wakes up when this process commits, when another process commits (PostgreSQL's NOTIFY on
+every insert, SQLite's data_version), and polls at a bounded interval besides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import psycopg
@@ -116,3 +118,20 @@ class PostgresNotifications:
             except psycopg.Error as failure:  # reconnect; the poll interval covers the gap
                 log.warning("pg_listen_failed", error=str(failure))
                 time.sleep(1.0)
+
+
+async def watch_sqlite_commits(path: Path, wake: Callable[[], None], interval_s: float) -> None:
+    """Wakes followers when another process commits to a SQLite file. `PRAGMA data_version` on an idle
+    connection of our own changes exactly then and costs microseconds, so checking it often is cheap where
+    reading the log at every tick would keep a core a fifth busy on an idle service."""
+    connection = sqlite3.connect(path, isolation_level=None)  # never writes; holds no transaction open
+    try:
+        seen = connection.execute("PRAGMA data_version").fetchone()[0]
+        while True:
+            await asyncio.sleep(interval_s)
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if version != seen:
+                seen = version
+                wake()
+    finally:
+        connection.close()

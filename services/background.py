@@ -3,8 +3,8 @@
 `serve` runs HTTP (ingest and queries) in its main process and starts this one beside it, so that
 building views, writing KV and relaying the stream use the other core instead of competing with ingest
 for one interpreter lock. Both share the same store (SQLite allows one writer per file, and the two
-write different files) and the same NATS server; this process finds new facts by polling every 10 ms.
-It dies with its parent (PR_SET_PDEATHSIG) and is restarted by it if it fails.
+write different files) and the same NATS server; this process learns of new facts from SQLite's
+data_version, checked every 10 ms. It dies with its parent (PR_SET_PDEATHSIG) and is restarted by it if it fails.
 
     python -m services.background    # with the same RECIPROCITY_* environment as serve
 """

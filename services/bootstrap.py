@@ -7,10 +7,11 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
-from projections.follower import PostgresNotifications
+from projections.follower import PostgresNotifications, watch_sqlite_commits
 from projections.runtime import Projections
 from services.bus_workers import BusWorkers
 from services.ingest import FactWriter, GroupCommitter, ThreadWriter
@@ -19,7 +20,7 @@ from services.ratelimit import RateLimiter
 from services.registry import KeyAuth, Registry, RegistrySnapshot, SourceAuth
 from services.settings import Settings
 from services.sql import Database
-from services.store import Ledger, open_ledger
+from services.store import LEDGER_FILE, Ledger, open_ledger
 
 log = structlog.get_logger(__name__)
 
@@ -59,8 +60,8 @@ class RegistryCache:
 
 ROLES = ("all", "ingest", "query", "projector", "relay")
 PARTS = frozenset({"ingest", "query", "projector", "relay"})
-LOCAL_POLL_S = 0.01  # when another local process writes the store and only polling can tell
-REMOTE_POLL_S = 0.5  # when this process commits itself, or PostgreSQL notifies
+COMMIT_WATCH_S = 0.01  # how often a process that does not write the SQLite store checks for commits
+POLL_S = 0.5  # followers poll besides being woken, in case a wake-up was missed
 
 
 def role_parts(role: str) -> frozenset[str]:
@@ -108,10 +109,9 @@ async def open_components(
     ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir)
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
-    # Woken by our own commits; else by PostgreSQL's NOTIFY; else (another local process) by fast polling.
-    poll_s = REMOTE_POLL_S if "ingest" in parts or settings.database_url else LOCAL_POLL_S
+    # Followers are woken by our own commits, by PostgreSQL's NOTIFY, or by SQLite's commit watch.
     projections = await asyncio.to_thread(
-        Projections, ledger, settings.database_url, settings.data_dir, project="projector" in parts, poll_s=poll_s
+        Projections, ledger, settings.database_url, settings.data_dir, project="projector" in parts, poll_s=POLL_S
     )
     await projections.start()
     bus = None
@@ -124,7 +124,7 @@ async def open_components(
             relay="relay" in parts,
             query="query" in parts,
             kv="projector" in parts,
-            poll_s=poll_s,
+            poll_s=POLL_S,
         )
         await bus.start()
     committer = None
@@ -147,6 +147,10 @@ async def open_components(
         )
         notifications.start()
     tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]
+    if not settings.database_url and "ingest" not in parts:  # serve's background process
+        wake = partial(_wake, projections, bus)
+        watch = watch_sqlite_commits(settings.data_dir / LEDGER_FILE, wake, COMMIT_WATCH_S)
+        tasks.append(asyncio.create_task(watch, name="commit-watch"))
     log.info(
         "store_opened",
         parts=sorted(parts),

@@ -34,6 +34,7 @@ from psycopg.sql import SQL, Identifier
 
 from services.domain import FACT_TOPICS
 
+LEDGER_FILE = "ledger.sqlite3"
 SQLITE_LOCK_TIMEOUT_S = 10
 IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
@@ -260,7 +261,7 @@ def ledger_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
         return {
             **common,
             "PERSISTENCE_MODULE": f"{__name__}:LedgerSQLiteFactory",
-            "SQLITE_DBNAME": str(data_dir / "ledger.sqlite3"),
+            "SQLITE_DBNAME": str(data_dir / LEDGER_FILE),
             "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_S),
         }
     pg = postgres_params(database_url)
