@@ -87,13 +87,17 @@ class ReciprocityQueries:
         return self.store.position(VIEW)
 
     def balance(self, tenant: str, participant: str, scope: str = "") -> Balance | None:
-        position = self.position()
+        """The row and the view's position in one statement: the most frequent query, one round trip."""
+        position = f"(SELECT MAX(notification_id) FROM {self.store.tracking_table} WHERE application_name = ?)"
         rows = self.store.read(
-            f"SELECT {', '.join(PARTICIPANT_COLUMNS)} FROM view_participants "
+            f"SELECT {', '.join(PARTICIPANT_COLUMNS)}, {position} FROM view_participants "
             "WHERE tenant = ? AND scope = ? AND participant = ?",
-            (tenant, scope, participant),
+            (VIEW, tenant, scope, participant),
         )
-        return balance_answer(participant, ParticipantRow(*rows[0]), position) if rows else None
+        if not rows:
+            return None
+        *values, at = rows[0]
+        return balance_answer(participant, ParticipantRow(*values), at or 0)
 
     def pair(self, tenant: str, first: str, second: str) -> Pair | None:
         """A pair in canonical order; None when either participant is unknown."""
