@@ -14,11 +14,11 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from services.store import postgres_params, schema_lock
+from services.store import PooledSQLiteDatastore, postgres_params, schema_lock
 
 SQLITE_LOCK_TIMEOUT_S = 30
 KEYS_PER_QUERY = 500
@@ -39,11 +39,8 @@ class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
         return connection
 
 
-class ViewsSQLiteDatastore(SQLiteDatastore):
-    def __init__(self, db_name: str, **kwargs: Any) -> None:
-        super().__init__(db_name, **kwargs)
-        self.pool.close()  # never used: replaced before any connection was made
-        self.pool = ViewsSQLiteConnectionPool(db_name=db_name, lock_timeout=kwargs.get("lock_timeout"))
+class ViewsSQLiteDatastore(PooledSQLiteDatastore):
+    pool_class = ViewsSQLiteConnectionPool
 
 
 class SchemaPostgresDatastore(PostgresDatastore):
@@ -91,12 +88,12 @@ class ViewCursor:
         The keys drive a join, so each is one index lookup; a row-value `IN (VALUES ...)` would make
         SQLite scan the whole table for every query. `where` and `order_by` refer to the table as `t`.
         """
-        ordered = list(set(map(tuple, keys)))
+        unique = list(set(map(tuple, keys)))
         selected = ", ".join(f"t.{c}" for c in columns)
         on = " AND ".join(f"t.{c} = k.c{i}" for i, c in enumerate(key_columns))
         tail = (f" WHERE {where}" if where else "") + (f" ORDER BY {order_by}" if order_by else "")
-        for start in range(0, len(ordered), KEYS_PER_QUERY):
-            chunk = ordered[start : start + KEYS_PER_QUERY]
+        for start in range(0, len(unique), KEYS_PER_QUERY):
+            chunk = unique[start : start + KEYS_PER_QUERY]
             if self._postgres:  # one array per key column
                 arrays = ", ".join(["%s::text[]"] * len(key_columns))
                 names = ", ".join(f"c{i}" for i in range(len(key_columns)))

@@ -88,11 +88,19 @@ class DurableSQLiteConnectionPool(SQLiteConnectionPool):
         return connection
 
 
-class DurableSQLiteDatastore(SQLiteDatastore):
+class PooledSQLiteDatastore(SQLiteDatastore):
+    """The library's SQLite datastore with a connection pool of our own, which sets up each connection."""
+
+    pool_class: type[SQLiteConnectionPool] = SQLiteConnectionPool
+
     def __init__(self, db_name: str, **kwargs: Any) -> None:
         super().__init__(db_name, **kwargs)
         self.pool.close()  # never used: replaced before any connection was made
-        self.pool = DurableSQLiteConnectionPool(db_name=db_name, lock_timeout=kwargs.get("lock_timeout"))
+        self.pool = self.pool_class(db_name=db_name, lock_timeout=kwargs.get("lock_timeout"))
+
+
+class DurableSQLiteDatastore(PooledSQLiteDatastore):
+    pool_class = DurableSQLiteConnectionPool
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
