@@ -8,10 +8,10 @@ load N facts for tenant `bench` over P participants (skewed givers; ~86% gives, 
 acknowledgements by the receiver, 1% reversals) and tenant `pairs` (~100k directed pairs) directly with
 FactWriter (setup, timed anyway); rebuild the reciprocity view with the Follower (events/s); recompute
 influence for both tenants. Then `reciprocity serve` on that store, once its relay and KV writer caught up:
-GET balance of random known people on 32 keep-alive connections from another process (bench/ingest.py's
-client); VmRSS/VmHWM of serve and its background process after the queries and after a posted fact made
-them recompute influence; bench/ingest.py's single and batch ingest with the projections running; lag.
-One aligned table at the end, and the raw figures as JSON on the last line.
+GET balance of random known people on 32 keep-alive connections from another process (wrk when it is
+installed, else bench/ingest.py's Python client); VmRSS/VmHWM of serve and its background process after
+the queries and after a posted fact made them recompute influence; bench/ingest.py's single and batch
+ingest with the projections running; lag. One aligned table at the end, and the raw figures as JSON on the last line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -249,7 +252,42 @@ def background_caught_up(server: Server, store: ViewStore) -> bool:
     return asyncio.run(relay_position(f"nats://127.0.0.1:{server.nats_port}")) >= head
 
 
+# wrk (Debian's package) drives the queries when it is installed: a load generator in C leaves the server
+# the CPU that the Python client would take on a 2-core machine. Paths come shuffled from a file.
+WRK_SCRIPT = """
+local paths, n, i = {}, 0, 0
+for line in io.lines(os.getenv("BENCH_PATHS")) do n = n + 1; paths[n] = line end
+local headers = {["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")}
+request = function() i = i % n + 1; return wrk.format("GET", paths[i], headers) end
+done = function(summary, latency, requests)
+  io.write(string.format("BENCH %d %d %d %d %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.read +
+    summary.errors.write + summary.errors.connect + summary.errors.timeout))
+end
+"""
+
+
+def wrk_load(port: int, key: str, paths: list[str], concurrency: int, seconds: float, workdir: Path) -> tuple:
+    """(requests/s, p50 ms, p99 ms, failures) from wrk on one thread with `concurrency` connections."""
+    (workdir / "paths.txt").write_text("\n".join(paths) + "\n")
+    (workdir / "bench.lua").write_text(WRK_SCRIPT)
+    env = {**os.environ, "BENCH_PATHS": str(workdir / "paths.txt"), "BENCH_KEY": key}
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "-s", str(workdir / "bench.lua"),
+               f"http://127.0.0.1:{port}"]  # fmt: skip
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    requests, duration_us, p50_us, p99_us, failures = map(int, out.split("BENCH ")[1].split())
+    return requests / (duration_us / 1e6), p50_us / 1000, p99_us / 1000, failures
+
+
 def balance_load(server: Server, key: str, participants: list[str], store_name: str, args: argparse.Namespace):
+    if shutil.which("wrk"):
+        rng = random.Random(4)
+        paths = [f"/v1/tenants/{TENANT}/participants/{rng.choice(participants)}/balance" for _ in range(200_000)]
+        wrk_load(server.port, key, paths, args.concurrency, 3, server.settings.data_dir)  # warm-up
+        workdir = server.settings.data_dir
+        per_s, p50, p99, failures = wrk_load(server.port, key, paths, args.concurrency, args.seconds, workdir)
+        return argparse.Namespace(requests_per_s=per_s, facts_per_s=per_s, p50_ms=p50, p99_ms=p99,
+                                  non_2xx={"failed": failures} if failures else {}, client="wrk")  # fmt: skip
     rng, head = random.Random(4), f"HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {key}\r\n\r\n"
     path = f"GET /v1/tenants/{TENANT}/participants/{{}}/balance {head}"
     requests = lambda count: [path.format(rng.choice(participants)).encode() for _ in range(count)]  # noqa: E731
@@ -275,7 +313,7 @@ def serve_phase(settings, workdir, secret, participants, store_name, args, figur
         key = cli_json(settings, "key", "add", TENANT, "--scope", "read")["key"]
         note("balance queries")
         result = balance_load(server, key, participants, store_name, args)
-        figures.update(load_figures("balance", result))
+        figures.update(load_figures("balance", result), balance_client=getattr(result, "client", "python asyncio"))
         figures.update(memory_mib(pid, "after_queries"))
         note("forcing an influence recompute in serve")
         path = f"/v1/tenants/{TENANT}/webhooks/{SOURCE}"
@@ -332,6 +370,7 @@ ROWS = (  # key, label, format, target
     ("influence_small_s", "influence `pairs`: recompute s", "{:.2f}", ""),
     ("influence_pairs", "influence `bench`: directed pairs", "{:,}", "~1M"),
     ("influence_s", "influence `bench`: recompute s", "{:.2f}", "< 5 s at 1M pairs"),
+    ("balance_client", "GET balance: load generator", "{}", ""),
     ("balance_requests_per_s", "GET balance: req/s", "{:,.0f}", ">= 5,000"),
     ("balance_p50_ms", "GET balance: p50 ms", "{:.2f}", ""),
     ("balance_p99_ms", "GET balance: p99 ms", "{:.2f}", "<= 10 ms"),
