@@ -77,7 +77,7 @@ async def relay_throughput(data_dir: Path, nats_url: str, facts: int) -> dict[st
     relay = Relay(ledger)
     head = ledger.head_position()
     started = time.perf_counter()
-    task = asyncio.create_task(relay.run(js, asyncio.Event()))
+    task = asyncio.create_task(relay.run(client, asyncio.Event()))
     while relay.position < head:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started

@@ -96,7 +96,8 @@ class BusWorkers:
         if self.query:
             await QueryService(self.projections, off_loop=bool(self.settings.database_url)).start(self.client)
         if self.relay is not None:
-            workers.append(self._singular(self.relay_lock, lambda: self.relay.run(js, self.relay_wakeup), "relay"))
+            relay = self.relay
+            workers.append(self._singular(self.relay_lock, lambda: relay.run(self.client, self.relay_wakeup), "relay"))
         if self.kv:
             workers.append(self._kv(js))
         await asyncio.gather(*workers)

@@ -119,7 +119,7 @@ async def main():
     print("relaying", flush=True)
     while True:
         try:
-            await Relay(ledger).run(js, asyncio.Event())
+            await Relay(ledger).run(client, asyncio.Event())
         except Exception:
             await asyncio.sleep(0.1)
 asyncio.run(main())
