@@ -132,19 +132,23 @@ class InfluenceView:
         index = {p: i for i, p in enumerate(participants)}
         as_of = self.reciprocity.latest_occurred_at(tenant)
         decay = 2.0 ** (-_days_since_epoch(as_of) / HALF_LIFE_DAYS) if as_of else 1.0
-        # `+strength_micro` keeps SQLite off the strength index, whose rows it would then sort by (a, b):
-        # the primary key gives that order as it reads.
+        # Pairs whose strength fell to zero (all reversed) are left out here rather than in SQL: a condition on
+        # strength_micro draws SQLite to the strength index and a sort of every row by (a, b), while the
+        # primary key yields that order as it reads, on SQLite and PostgreSQL alike.
         a, b, decayed_ab, decayed_ba, strength = _columns(
             cursor.execute(
                 "SELECT a, b, decayed_ab, decayed_ba, strength_micro FROM view_pairs "
-                "WHERE tenant = ? AND scope = '' AND +strength_micro > 0 ORDER BY a, b",
+                "WHERE tenant = ? AND scope = '' ORDER BY a, b",
                 (tenant,),
             ),
             5,
         )
-        a, b = _indices(index, a), _indices(index, b)
+        strength = np.array(strength, np.int64)
+        tied = strength > 0
+        a, b = (_indices(index, list(itertools.compress(ids, tied))) for ids in (a, b))
+        decayed_ab, decayed_ba, strength = np.array(decayed_ab)[tied], np.array(decayed_ba)[tied], strength[tied]
         # A give is an edge receiver -> giver: the receiver endorses the one who helped.
-        decayed = np.column_stack((np.array(decayed_ab, np.float64), np.array(decayed_ba, np.float64))).ravel()
+        decayed = np.column_stack((decayed_ab, decayed_ba)).ravel()
         given = decayed > 0
         pair_src, pair_dst = np.column_stack((b, a)).ravel()[given], np.column_stack((a, b)).ravel()[given]
         introducer, introduced_a, introduced_b, occurred_at, last_at = _columns(
@@ -168,7 +172,7 @@ class InfluenceView:
             weight=np.concatenate((decayed[given] * decay, np.repeat(intro_weight, 2))),
             tie_a=a,
             tie_b=b,
-            tie_weight=np.array(strength, np.int64) / MICRO,
+            tie_weight=strength / MICRO,
         )
         return TenantGraph(graph, dict(paid_off))
 
