@@ -100,15 +100,7 @@ class InfluenceView:
                 for row in rows
                 if stored.get(row[1], (None, 0))[0] != row
             ]
-            cursor.executemany(
-                "INSERT INTO view_influence (tenant, participant, score, rank, burt_constraint, effective_size,"
-                " introductions_paid_off, contributions, changed_position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant, participant) DO UPDATE SET score = excluded.score, rank = excluded.rank, "
-                "burt_constraint = excluded.burt_constraint, effective_size = excluded.effective_size, "
-                "introductions_paid_off = excluded.introductions_paid_off, contributions = excluded.contributions, "
-                "changed_position = excluded.changed_position",
-                changed,
-            )
+            cursor.upsert("view_influence", ROW_COLUMNS, ("tenant", "participant"), changed)
             cursor.execute(
                 "INSERT INTO view_influence_tenants (tenant, position) VALUES (?, ?) "
                 "ON CONFLICT (tenant) DO UPDATE SET position = excluded.position",
@@ -229,6 +221,7 @@ class InfluenceView:
 
 
 ITEM_COLUMNS = "participant, score, rank, burt_constraint, effective_size, introductions_paid_off, contributions"
+ROW_COLUMNS = ("tenant", *ITEM_COLUMNS.split(", "), "changed_position")  # a stored row, as recompute builds it
 
 
 def _shown(row: tuple, stored: dict[str, tuple[tuple, int]]) -> bool:
