@@ -38,6 +38,20 @@ class InfluenceScore:
     contributions: list[tuple[str, float]]  # largest incoming endorsement flows (giver id, weight)
 
 
+@dataclass(frozen=True)
+class InfluenceTable:
+    """The answers as columns indexed like graph.participants: a whole tenant without an object per participant."""
+
+    participants: list[str]
+    scores: list[float]
+    constraint: list[float | None]
+    effective_size: list[float | None]
+    ranking: list[int]  # participant indices in rank order
+    givers: list[str]  # everyone's top contributions, concatenated in participant order:
+    amounts: list[float]  # participant i's are givers[offsets[i]:offsets[i + 1]], amounts alike
+    offsets: list[int]
+
+
 def compute_influence(
     graph: InfluenceGraph,
     *,
@@ -47,9 +61,34 @@ def compute_influence(
     contributions_max: int = 5,
 ) -> list[InfluenceScore]:
     """Every participant's score, rank, structural-hole measures and top contributions, returned in rank order."""
+    table = influence_table(
+        graph,
+        damping=damping,
+        tolerance=tolerance,
+        iterations_max=iterations_max,
+        contributions_max=contributions_max,
+    )
+    pairs = list(zip(table.givers, table.amounts, strict=True))
+    names, scores, offsets = table.participants, table.scores, table.offsets
+    constraint, effective_size = table.constraint, table.effective_size
+    return [
+        InfluenceScore(names[i], scores[i], place, constraint[i], effective_size[i], pairs[offsets[i] : offsets[i + 1]])
+        for place, i in enumerate(table.ranking, start=1)
+    ]
+
+
+def influence_table(
+    graph: InfluenceGraph,
+    *,
+    damping: float = 0.85,
+    tolerance: float = 1e-10,
+    iterations_max: int = 1000,
+    contributions_max: int = 5,
+) -> InfluenceTable:
+    """compute_influence's answers as columns (rank k is held by participant ranking[k - 1])."""
     n = len(graph.participants)
     if n == 0:
-        return []
+        return InfluenceTable([], [], [], [], [], [], [], [0])
     src, dst, tie_a, tie_b = (np.asarray(x, dtype=np.int64) for x in (graph.src, graph.dst, graph.tie_a, graph.tie_b))
     weight, tie_weight = (np.asarray(x, dtype=np.float64) for x in (graph.weight, graph.tie_weight))
     _check_edges(n, src, dst, weight)
@@ -65,15 +104,18 @@ def compute_influence(
 
     # Ties on the rounded score go to the smaller id: participants are sorted, so index order is id order.
     ranking = np.lexsort((np.arange(n), -scores)).tolist()
-    names = graph.participants
-    pairs = list(zip([names[j] for j in givers.tolist()], amounts.tolist(), strict=True))
-    offsets, scores = offsets.tolist(), scores.tolist()
     # nan (no ties) becomes None; converting through an object array keeps the per-item work in C.
     constraint, effective_size = (np.where(np.isnan(x), None, x).tolist() for x in (constraint, effective_size))
-    return [
-        InfluenceScore(names[i], scores[i], place, constraint[i], effective_size[i], pairs[offsets[i] : offsets[i + 1]])
-        for place, i in enumerate(ranking, start=1)
-    ]
+    return InfluenceTable(
+        participants=graph.participants,
+        scores=scores.tolist(),
+        constraint=constraint,
+        effective_size=effective_size,
+        ranking=ranking,
+        givers=list(map(graph.participants.__getitem__, givers.tolist())),
+        amounts=amounts.tolist(),
+        offsets=offsets.tolist(),
+    )
 
 
 def _check_edges(n: int, ends_a: np.ndarray, ends_b: np.ndarray, weight: np.ndarray) -> None:

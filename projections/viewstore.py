@@ -70,6 +70,8 @@ class ViewCursor:
         self._postgres = postgres
         if postgres:
             raw.row_factory = tuple_row  # the library's connections make dicts, which merge same-named columns
+        else:
+            raw.sqlite_cursor.row_factory = None  # plain tuples: a sqlite3.Row costs a third more per row read
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self._postgres else statement
@@ -83,6 +85,30 @@ class ViewCursor:
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             self.raw.executemany(self._sql(statement), rows)
+
+    def upsert(
+        self, table: str, columns: Sequence[str], key_columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Inserts `rows`, or updates the other columns of the row with the same key.
+
+        PostgreSQL gets the rows by COPY into a temporary table and one INSERT ... SELECT: as 100k statements
+        of one row each they cost it twice the time. SQLite runs in-process, where executemany is as quick.
+        """
+        if not rows:
+            return
+        names = ", ".join(columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key_columns)
+        on_conflict = f" ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
+        if not self._postgres:
+            values = ", ".join("?" * len(columns))
+            self.raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({values}){on_conflict}", rows)
+            return
+        self.raw.execute(f"CREATE TEMPORARY TABLE upserted (LIKE {table}) ON COMMIT DROP")
+        with self.raw.copy(f"COPY upserted ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        self.raw.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM upserted{on_conflict}")
+        self.raw.execute("DROP TABLE upserted")
 
     def lookup(
         self, table: str, columns: Sequence[str], key_columns: Sequence[str], keys: Iterable[Sequence[str]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -71,6 +72,16 @@ def community(n_facts: int = 400) -> list:
         if n % 29 == 0:
             facts.append(reversal(f"r{n}", f"g{n}"))
     return facts
+
+
+def test_contributions_json_is_what_json_dumps_writes():
+    """The influence view assembles its contributions JSON from flat lists; it must match json.dumps to the byte."""
+    givers = ["a", 'q"uote', "back\\slash", "tab\t", "\u00e9lan", "\u65e5\u672c", "\U0001f642", ""]
+    amounts = [0.1, 1e-06, 123.456789, 5.0, 0.000123, 2.5e-05, 100.0, 0.333333]
+    offsets = [0, 0, 3, 8]
+    expected = [json.dumps(list(zip(givers[o:p], amounts[o:p], strict=True))) for o, p in itertools.pairwise(offsets)]
+    assert influence_view._contributions_json(givers, amounts, offsets) == expected
+    assert expected[0] == "[]"
 
 
 def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
