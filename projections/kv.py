@@ -2,9 +2,9 @@
 
 Every view row records the position of the page that last changed it. The writer keeps, per bucket, the
 position up to which it has written (a row in the library's tracking table) and writes the rows changed
-since, pipelined, waiting for the acks before it advances. After a NATS outage it resumes from there, so
-the buckets converge to the views. Values are the HTTP answers' JSON; their `position` is the view's
-position when the key was written.
+since, pipelined (services/publisher.py), waiting for the acks before it advances. After a NATS outage it
+resumes from there, so the buckets converge to the views. Values are the HTTP answers' JSON; their
+`position` is the view's position when the key was written.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
 from projections import reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
@@ -23,6 +23,7 @@ from projections.queries import balance_answer, pair_answer
 from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
 from projections.viewstore import ViewStore
 from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
+from services.publisher import AckedPublisher
 
 ROWS_PER_BATCH = 2_000
 # Rows change a page at a time (a rebuild's page is 20,000 facts), so a window holds a few pages' rows.
@@ -30,6 +31,7 @@ POSITIONS_PER_SYNC = 50_000
 INFLUENCE_KEYS_MAX = 1_000  # the top of each tenant; lower ranks are removed from the bucket
 ACK_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
+DELETE = {"KV-Operation": "DEL"}
 
 
 class KvWriter:
@@ -47,17 +49,18 @@ class KvWriter:
     def tracked(self, bucket: str) -> int:
         return self.store.position(f"kv/{bucket}")
 
-    async def run(self, js: JetStreamContext, bucket: str, wakeup: asyncio.Event) -> None:
+    async def run(self, client: Client, bucket: str, wakeup: asyncio.Event) -> None:
         """Writes one bucket's changes until cancelled (a NATS failure ends it; the caller runs it again).
         Each bucket has its own loop, so a large influence rewrite never delays a balance."""
         rows = {BUCKET_BALANCES: self._balances, BUCKET_PAIRS: self._pairs, BUCKET_INFLUENCE: self._influence}[bucket]
-        while True:
-            wakeup.clear()
-            if not await self._sync(js, bucket, rows):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+        async with AckedPublisher(client, ROWS_PER_BATCH) as publisher:
+            while True:
+                wakeup.clear()
+                if not await self._sync(publisher, bucket, rows):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
 
-    async def _sync(self, js: JetStreamContext, bucket: str, rows: Callable[..., Iterator[Any]]) -> bool:
+    async def _sync(self, publisher: AckedPublisher, bucket: str, rows: Callable[..., Iterator[Any]]) -> bool:
         """Writes the rows changed in the next window of positions; False when nothing was new.
 
         The window bounds memory: after a rebuild every row of a million-fact view has changed, and the
@@ -69,17 +72,11 @@ class KvWriter:
         upto = min(head, since + POSITIONS_PER_SYNC)
         batches = await asyncio.to_thread(rows, since, upto)
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-            acks = []
-            for key, value in batch:
-                subject = f"$KV.{bucket}.{key}"
-                if value is None:  # no longer in the bucket's scope: a delete marker
-                    acks.append(await js.publish_async(subject, b"", headers={"KV-Operation": "DEL"}))
-                else:
-                    acks.append(await js.publish_async(subject, value))
-            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), ACK_TIMEOUT_S)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                raise RuntimeError(f"{len(failures)} KV writes to {bucket} failed: {failures[0]!r}")
+            messages = (
+                (f"$KV.{bucket}.{key}", b"", DELETE) if value is None else (f"$KV.{bucket}.{key}", value, None)
+                for key, value in batch  # a None value is no longer in the bucket's scope: a delete marker
+            )
+            await publisher.publish(messages, ACK_TIMEOUT_S)
         await asyncio.to_thread(self._record, bucket, upto)
         return True
 

@@ -99,7 +99,7 @@ class BusWorkers:
             relay = self.relay
             workers.append(self._singular(self.relay_lock, lambda: relay.run(self.client, self.relay_wakeup), "relay"))
         if self.kv:
-            workers.append(self._kv(js))
+            workers.append(self._kv())
         await asyncio.gather(*workers)
 
     async def _prepare(self, js: JetStreamContext) -> None:
@@ -113,7 +113,7 @@ class BusWorkers:
         log.info("worker_active", worker=name)
         await until_cancelled(work, name)
 
-    async def _kv(self, js: JetStreamContext) -> None:
+    async def _kv(self) -> None:
         """The KV writer follows the projector: it runs in whichever process projects."""
         while not self.projections.projecting:
             await asyncio.sleep(STANDBY_RETRY_S)
@@ -122,7 +122,7 @@ class BusWorkers:
             self.projections.page_listeners.append(wakeup.set)
         await asyncio.gather(
             *(
-                until_cancelled(lambda b=bucket, w=wakeup: writer.run(js, b, w), f"kv/{bucket}")
+                until_cancelled(lambda b=bucket, w=wakeup: writer.run(self.client, b, w), f"kv/{bucket}")
                 for bucket, wakeup in self.kv_wakeups.items()
             )
         )
