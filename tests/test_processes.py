@@ -148,15 +148,23 @@ def test_send_signs_and_posts_a_fact_to_the_running_server(settings, server):
     assert status == 200 and page["events"][0]["data"]["context"] == {"location": "Utrecht"}
 
 
+def _logged(log: Path, event: str, timeout_s: float = 5.0) -> dict:
+    """The first log line of an event (lines reach the file within the logger's flush interval)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for line in log.read_text().splitlines():
+            if f'"{event}"' in line:
+                return json.loads(line)
+        assert time.monotonic() < deadline, f"no {event} line in {log}"
+        time.sleep(0.05)
+
+
 def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, server, tmp_path):
     """The nats-server child (and serve's background process) never outlive the service, even one killed
     without a chance to clean up."""
     server.start()
     nats_pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
-    started = [
-        json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if "background_started" in line
-    ]
-    background_pid = started[0]["pid"]
+    background_pid = _logged(tmp_path / "serve.log", "background_started")["pid"]
     assert _is_running(nats_pid, b"nats-server") and _is_running(background_pid, b"services.background")
     server.kill()
     deadline = time.monotonic() + 10
