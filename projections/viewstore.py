@@ -7,6 +7,7 @@ can never count twice, and a crash between pages loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -14,13 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from services.store import PooledSQLiteDatastore, postgres_params, schema_lock
+from services.store import PooledSQLiteDatastore, postgres_connect, postgres_params, schema_lock
 
 SQLITE_LOCK_TIMEOUT_S = 30
 KEYS_PER_QUERY = 500
@@ -145,8 +147,10 @@ class ViewStore:
 
     def __init__(self, database_url: str | None, data_dir: Path, ddl: Sequence[str]) -> None:
         self.postgres = bool(database_url)
+        self._database_url = database_url or ""
         if database_url:
             pg = postgres_params(database_url)
+            self._schema = pg["schema"]
             datastore: Any = SchemaPostgresDatastore(
                 dbname=pg["dbname"],
                 host=pg["host"],
@@ -188,27 +192,46 @@ class ViewStore:
             yield ViewCursor(raw, self.postgres)
 
     def read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        """One statement's rows. On SQLite a statement outside a transaction is a consistent read of its
-        own, so it runs on a plain connection of the calling thread: the pool's transaction around it cost
-        more than a point read."""
-        if self.postgres:
-            with self.transaction(commit=False) as cursor:
-                return cursor.execute(statement, params)
-        return self._reader().execute(statement, params).fetchall()
+        """One statement's rows, on a plain connection of the calling thread in autocommit: a single
+        statement is a consistent read of its own, and the pool's transaction around it (a BEGIN and a
+        ROLLBACK, round trips on PostgreSQL) cost more than a point read. A broken connection is dropped
+        and the next read opens another."""
+        reader = self._reader()
+        try:
+            if self.postgres:
+                with reader.cursor() as cursor:
+                    cursor.execute(statement.replace("?", "%s"), params)
+                    return cursor.fetchall() if cursor.description else []
+            return reader.execute(statement, params).fetchall()
+        except (sqlite3.OperationalError, psycopg.OperationalError):
+            self._drop_reader(reader)
+            raise
 
-    def _reader(self) -> sqlite3.Connection:
+    def _reader(self) -> Any:
         connection = getattr(self._readers, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=SQLITE_LOCK_TIMEOUT_S
-            )
-            connection.execute("PRAGMA query_only=ON")
-            connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
-            connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
+            if self.postgres:
+                connection = postgres_connect(self._database_url)
+                connection.execute(SQL("SET search_path TO {}").format(Identifier(self._schema)))
+            else:
+                connection = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=SQLITE_LOCK_TIMEOUT_S
+                )
+                connection.execute("PRAGMA query_only=ON")
+                connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+                connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
             with self._readers_lock:
                 self._reader_connections.append(connection)
             self._readers.connection = connection
         return connection
+
+    def _drop_reader(self, connection: Any) -> None:
+        self._readers.connection = None
+        with self._readers_lock:
+            if connection in self._reader_connections:
+                self._reader_connections.remove(connection)
+        with contextlib.suppress(Exception):
+            connection.close()
 
     def position(self, view: str) -> int:
         """The last log position this view reflects (0 before its first page)."""
