@@ -45,6 +45,9 @@ DDL = (
     " live INTEGER NOT NULL, PRIMARY KEY (tenant, event_id))",
     "CREATE INDEX IF NOT EXISTS view_introductions_pair ON view_introductions (tenant, a, b, position)",
     "CREATE INDEX IF NOT EXISTS view_introductions_time ON view_introductions (tenant, live, occurred_at)",
+    # An influence contribution's facts: the introductions one participant made (else a scan of the tenant's).
+    "CREATE INDEX IF NOT EXISTS view_introductions_introducer ON view_introductions"
+    " (tenant, introducer, live, position)",
     "CREATE TABLE IF NOT EXISTS view_acknowledgements (tenant TEXT NOT NULL, event_id TEXT NOT NULL,"
     " position INTEGER NOT NULL, ref_event_id TEXT NOT NULL, acknowledger TEXT NOT NULL,"
     " occurred_at TEXT NOT NULL, live INTEGER NOT NULL, PRIMARY KEY (tenant, event_id))",
