@@ -12,6 +12,7 @@ data_version, checked every 10 ms. It dies with its parent (PR_SET_PDEATHSIG) an
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -91,6 +92,7 @@ def main() -> None:
     sys.setswitchinterval(0.0005)
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
+    gc.freeze()  # as in serve: start-up's objects out of the collector's sight
     asyncio.run(run(settings))
 
 
