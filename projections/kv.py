@@ -129,16 +129,17 @@ class KvWriter:
     def _influence(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
         rows = self._changed("view_influence", f"tenant, {ITEM_COLUMNS}", since, upto)
         for chunk in _chunks(rows):
-            batch: list[tuple[str, bytes | None]] = []
+            shown: dict[str, list[tuple]] = {}  # per tenant, the rows in its top: their answers in one go
             for r in chunk:
-                tenant, participant, rank = r[0], r[1], r[3]
-                if rank > INFLUENCE_KEYS_MAX:
-                    batch.append((f"{tenant}.{participant}", None))
-                    continue
-                item = self.influence._item(tenant, r[1:])
-                value = {**item.model_dump(mode="json", by_alias=True), "position": upto}
-                batch.append((f"{tenant}.{participant}", _json(value)))
-            yield batch
+                if r[3] <= INFLUENCE_KEYS_MAX:
+                    shown.setdefault(r[0], []).append(r[1:])
+            values = {
+                (tenant, item.participant): _json({**item.model_dump(mode="json", by_alias=True), "position": upto})
+                for tenant, tenant_rows in shown.items()
+                for item in self.influence.items(tenant, tenant_rows)
+            }
+            # Lower ranks are no longer in the bucket's scope: None, a delete marker.
+            yield [(f"{r[0]}.{r[1]}", values.get((r[0], r[1]))) for r in chunk]
 
 
 def _chunks(rows: list[tuple]) -> Iterator[list[tuple]]:

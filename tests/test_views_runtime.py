@@ -18,7 +18,7 @@ from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.runtime import open_view_store
-from services.domain import ReceivedFact
+from services.domain import ReceivedFact, fact_event_id
 from services.ingest import FactWriter
 from services.store import open_ledger
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
@@ -97,6 +97,32 @@ def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
     rebuilt = project(ledger, views, page_facts_max=1000).page("acme", 1000, None).model_dump_json()
     assert rebuilt == followed
     assert json.loads(rebuilt)["items"][0]["rank"] == 1
+
+
+def test_contribution_facts_read_together_equal_one_query_per_contribution(stores):
+    """An answer's contributions list the facts behind them, read for all at once; they must be what a
+    query per contribution finds: live gives and introductions, newest first, at most ten."""
+    ledger, views = stores
+    history = [*community(), *(give(f"many{n}", "p01", "p02", occurred_at=at(500 + n)) for n in range(14))]
+    history += [introduction("x1", "p01", "p02", "p03", occurred_at=at(600)), reversal("rx", "many3")]
+    FactWriter(ledger).commit([received(f) for f in history])
+    influence = project(ledger, views)
+    rows = views.read(f"SELECT {influence_view.ITEM_COLUMNS} FROM view_influence WHERE tenant = 'acme'")
+    items = influence.items("acme", rows)
+    one_by_one = (
+        "SELECT position, event_id FROM view_gives WHERE tenant = ? AND giver = ? AND receiver = ? AND live = 1"
+        " UNION ALL SELECT position, event_id FROM view_introductions WHERE tenant = ? AND introducer = ?"
+        " AND (a = ? OR b = ?) AND live = 1 ORDER BY 1 DESC LIMIT 10"
+    )
+    compared = 0
+    for item in items:
+        for contribution in item.contributions:
+            args = (item.participant, contribution.from_)
+            expected = [r[1] for r in views.read(one_by_one, ("acme", *args, "acme", item.participant, *args[1:] * 2))]
+            assert [str(f) for f in contribution.facts] == expected, (item.participant, contribution.from_)
+            compared += 1
+    p02 = next(c for item in items if item.participant == "p01" for c in item.contributions if c.from_ == "p02")
+    assert len(p02.facts) == 10 and p02.facts[0] == fact_event_id("acme", "crm", "x1") and compared > 50
 
 
 def test_a_ring_trading_small_acknowledged_gives_scores_below_an_honest_helper(stores):
