@@ -52,22 +52,10 @@ class InfluenceTable:
     offsets: list[int]
 
 
-def compute_influence(
-    graph: InfluenceGraph,
-    *,
-    damping: float = 0.85,
-    tolerance: float = 1e-10,
-    iterations_max: int = 1000,
-    contributions_max: int = 5,
-) -> list[InfluenceScore]:
-    """Every participant's score, rank, structural-hole measures and top contributions, returned in rank order."""
-    table = influence_table(
-        graph,
-        damping=damping,
-        tolerance=tolerance,
-        iterations_max=iterations_max,
-        contributions_max=contributions_max,
-    )
+def compute_influence(graph: InfluenceGraph, **options: float) -> list[InfluenceScore]:
+    """Every participant's score, rank, structural-hole measures and top contributions, returned in rank order
+    (`options` as for influence_table)."""
+    table = influence_table(graph, **options)
     pairs = list(zip(table.givers, table.amounts, strict=True))
     names, scores, offsets = table.participants, table.scores, table.offsets
     constraint, effective_size = table.constraint, table.effective_size
