@@ -1,7 +1,8 @@
 """`reciprocity rebuild [VIEW]`: empty a view and build it again from position 0 under the projector lock.
 
 Rebuilding gives the same rows as following the log did (the property test checks it), so this is how a
-changed view definition, or a view one no longer trusts, is brought back.
+changed view definition, or a view one no longer trusts, is brought back. The reciprocity views are built in
+one pass (`projections/replay.py`), not page by page; influence is then recomputed for every tenant.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from projections import influence_view, reciprocity
-from projections.follower import REBUILD_PAGE_FACTS, Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
+from projections.replay import replay
 from projections.runtime import WorkerLock, open_view_store
 from services.store import open_ledger
 
@@ -38,12 +39,7 @@ def rebuild(database_url: str | None, data_dir: Path, view: str | None, wait_s: 
         applied = 0
         if view in (None, "reciprocity"):
             store.reset(reciprocity.VIEW, (*reciprocity.TABLES, *influence_view.TABLES))
-            applied = Follower(
-                ledger,
-                reciprocity.ReciprocityProjection(store),
-                lambda: store.position(reciprocity.VIEW),
-                page_facts_max=REBUILD_PAGE_FACTS,
-            ).catch_up()
+            applied = replay(ledger, store)
         projected_s = time.perf_counter() - started
         store.reset(influence_view.VIEW, influence_view.TABLES)
         influence = InfluenceView(store, ReciprocityQueries(store))

@@ -88,6 +88,16 @@ class ViewCursor:
         if rows:
             self.raw.executemany(self._sql(statement), rows)
 
+    def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Inserts many new rows: by COPY on PostgreSQL, by one prepared statement on SQLite."""
+        names = ", ".join(columns)
+        if self._postgres:
+            with self.raw.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            self.raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
+
     def upsert(
         self, table: str, columns: Sequence[str], key_columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None:
