@@ -141,6 +141,20 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
 
+    def select_log(self, after: int, limit: int) -> list[StoredFact]:
+        """The library's `select_notifications(topics=FACT_TOPICS)`, without its notification objects, whose
+        UUIDs and dataclasses cost a third of reading the log."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.select_log_statement, (after, *FACT_TOPICS, limit))
+            return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
+
+    @property
+    def select_log_statement(self) -> str:
+        return (
+            f"SELECT rowid, state FROM {self.events_table_name} WHERE rowid > ? "
+            f"AND topic IN ({', '.join('?' * len(FACT_TOPICS))}) ORDER BY rowid LIMIT ?"
+        )
+
     def max_fact_position(self) -> int:
         with self.datastore.transaction(commit=False) as c:
             c.execute("SELECT MAX(position) FROM fact_index")
@@ -218,6 +232,12 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.select_tenant_facts_statement, (tenant, after, limit), prepare=True)
             return [StoredFact(row["notification_id"], fact_from_state(row["state"])) for row in curs.fetchall()]
 
+    def select_log(self, after: int, limit: int) -> list[StoredFact]:
+        notifications = self.select_notifications(
+            start=after, limit=limit, topics=FACT_TOPICS, inclusive_of_start=False
+        )
+        return [StoredFact(n.id, fact_from_state(n.state)) for n in notifications]
+
     def max_fact_position(self) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.max_fact_position_statement, prepare=True)
@@ -252,10 +272,7 @@ class Ledger(Application[UUID]):
 
     def read_log(self, after: int, limit: int) -> list[StoredFact]:
         """Every tenant's facts after a position: what projections and the relay follow."""
-        notifications = self.recorder.select_notifications(
-            start=after, limit=limit, topics=FACT_TOPICS, inclusive_of_start=False
-        )
-        return [StoredFact(n.id, fact_from_state(n.state)) for n in notifications]
+        return self.recorder.select_log(after, limit)
 
     def head_position(self) -> int:
         """The position of the newest fact (0 when there is none)."""
