@@ -1,9 +1,10 @@
 """Views in JetStream key-value buckets: changed rows follow the projection, page by page.
 
 Every view row records the position of the page that last changed it. The writer keeps, per bucket, the
-position up to which it has written (a row in the library's tracking table) and writes the rows changed
-since, pipelined (services/publisher.py), waiting for the acks before it advances. After a NATS outage it
-resumes from there, so the buckets converge to the views. Values are the HTTP answers' JSON; their
+position up to which it has written and writes the rows changed since, pipelined (services/publisher.py),
+waiting for the acks before it advances. It records that position in the library's tracking table at most
+once a second and when it stops; after a NATS outage or a crash it resumes from there, so the buckets
+converge to the views (rewriting a key with the value it has is harmless). Values are the HTTP answers' JSON; their
 `position` is the view's position when the key was written.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,6 +33,9 @@ POSITIONS_PER_SYNC = 50_000
 INFLUENCE_KEYS_MAX = 1_000  # the top of each tenant; lower ranks are removed from the bucket
 ACK_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
+# The position written up to is recorded at most this often (each record is a write to the views, which
+# the projector waits for): after a crash, up to this much is written again, which changes nothing.
+RECORD_INTERVAL_S = 1.0
 DELETE = {"KV-Operation": "DEL"}
 
 
@@ -53,22 +58,35 @@ class KvWriter:
         """Writes one bucket's changes until cancelled (a NATS failure ends it; the caller runs it again).
         Each bucket has its own loop, so a large influence rewrite never delays a balance."""
         rows = {BUCKET_BALANCES: self._balances, BUCKET_PAIRS: self._pairs, BUCKET_INFLUENCE: self._influence}[bucket]
+        since = await asyncio.to_thread(self.tracked, bucket)
+        recorded, recorded_at = since, time.monotonic()
         async with AckedPublisher(client, ROWS_PER_BATCH) as publisher:
-            while True:
-                wakeup.clear()
-                if not await self._sync(publisher, bucket, rows):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+            try:
+                while True:
+                    wakeup.clear()
+                    written = await self._sync(publisher, bucket, rows, since)
+                    if written == since:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+                    since = written
+                    if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
+                        await asyncio.to_thread(self._record, bucket, since)
+                        recorded, recorded_at = since, time.monotonic()
+            finally:
+                if since != recorded:  # stopping or failing: keep what was acknowledged
+                    await asyncio.shield(asyncio.to_thread(self._record, bucket, since))
 
-    async def _sync(self, publisher: AckedPublisher, bucket: str, rows: Callable[..., Iterator[Any]]) -> bool:
-        """Writes the rows changed in the next window of positions; False when nothing was new.
+    async def _sync(
+        self, publisher: AckedPublisher, bucket: str, rows: Callable[..., Iterator[Any]], since: int
+    ) -> int:
+        """Writes the rows changed in the next window of positions after `since`; returns the position
+        written up to (`since` when nothing was new).
 
         The window bounds memory: after a rebuild every row of a million-fact view has changed, and the
         writer holds one window's rows and one batch's JSON at a time, not the whole view."""
-        since = await asyncio.to_thread(self.tracked, bucket)
         head = await asyncio.to_thread(self.upto[bucket])
         if head <= since:
-            return False
+            return since
         upto = min(head, since + POSITIONS_PER_SYNC)
         batches = await asyncio.to_thread(rows, since, upto)
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
@@ -77,8 +95,7 @@ class KvWriter:
                 for key, value in batch  # a None value is no longer in the bucket's scope: a delete marker
             )
             await publisher.publish(messages, ACK_TIMEOUT_S)
-        await asyncio.to_thread(self._record, bucket, upto)
-        return True
+        return upto
 
     def _record(self, bucket: str, position: int) -> None:
         with self.store.transaction() as cursor:
