@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +32,15 @@ CONTRIBUTION_FACTS_MAX = 10
 KV_RANK_MAX = 1_000  # the influence bucket holds the top of each tenant
 
 DDL = (
-    "CREATE TABLE IF NOT EXISTS view_influence (tenant TEXT NOT NULL, participant TEXT NOT NULL,"
+    # In a SQLite file of its own (projections/viewstore.py ATTACHED_FILES), so its rewrites never hold up
+    # the reciprocity pages.
+    "CREATE TABLE IF NOT EXISTS influence.view_influence (tenant TEXT NOT NULL, participant TEXT NOT NULL,"
     " score REAL NOT NULL, rank INTEGER NOT NULL, burt_constraint REAL, effective_size REAL,"
     " introductions_paid_off INTEGER NOT NULL, contributions TEXT NOT NULL, changed_position INTEGER NOT NULL,"
     " PRIMARY KEY (tenant, participant))",
-    "CREATE INDEX IF NOT EXISTS view_influence_rank ON view_influence (tenant, rank)",
-    "CREATE INDEX IF NOT EXISTS view_influence_changed ON view_influence (changed_position)",
-    "CREATE TABLE IF NOT EXISTS view_influence_tenants (tenant TEXT PRIMARY KEY, position INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS influence.view_influence_rank ON view_influence (tenant, rank)",
+    "CREATE INDEX IF NOT EXISTS influence.view_influence_changed ON view_influence (changed_position)",
+    "CREATE TABLE IF NOT EXISTS influence.view_influence_tenants (tenant TEXT PRIMARY KEY, position INTEGER NOT NULL)",
 )
 TABLES = ("view_influence", "view_influence_tenants")
 
@@ -64,11 +68,23 @@ class InfluenceView:
         )
         return [row[0] for row in rows]
 
-    def recompute(self, tenant: str) -> int:
-        """Recomputes one tenant from one consistent read; returns the reciprocity position it reflects."""
+    def recompute(self, tenant: str) -> dict[str, Any]:
+        """Recomputes one tenant from one consistent read; returns the reciprocity position it reflects,
+        how many rows it wrote and how long reading and computing, then writing, took.
+
+        Everything is read and computed before the write transaction, which only writes the changed rows:
+        on SQLite the projector's next page waits for that transaction (one writer per file)."""
+        started = time.perf_counter()
         with self.store.transaction(commit=False) as cursor:
             position = self.store.position("reciprocity")
             tenant_graph = self._read_graph(cursor, tenant)
+            # Only this thread writes influence rows, so what it read here is still what is stored below.
+            stored = {
+                row[1]: (tuple(row[:-1]), row[-1])
+                for row in cursor.execute(
+                    f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
+                )
+            }
         table = influence_table(tenant_graph.graph)
         names, scores, paid_off = table.participants, table.scores, tenant_graph.paid_off
         constraint, effective_size = table.constraint, table.effective_size
@@ -86,27 +102,25 @@ class InfluenceView:
             )
             for place, i in enumerate(table.ranking, start=1)
         ]
+        # Only rows whose answer changed are written; of those, the ones at the top (now or before) are
+        # marked for the KV writer. Rows far below change on every recompute and keep their mark.
+        changed = [
+            (*row, position if _shown(row, stored) else stored.get(row[1], (None, 0))[1])
+            for row in rows
+            if stored.get(row[1], (None, 0))[0] != row
+        ]
+        computed = time.perf_counter()
         with self.store.transaction() as cursor:
-            # Only rows whose answer changed are written; of those, the ones at the top (now or before) are
-            # marked for the KV writer. Rows far below change on every recompute and keep their mark.
-            stored = {
-                row[1]: (tuple(row[:-1]), row[-1])
-                for row in cursor.execute(
-                    f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
-                )
-            }
-            changed = [
-                (*row, position if _shown(row, stored) else stored.get(row[1], (None, 0))[1])
-                for row in rows
-                if stored.get(row[1], (None, 0))[0] != row
-            ]
             cursor.upsert("view_influence", ROW_COLUMNS, ("tenant", "participant"), changed)
             cursor.execute(
                 "INSERT INTO view_influence_tenants (tenant, position) VALUES (?, ?) "
                 "ON CONFLICT (tenant) DO UPDATE SET position = excluded.position",
                 (tenant, position),
             )
-        return position
+        return {
+            "tenant": tenant, "position": position, "participants": len(rows), "changed": len(changed),
+            "compute_s": round(computed - started, 3), "write_s": round(time.perf_counter() - computed, 3),
+        }  # fmt: skip
 
     def _read_graph(self, cursor, tenant: str) -> TenantGraph:
         """The tenant's graph, built column-wise: a million pair rows allow no per-row Python work.

@@ -102,7 +102,11 @@ class Projections:
         self.database_url = database_url
         self.store = open_view_store(database_url, data_dir)
         self.queries = ReciprocityQueries(self.store)
-        self.influence = InfluenceView(self.store, self.queries)
+        # On SQLite, influence writes through a pool of its own: the library's pool has one writer connection,
+        # and the influence view has a file of its own (viewstore.ATTACHED_FILES) so that its rewrites never
+        # hold up the pages. PostgreSQL locks rows, not files, and needs no second pool.
+        self.influence_store = self.store if database_url else open_view_store(database_url, data_dir)
+        self.influence = InfluenceView(self.influence_store, self.queries)
         self.lock = WorkerLock(database_url, data_dir, "projector")
         self.project = project
         self.poll_s = poll_s
@@ -136,6 +140,8 @@ class Projections:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         await asyncio.to_thread(self._influence_executor.shutdown, wait=True)
         self.lock.release()
+        if self.influence_store is not self.store:
+            self.influence_store.close()
         self.store.close()
 
     def wake(self) -> None:
@@ -171,7 +177,8 @@ class Projections:
             started = time.monotonic()
             try:
                 for tenant in await self._loop.run_in_executor(self._influence_executor, self.influence.stale_tenants):
-                    await self._loop.run_in_executor(self._influence_executor, self.influence.recompute, tenant)
+                    done = await self._loop.run_in_executor(self._influence_executor, self.influence.recompute, tenant)
+                    log.info("influence_recomputed", **done)
                     for listener in self.page_listeners:
                         listener()
             except Exception as failure:  # keep the last results; try again next interval

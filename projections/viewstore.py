@@ -8,6 +8,7 @@ can never count twice, and a crash between pages loses nothing.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +31,20 @@ VIEWS_CACHE_KIB = 64 * 1024  # per connection
 READER_CACHE_KIB = 16 * 1024  # per reading thread
 # Readers map the file: a page already in the OS cache is read without a system call (they are dear in VMs).
 READER_MMAP_BYTES = 1 << 30
+# On SQLite the influence view has a file of its own, attached to every connection as schema `influence`:
+# it is rewritten about once a second, and SQLite has one writer per file, so in the main file that
+# rewrite would hold up the reciprocity pages (and every KV update behind them) while it lasts. Its DDL
+# names the schema; on PostgreSQL, which locks rows rather than files, the name is dropped.
+ATTACHED_FILES = {"influence": "influence.sqlite3"}
+_ATTACHED_NAME = re.compile(rf"\b({'|'.join(ATTACHED_FILES)})\.")
+
+
+def attach_files(connection: sqlite3.Connection, main_file: Path, *pragmas: str) -> None:
+    """Attaches the views' other files beside `main_file`, each with `pragmas` (set per schema)."""
+    for schema, file_name in ATTACHED_FILES.items():
+        connection.execute(f"ATTACH DATABASE ? AS {schema}", (str(main_file.parent / file_name),))
+        for pragma in pragmas:
+            connection.execute(f"PRAGMA {schema}.{pragma}")
 
 
 class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
@@ -39,10 +54,13 @@ class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
 
     def _create_connection(self) -> Any:
         connection = super()._create_connection()
-        connection._sqlite_conn.execute("PRAGMA synchronous=NORMAL")
+        raw = connection._sqlite_conn
+        raw.execute("PRAGMA synchronous=NORMAL")
         # A page reads and rewrites rows all over the view tables and their indexes: keep more of them
         # cached than SQLite's default 2 MiB, so a large view is not re-read from the OS page by page.
-        connection._sqlite_conn.execute(f"PRAGMA cache_size=-{VIEWS_CACHE_KIB}")
+        raw.execute(f"PRAGMA cache_size=-{VIEWS_CACHE_KIB}")
+        pragmas = ("journal_mode=WAL", "synchronous=NORMAL", f"cache_size=-{VIEWS_CACHE_KIB}")
+        attach_files(raw, Path(self.db_name), *pragmas)
         return connection
 
 
@@ -152,6 +170,13 @@ class ViewCursor:
             yield from self.raw.fetchall()
 
 
+def _moved_tables(ddl: Sequence[str]) -> list[str]:
+    """Tables the DDL creates in an attached file. An older version kept them in the main file, where they
+    would hide the attached ones from unqualified names; they are derived, so they are dropped there
+    (and recomputed)."""
+    return [m.group(2) for s in ddl if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)", s))]
+
+
 class ViewStore:
     """The views database and the library's tracking recorder on it."""
 
@@ -187,6 +212,9 @@ class ViewStore:
         with schema_lock(database_url):
             self.tracking.create_table()
             with self.transaction() as cursor:
+                if not self.postgres:
+                    for table in _moved_tables(ddl):  # left in the main file by a version before the split
+                        cursor.execute(f"DROP TABLE IF EXISTS main.{table}")
                 for statement in ddl:
                     cursor.execute(self._dialect(statement))
 
@@ -194,6 +222,7 @@ class ViewStore:
         if not self.postgres:
             return ddl
         # Ids order by byte value (DESIGN section 1): the "C" collation, not the database's locale.
+        ddl = _ATTACHED_NAME.sub("", ddl)
         return ddl.replace("INTEGER", "BIGINT").replace("REAL", "DOUBLE PRECISION").replace("TEXT", 'TEXT COLLATE "C"')
 
     @contextmanager
@@ -230,6 +259,7 @@ class ViewStore:
                 connection.execute("PRAGMA query_only=ON")
                 connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
                 connection.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
+                attach_files(connection, self.path, f"cache_size=-{READER_CACHE_KIB}", f"mmap_size={READER_MMAP_BYTES}")
             with self._readers_lock:
                 self._reader_connections.append(connection)
             self._readers.connection = connection

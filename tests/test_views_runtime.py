@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -218,3 +219,44 @@ def test_the_rebuild_command_refuses_while_another_process_projects(settings):
         assert refused.returncode == 1 and "another process projects" in refused.stderr
     finally:
         holder.release()
+
+
+def test_a_reciprocity_page_commits_while_influence_holds_its_write_lock(sqlite_settings):
+    """On SQLite the influence view has a file of its own: its once-a-second rewrite, which takes a write
+    lock for as long as it writes, must not hold up the pages (and the KV updates that follow them)."""
+    ledger = open_ledger(None, sqlite_settings.data_dir)
+    views = open_view_store(None, sqlite_settings.data_dir)
+    influence_views = open_view_store(None, sqlite_settings.data_dir)  # as Projections has it: a pool of its own
+    try:
+        FactWriter(ledger).commit([received(f) for f in community(50)])
+        with influence_views.transaction() as influence_write:
+            influence_write.execute("INSERT INTO view_influence_tenants (tenant, position) VALUES ('acme', 1)")
+            started = time.monotonic()
+            Follower(
+                ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(reciprocity.VIEW)
+            ).catch_up()  # on this thread: it would wait for the lock (then fail after 30 s) if they shared one
+            assert time.monotonic() - started < 5
+        assert views.position(reciprocity.VIEW) == ledger.head_position()
+    finally:
+        influence_views.close()
+        views.close()
+        ledger.close()
+
+
+def test_influence_tables_left_in_the_main_views_file_by_an_older_version_are_dropped(sqlite_settings):
+    """They would hide the attached file's tables from unqualified names; influence is recomputed instead."""
+    data_dir = sqlite_settings.data_dir
+    data_dir.mkdir(parents=True)
+    with sqlite3.connect(data_dir / "views.sqlite3") as old:
+        old.execute("CREATE TABLE view_influence_tenants (tenant TEXT PRIMARY KEY, position INTEGER NOT NULL)")
+        old.execute("INSERT INTO view_influence_tenants VALUES ('acme', 99)")
+    views = open_view_store(None, data_dir)
+    try:
+        assert views.read("SELECT COUNT(*) FROM view_influence_tenants") == [(0,)]
+        with sqlite3.connect(data_dir / "views.sqlite3") as main:
+            assert main.execute("SELECT name FROM sqlite_master WHERE name LIKE 'view_influence%'").fetchall() == []
+        with sqlite3.connect(data_dir / "influence.sqlite3") as attached:
+            names = {row[0] for row in attached.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert names == set(influence_view.TABLES)
+    finally:
+        views.close()
