@@ -10,9 +10,10 @@ FactWriter (setup, timed anyway); follow the first 100k facts page by page (even
 view with `reciprocity rebuild reciprocity` in its own process (its replay's events/s, its peak memory); recompute
 influence for both tenants. Then `reciprocity serve` on that store, once its relay and KV writer caught up:
 GET balance of random known people on 32 keep-alive connections from another process (wrk when it is
-installed, else bench/ingest.py's Python client); VmRSS/VmHWM of serve and its background process after
-the queries and after a posted fact made them recompute influence; bench/ingest.py's single and batch
-ingest with the projections running; lag. One aligned table at the end, and the raw figures as JSON on the last line.
+installed, else bench/ingest.py's Python client); VmRSS/VmHWM of serve, its background process and that
+one's influence worker after the queries and after a posted fact made them recompute influence;
+bench/ingest.py's single and batch ingest with the projections running; lag. One aligned table at the end,
+and the raw figures as JSON on the last line.
 """
 
 from __future__ import annotations
@@ -220,13 +221,22 @@ def build_views(settings: Settings, args: argparse.Namespace, figures: dict[str,
 
 
 def memory_mib(pid: int, when: str) -> dict[str, float]:
-    """VmRSS/VmHWM of serve and of its children (its background process, the embedded nats-server)."""
-    children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    """VmRSS/VmHWM of serve and of its children (its background process, the embedded nats-server) and the
+    background's child (the influence worker)."""
     found = {}
-    for process in [str(pid), *children]:
+    processes = [(str(pid), "serve")]
+    while processes:
+        process, name = processes.pop()
         status = dict(line.split(":", 1) for line in Path(f"/proc/{process}/status").read_text().splitlines())
-        name = "serve" if process == str(pid) else status["Name"].strip().replace("python", "background")
         found.update({f"{name}_{k}_{when}_mib": int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")})
+        for task in Path(f"/proc/{process}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                kind = Path(f"/proc/{child}/comm").read_text().strip()
+                if b"resource_tracker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    continue  # multiprocessing's helper beside the influence worker
+                if kind.startswith("python"):
+                    kind = "background" if name == "serve" else "influence"
+                processes.append((child, kind))
     return found
 
 
@@ -389,6 +399,7 @@ ROWS = (  # key, label, format, target
     ("influence_in_serve_s", "serve: fact -> influence recomputed, s", "{:.1f}", ""),
     ("background_VmRSS_after_influence_mib", "background VmRSS after influence, MiB", "{:.0f}", "< 1024"),
     ("background_VmHWM_after_influence_mib", "background VmHWM after influence, MiB", "{:.0f}", "< 1024"),
+    ("influence_VmHWM_after_influence_mib", "influence worker VmHWM after influence, MiB", "{:.0f}", "< 1024"),
     ("ingest_single_requests_per_s", "ingest single (+projections): req/s", "{:,.0f}", ""),
     ("ingest_single_p99_ms", "ingest single: p99 ms", "{:.2f}", ""),
     ("ingest_batch_facts_per_s", "ingest batch100 (+projections): facts/s", "{:,.0f}", ""),
@@ -397,6 +408,7 @@ ROWS = (  # key, label, format, target
     ("catch_up_s", "time to zero lag after ingest, s", "{:.1f}", ""),
     ("serve_VmHWM_end_mib", "serve VmHWM at the end, MiB", "{:.0f}", "< 1024"),
     ("background_VmHWM_end_mib", "background VmHWM at the end, MiB", "{:.0f}", "< 1024"),
+    ("influence_VmHWM_end_mib", "influence worker VmHWM at the end, MiB", "{:.0f}", "< 1024"),
     ("non_2xx", "non-2xx (balance; single; batch)", "{}", "none"),
 )
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import multiprocessing
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.viewstore import ViewStore
+from services.natsserver import die_with_parent
 from services.store import Ledger, postgres_connect, postgres_params
 
 log = structlog.get_logger(__name__)
@@ -92,6 +95,63 @@ class WorkerLock:
             self._held = None
 
 
+class InfluenceWorker:
+    """Recomputes influence in a child process. A recompute is seconds of CPU-bound Python and numpy for a
+    large tenant; on a thread it took the interpreter lock from the projector and the KV writer for that
+    long, and the lag from a fact to its KV update grew by as much. The child writes through views of its
+    own (on SQLite the influence file, so no page waits for it), dies with its parent, and is started
+    again when it dies."""
+
+    def __init__(self, database_url: str | None, data_dir: Path) -> None:
+        self._args = (database_url, str(data_dir))
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Starts the child ahead of the first recompute (importing numpy and opening the views takes a
+        second or two), so its start-up is not counted as a recompute's time."""
+        await self._run(_started)
+
+    async def recompute(self, tenant: str) -> dict[str, Any]:
+        return await self._run(_recompute_influence, tenant)
+
+    async def _run(self, work: Callable[..., Any], *args: Any) -> Any:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),  # no copy of this process's threads and locks
+                initializer=_start_influence_worker,
+                initargs=self._args,
+            )
+        try:
+            return await asyncio.wrap_future(self._pool.submit(work, *args))
+        except BrokenProcessPool:
+            self._pool = None  # the child died (killed, out of memory): a new one next time
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+_worker_influence: InfluenceView | None = None  # in the worker process
+
+
+def _start_influence_worker(database_url: str | None, data_dir: str) -> None:
+    global _worker_influence
+    die_with_parent()
+    store = open_view_store(database_url, Path(data_dir))
+    _worker_influence = InfluenceView(store, ReciprocityQueries(store))
+
+
+def _recompute_influence(tenant: str) -> dict[str, Any]:
+    assert _worker_influence is not None
+    return _worker_influence.recompute(tenant)
+
+
+def _started() -> bool:
+    return _worker_influence is not None
+
+
 class Projections:
     """Views for one service process: follows the log when it holds the projector lock, else stands by."""
 
@@ -102,11 +162,7 @@ class Projections:
         self.database_url = database_url
         self.store = open_view_store(database_url, data_dir)
         self.queries = ReciprocityQueries(self.store)
-        # On SQLite, influence writes through a pool of its own: the library's pool has one writer connection,
-        # and the influence view has a file of its own (viewstore.ATTACHED_FILES) so that its rewrites never
-        # hold up the pages. PostgreSQL locks rows, not files, and needs no second pool.
-        self.influence_store = self.store if database_url else open_view_store(database_url, data_dir)
-        self.influence = InfluenceView(self.influence_store, self.queries)
+        self.influence = InfluenceView(self.store, self.queries)  # answers; recomputes run in a worker process
         self.lock = WorkerLock(database_url, data_dir, "projector")
         self.project = project
         self.poll_s = poll_s
@@ -116,10 +172,10 @@ class Projections:
         self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
         self._relay_recorded_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        # Pages on one thread, influence on another: a long recompute never holds up the next page (they
-        # meet only at the views' write lock). Closing waits for the work in flight on both.
+        # Pages on a thread; influence recomputes in a process of its own (see InfluenceWorker). Closing waits
+        # for the work in flight on both.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
-        self._influence_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influence")
+        self._influence_worker = InfluenceWorker(database_url, data_dir)
         self.follower = Follower(
             ledger, reciprocity.ReciprocityProjection(self.store), self.reciprocity_position, on_page=self._on_page
         )
@@ -138,10 +194,8 @@ class Projections:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self._executor.shutdown, wait=True)
-        await asyncio.to_thread(self._influence_executor.shutdown, wait=True)
+        await asyncio.to_thread(self._influence_worker.close)
         self.lock.release()
-        if self.influence_store is not self.store:
-            self.influence_store.close()
         self.store.close()
 
     def wake(self) -> None:
@@ -173,16 +227,18 @@ class Projections:
         """Every tenant whose reciprocity rows changed since its last compute, at most once a second and at
         most a fifth of the time (a recompute reads and may rewrite every participant of the tenant, so
         its cost grows with the tenant; this keeps projecting pages and writing KV ahead of it)."""
+        with contextlib.suppress(Exception):  # a failure to start shows (and is retried) at the first recompute
+            await self._influence_worker.start()
         while True:
             started = time.monotonic()
             try:
-                for tenant in await self._loop.run_in_executor(self._influence_executor, self.influence.stale_tenants):
-                    done = await self._loop.run_in_executor(self._influence_executor, self.influence.recompute, tenant)
+                for tenant in await asyncio.to_thread(self.influence.stale_tenants):
+                    done = await self._influence_worker.recompute(tenant)
                     log.info("influence_recomputed", **done)
                     for listener in self.page_listeners:
                         listener()
             except Exception as failure:  # keep the last results; try again next interval
-                log.error("influence_recompute_failed", error=str(failure))
+                log.error("influence_recompute_failed", error=repr(failure))
             spent = time.monotonic() - started
             await asyncio.sleep(max(INFLUENCE_INTERVAL_S - spent, spent * (1 / INFLUENCE_DUTY_MAX - 1)))
 

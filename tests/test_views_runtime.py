@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +20,7 @@ from projections import influence_view, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
-from projections.runtime import open_view_store
+from projections.runtime import InfluenceWorker, open_view_store
 from services.domain import ReceivedFact, fact_event_id
 from services.ingest import FactWriter
 from services.store import open_ledger
@@ -154,7 +156,7 @@ import sys
 from pathlib import Path
 from projections import reciprocity
 from projections.follower import Follower
-from projections.runtime import open_view_store
+from projections.runtime import InfluenceWorker, open_view_store
 from services.store import open_ledger
 url = sys.argv[2] or None
 ledger, views = open_ledger(url, Path(sys.argv[1])), open_view_store(url, Path(sys.argv[1]))
@@ -226,7 +228,7 @@ def test_a_reciprocity_page_commits_while_influence_holds_its_write_lock(sqlite_
     lock for as long as it writes, must not hold up the pages (and the KV updates that follow them)."""
     ledger = open_ledger(None, sqlite_settings.data_dir)
     views = open_view_store(None, sqlite_settings.data_dir)
-    influence_views = open_view_store(None, sqlite_settings.data_dir)  # as Projections has it: a pool of its own
+    influence_views = open_view_store(None, sqlite_settings.data_dir)  # as the influence worker has its own
     try:
         FactWriter(ledger).commit([received(f) for f in community(50)])
         with influence_views.transaction() as influence_write:
@@ -260,3 +262,26 @@ def test_influence_tables_left_in_the_main_views_file_by_an_older_version_are_dr
             assert names == set(influence_view.TABLES)
     finally:
         views.close()
+
+
+async def test_influence_recomputes_in_a_worker_process_started_again_after_it_died(settings, stores):
+    """The worker writes the same rows as a recompute in this process would, and a killed worker is
+    replaced: the recompute that found it dead fails, the next one runs in a new worker."""
+    ledger, views = stores
+    FactWriter(ledger).commit([received(f) for f in community(200)])
+    expected = project(ledger, views).page("acme", 1000, None).model_dump_json()
+    views.reset(influence_view.VIEW, influence_view.TABLES)
+    worker = InfluenceWorker(settings.database_url, settings.data_dir)
+    try:
+        done = await worker.recompute("acme")
+        assert done["tenant"] == "acme" and done["participants"] > 30
+        assert InfluenceView(views, ReciprocityQueries(views)).page("acme", 1000, None).model_dump_json() == expected
+        (child,) = multiprocessing.active_children()
+        child.kill()
+        child.join(10)
+        with pytest.raises(BrokenProcessPool):
+            await worker.recompute("acme")
+        assert (await worker.recompute("acme"))["participants"] == done["participants"]
+        assert multiprocessing.active_children() and multiprocessing.active_children()[0].pid != child.pid
+    finally:
+        worker.close()
