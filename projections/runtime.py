@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import multiprocessing
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -103,7 +104,7 @@ class InfluenceWorker:
     again when it dies."""
 
     def __init__(self, database_url: str | None, data_dir: Path) -> None:
-        self._args = (database_url, str(data_dir))
+        self._args = (os.getpid(), database_url, str(data_dir))
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -136,9 +137,11 @@ class InfluenceWorker:
 _worker_influence: InfluenceView | None = None  # in the worker process
 
 
-def _start_influence_worker(database_url: str | None, data_dir: str) -> None:
+def _start_influence_worker(parent: int, database_url: str | None, data_dir: str) -> None:
     global _worker_influence
     die_with_parent()
+    if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
+        os._exit(1)
     store = open_view_store(database_url, Path(data_dir))
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 

@@ -160,17 +160,39 @@ def _logged(log: Path, event: str, timeout_s: float = 5.0) -> dict:
 
 
 def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, server, tmp_path):
-    """The nats-server child (and serve's background process) never outlive the service, even one killed
-    without a chance to clean up."""
+    """The nats-server child (and serve's background process, and that one's influence worker) never
+    outlive the service, even one killed without a chance to clean up."""
     server.start()
     nats_pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
     background_pid = _logged(tmp_path / "serve.log", "background_started")["pid"]
     assert _is_running(nats_pid, b"nats-server") and _is_running(background_pid, b"services.background")
+    influence_pid = _child_running(background_pid, b"spawn_main", timeout_s=15)
     server.kill()
     deadline = time.monotonic() + 10
-    while _is_running(nats_pid, b"nats-server") or _is_running(background_pid, b"services.background"):
-        assert time.monotonic() < deadline, "a child outlived its killed service"
+    while (
+        _is_running(nats_pid, b"nats-server")
+        or _is_running(background_pid, b"services.background")
+        or _is_running(influence_pid, b"spawn_main")
+    ):
+        assert time.monotonic() < deadline, (
+            "a child outlived its killed service",
+            _is_running(nats_pid, b"nats-server"),
+            _is_running(background_pid, b"services.background"),
+            _is_running(influence_pid, b"spawn_main"),
+        )
         time.sleep(0.05)
+
+
+def _child_running(parent: int, command: bytes, timeout_s: float) -> int:
+    """The pid of a child of `parent` running `command`, once there is one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                if _is_running(int(child), command):
+                    return int(child)
+        time.sleep(0.05)
+    raise AssertionError(f"no child of {parent} runs {command!r}")
 
 
 def test_a_taken_nats_port_is_a_clear_error_and_a_non_zero_exit(settings, tmp_path):
