@@ -200,7 +200,7 @@ def build_views(settings: Settings, args: argparse.Namespace, figures: dict[str,
         note("rebuilding the reciprocity views: `reciprocity rebuild reciprocity`, in a process of its own")
         store.reset(VIEW, TABLES)
         started = time.perf_counter()
-        rebuilt = cli_json(settings, "rebuild", "reciprocity")
+        rebuilt = cli_json(settings, "rebuild", "reciprocity", timeout_s=args.wait)
         figures.update(rebuild_events=rebuilt["facts"], rebuild_per_s=rebuilt["events_per_s"])
         figures["rebuild_s"] = time.perf_counter() - started  # with influence for every tenant
         figures["rebuild_hwm_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

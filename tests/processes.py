@@ -32,18 +32,18 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
         env=environment(settings),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
     )
 
 
-def cli_json(settings: Settings, *args: str) -> dict[str, Any]:
-    done = cli(settings, *args, "--json")
+def cli_json(settings: Settings, *args: str, timeout_s: float = 60) -> dict[str, Any]:
+    done = cli(settings, *args, "--json", timeout_s=timeout_s)
     assert done.returncode == 0, done.stderr + done.stdout
     return json.loads(done.stdout)
 
