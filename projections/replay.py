@@ -49,6 +49,8 @@ ACK_LIVE = 6
 GIVEN_COUNT, GIVEN, RECEIVED_COUNT, RECEIVED, INTRO_MADE, INTRO_RECEIVED = range(6)
 ACK_GIVEN, ACK_RECEIVED, UNACK_COUNT, UNACK, UNACK_OLDEST, COUNTERPARTS, RETURNED = range(6, 13)
 AB_COUNT, AB, BA_COUNT, BA, FIRST_AT, LAST_AT, DECAYED_AB, DECAYED_BA = range(8)
+# Both kinds of rows carry one more element while they are built: the position of the last fact about them.
+PERSON_CHANGED, PAIR_CHANGED = 13, 8
 
 
 class Replay:
@@ -59,6 +61,7 @@ class Replay:
         self.introductions: dict[str, list[Any]] = {}
         self.acknowledgements: dict[str, list[Any]] = {}
         self.touching: set[str] = set()  # acknowledgements whose fact was live when they were recorded
+        self.reversed_at: dict[str, int] = {}  # a reversed fact's event id: the reversal's position
         self.decayed: dict[tuple[str, str, str], list[float]] = {}  # (tenant, a, b): [a→b, b→a]
         self.tenants: dict[str, int] = {}
         self.position = 0
@@ -104,7 +107,7 @@ class Replay:
             elif ref in self.introductions and self.introductions[ref][INTRO_LIVE]:
                 self.touching.add(event_id)
         else:
-            self._reverse(_ref_event_id(fact))
+            self._reverse(_ref_event_id(fact), position)
 
     def _context(self, data: dict[str, Any]) -> tuple[str | None, ...]:
         context = data.get("context") or {}
@@ -121,15 +124,19 @@ class Replay:
         give[ACKNOWLEDGED] = 1 if sign > 0 else 0
         self._add_decayed(give[0], give[4], give[5], sign * _weight(give[7], give[6]))
 
-    def _reverse(self, ref: str) -> None:
+    def _reverse(self, ref: str, position: int) -> None:
         if (give := self.gives.get(ref)) is not None:
             if give[LIVE]:
+                self.reversed_at[ref] = position
                 give[LIVE] = 0
                 weight = -_weight(give[7], give[6]) * (2 if give[ACKNOWLEDGED] else 1)
                 self._add_decayed(give[0], give[4], give[5], weight)
         elif (introduction := self.introductions.get(ref)) is not None:
-            introduction[INTRO_LIVE] = 0
+            if introduction[INTRO_LIVE]:
+                self.reversed_at[ref] = position
+                introduction[INTRO_LIVE] = 0
         elif (ack := self.acknowledgements.get(ref)) is not None and ack[ACK_LIVE]:
+            self.reversed_at[ref] = position
             ack[ACK_LIVE] = 0
             give = self.gives.get(ack[3])
             if give is not None and give[LIVE]:
@@ -139,25 +146,32 @@ class Replay:
 
     def aggregate(self) -> tuple[dict[tuple[str, ...], list[Any]], dict[tuple[str, ...], list[Any]]]:
         """Every participant's and pair's row, per scope, as following the log would have left them.
+        Each row also gets the position of the last fact about it (its `changed_position`: the KV writer
+        reads rows changed after a position in windows, which stay small because positions spread).
         (Written for speed: it runs for every fact and scope, so lookups are inlined.)"""
+        reversed_at = self.reversed_at
         people: dict[tuple[str, ...], list[Any]] = {}
         pairs: dict[tuple[str, ...], list[Any]] = {}
         find_person, find_pair, scopes_of = people.get, pairs.get, _Scopes()
         give_scopes: dict[str, list[str]] = {}
         for event_id, give in self.gives.items():
-            tenant, _, _, _, giver, receiver, value, at, location, activity, subject, live, acknowledged = give
+            tenant, _, position, _, giver, receiver, value, at, location, activity, subject, live, acknowledged = give
             a, b = (giver, receiver) if giver < receiver else (receiver, giver)
             give_scopes[event_id] = in_scopes = scopes_of(location, activity, subject)
+            last = position if live else reversed_at[event_id]
             for scope in in_scopes:
                 given = find_person(key := (tenant, scope, giver))
                 if given is None:
-                    given = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0]
+                    given = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0]
                 received = find_person(key := (tenant, scope, receiver))
                 if received is None:
-                    received = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0]
+                    received = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0]
                 between = find_pair(key := (tenant, scope, a, b))
                 if between is None:
-                    between = pairs[key] = [0, 0, 0, 0, None, None, 0.0, 0.0]
+                    between = pairs[key] = [0, 0, 0, 0, None, None, 0.0, 0.0, 0]
+                for row, changed in ((given, PERSON_CHANGED), (received, PERSON_CHANGED), (between, PAIR_CHANGED)):
+                    if row[changed] < last:
+                        row[changed] = last
                 if not live:
                     continue
                 given[GIVEN_COUNT] += 1
@@ -180,36 +194,47 @@ class Replay:
                 if between[LAST_AT] is None or at > between[LAST_AT]:
                     between[LAST_AT] = at
 
-        def person(tenant: str, scope: str, who: str) -> list[Any]:
+        def person(tenant: str, scope: str, who: str, last: int) -> list[Any]:
             row = find_person(key := (tenant, scope, who))
             if row is None:
-                row = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0]
+                row = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0]
+            if row[PERSON_CHANGED] < last:
+                row[PERSON_CHANGED] = last
             return row
+
+        def pair(tenant: str, a: str, b: str, last: int) -> None:
+            row = find_pair(key := (tenant, "", a, b))
+            if row is None:
+                row = pairs[key] = [0, 0, 0, 0, None, None, 0.0, 0.0, 0]
+            if row[PAIR_CHANGED] < last:
+                row[PAIR_CHANGED] = last
 
         intro_scopes: dict[str, list[str]] = {}
         for event_id, introduction in self.introductions.items():
-            tenant, _, _, _, introducer, a, b, _, location, activity, subject, live = introduction
-            if find_pair(key := (tenant, "", a, b)) is None:
-                pairs[key] = [0, 0, 0, 0, None, None, 0.0, 0.0]
+            tenant, _, position, _, introducer, a, b, _, location, activity, subject, live = introduction
+            last = position if live else reversed_at[event_id]
+            pair(tenant, a, b, last)
             intro_scopes[event_id] = in_scopes = scopes_of(location, activity, subject)
             for scope in in_scopes:
-                made, first = person(tenant, scope, introducer), person(tenant, scope, a)
-                second = person(tenant, scope, b)
+                made, first = person(tenant, scope, introducer, last), person(tenant, scope, a, last)
+                second = person(tenant, scope, b, last)
                 if live:
                     made[INTRO_MADE] += 1
                     first[INTRO_RECEIVED] += 1
                     second[INTRO_RECEIVED] += 1
-        for event_id, (tenant, _, _, ref, acknowledger, _, ack_live) in self.acknowledgements.items():
-            person(tenant, "", acknowledger)
+        for event_id, (tenant, _, position, ref, acknowledger, _, ack_live) in self.acknowledgements.items():
+            last = position if ack_live else reversed_at[event_id]
+            person(tenant, "", acknowledger, last)
             if event_id not in self.touching:
                 continue
             if (target := self.gives.get(ref)) is not None:
                 party, live, in_scopes = target[4], target[LIVE], give_scopes[ref]
+                pair(tenant, *sorted((party, target[5])), last)  # the give's pair: its decayed weight changed
             else:
                 target = self.introductions[ref]
                 party, live, in_scopes = target[4], target[INTRO_LIVE], intro_scopes[ref]
             for scope in in_scopes:
-                thanking, thanked = person(tenant, scope, acknowledger), person(tenant, scope, party)
+                thanking, thanked = person(tenant, scope, acknowledger, last), person(tenant, scope, party, last)
                 if live and ack_live:
                     thanking[ACK_GIVEN] += 1
                     thanked[ACK_RECEIVED] += 1
@@ -236,17 +261,19 @@ class Replay:
         ):
             cursor.insert(table, _columns(table), rows.values())
         people, pairs = self.aggregate()
-        at = self.position
         cursor.insert(
             "view_participants",
             [*_columns("view_participants"), "balance_micro", "changed_position"],
-            ((*key, *row, row[GIVEN] - row[RECEIVED], at) for key, row in people.items()),
+            (
+                (*key, *row[:PERSON_CHANGED], row[GIVEN] - row[RECEIVED], row[PERSON_CHANGED])
+                for key, row in people.items()
+            ),
         )
         del people
         cursor.insert(
             "view_pairs",
             [*_columns("view_pairs"), "strength_micro", "changed_position"],
-            ((*key, *row, row[AB] + row[BA], at) for key, row in pairs.items()),
+            ((*key, *row[:PAIR_CHANGED], row[AB] + row[BA], row[PAIR_CHANGED]) for key, row in pairs.items()),
         )
         del pairs
         cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
