@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from contracts.types import context_key
@@ -266,14 +266,14 @@ class Replay:
             [*_columns("view_participants"), "balance_micro", "changed_position"],
             (
                 (*key, *row[:PERSON_CHANGED], row[GIVEN] - row[RECEIVED], row[PERSON_CHANGED])
-                for key, row in people.items()
+                for key, row in _in_key_order(people)
             ),
         )
         del people
         cursor.insert(
             "view_pairs",
             [*_columns("view_pairs"), "strength_micro", "changed_position"],
-            ((*key, *row[:PAIR_CHANGED], row[AB] + row[BA], row[PAIR_CHANGED]) for key, row in pairs.items()),
+            ((*key, *row[:PAIR_CHANGED], row[AB] + row[BA], row[PAIR_CHANGED]) for key, row in _in_key_order(pairs)),
         )
         del pairs
         cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
@@ -291,6 +291,14 @@ class _Scopes(dict[tuple[str | None, ...], list[str]]):
             found = self[keys] = [""]
             found += [f"{name}={key}" for name, key in zip(CONTEXT_DIMENSIONS, keys, strict=True) if key is not None]
         return found
+
+
+def _in_key_order(rows: dict[tuple[str, ...], list[Any]]) -> Iterator[tuple[tuple[str, ...], list[Any]]]:
+    """Rows in primary-key order, so the table stores them in it: a tenant's rows read by key (influence reads
+    every pair of a tenant) are then neighbours on disk, not a random read each. Sorted by one joined string
+    per key, which compares as the tuple does (ids have no NUL) at a fraction of the cost."""
+    for key in sorted(rows, key="\x00".join):
+        yield key, rows[key]
 
 
 def _weight(occurred_at: str, value_micro: int) -> float:
