@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import DEFAULT_DATABASE_URL, _result, drive, give_body, measure, signed_requests
 from contracts.types import utc_text
-from projections.follower import REBUILD_PAGE_FACTS, Follower
+from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.reciprocity import TABLES, VIEW, ReciprocityProjection
@@ -70,7 +70,7 @@ SPAN = timedelta(days=730)
 FORCE = json.dumps(give_body("force", 0)).encode()  # a fact that makes serve recompute influence
 
 
-FOLLOW_PAGES = 5  # pages of REBUILD_PAGE_FACTS facts: how fast following the log applies them
+FOLLOW_PAGES, FOLLOW_PAGE_FACTS = 5, 20_000  # how fast following the log applies the first facts
 
 
 def note(message: str) -> None:
@@ -190,11 +190,11 @@ def build_views(settings: Settings, args: argparse.Namespace, figures: dict[str,
         figures.update(load_events=args.events + args.small_events, load_s=time.perf_counter() - started)
         figures.update(load_per_s=figures["load_events"] / figures["load_s"], load_refused=dict(refused))
         figures["facts_generated"] = {g.tenant: dict(g.counts) for g in (main, small)}
-        note(f"following the log: the first {FOLLOW_PAGES * REBUILD_PAGE_FACTS:,} facts, page by page")
+        note(f"following the log: the first {FOLLOW_PAGES * FOLLOW_PAGE_FACTS:,} facts, page by page")
         store.reset(VIEW, TABLES)
         started = time.perf_counter()
         follower = Follower(ledger, ReciprocityProjection(store), lambda: store.position(VIEW),
-                            page_facts_max=REBUILD_PAGE_FACTS)  # fmt: skip
+                            page_facts_max=FOLLOW_PAGE_FACTS)  # fmt: skip
         followed = follower.catch_up(pages_max=FOLLOW_PAGES)
         figures["follow_per_s"] = followed / (time.perf_counter() - started)
         note("rebuilding the reciprocity views: `reciprocity rebuild reciprocity`, in a process of its own")

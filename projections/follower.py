@@ -27,8 +27,6 @@ from services.store import Ledger, StoredFact, postgres_connect
 log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 5_000
-# A rebuild holds no reader up, so it takes bigger pages: rows touched many times in a page are written once.
-REBUILD_PAGE_FACTS = 20_000
 POLL_INTERVAL_S = 0.5
 
 

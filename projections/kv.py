@@ -4,8 +4,8 @@ Every view row records the position of the page that last changed it. The writer
 position up to which it has written and writes the rows changed since, pipelined (services/publisher.py),
 waiting for the acks before it advances. It records that position in the library's tracking table at most
 once a second and when it stops; after a NATS outage or a crash it resumes from there, so the buckets
-converge to the views (rewriting a key with the value it has is harmless). Values are the HTTP answers' JSON; their
-`position` is the view's position when the key was written.
+converge to the views (rewriting a key with the value it has is harmless). Values are the HTTP answers'
+JSON; their `position` is the view's position when the key was written.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 from services.publisher import AckedPublisher
 
 ROWS_PER_BATCH = 2_000
-# Rows change a page at a time (a rebuild's page is 20,000 facts), so a window holds a few pages' rows.
+# Rows change a page (up to 5,000 facts) at a time; a rebuild spreads them over the positions of their last
+# facts. Either way a window of positions holds a bounded share of the rows.
 POSITIONS_PER_SYNC = 50_000
 INFLUENCE_KEYS_MAX = 1_000  # the top of each tenant; lower ranks are removed from the bucket
 ACK_TIMEOUT_S = 10.0
