@@ -8,6 +8,7 @@ as the events, so one tenant's log can be read in order without scanning everybo
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -336,8 +337,9 @@ def postgres_connect(database_url: str) -> psycopg.Connection[Any]:
 
 
 # Held while tables are created: PostgreSQL refuses concurrent DDL on the same objects ("tuple concurrently
-# updated"), and several pods or processes may start at the same moment.
-SCHEMA_LOCK_KEY = 0x7265_6369_7072  # "recipr"
+# updated"), and several pods or processes may start at the same moment. The key is per schema: a store that
+# waits for its own tables (say, behind a long rebuild) must never hold up the stores in other schemas.
+SCHEMA_LOCK_KEY_BASE = 0x7265_6369_7072_0000  # "recipr", plus a checksum of the schema
 
 
 @contextmanager
@@ -346,14 +348,15 @@ def schema_lock(database_url: str | None) -> Iterator[None]:
     if not database_url:
         yield
         return
+    schema = postgres_params(database_url)["schema"]
+    key = SCHEMA_LOCK_KEY_BASE + zlib.crc32(schema.encode())
     with postgres_connect(database_url) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
-        schema = postgres_params(database_url)["schema"]
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def open_ledger(database_url: str | None, data_dir: Path) -> Ledger:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import threading
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
 from contracts.facts import webhook_adapter
 from services.domain import ReceivedFact, fact_event_id
 from services.ingest import FactWriter
 from services.settings import Settings
-from services.store import open_ledger
+from services.store import open_ledger, schema_lock
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
 
 
@@ -173,3 +175,19 @@ def test_a_conflicting_commit_is_replanned_against_the_newer_history(writer, set
     assert interleaved[0].status == "recorded"
     assert statuses(outcomes) == [(422, "one_acknowledgement_per_acknowledger"), "recorded"]
     other.ledger.close()
+
+
+@pytest.mark.postgres
+def test_creating_tables_in_one_schema_never_waits_for_another(postgres_url, tmp_path):
+    """A store held up in its own schema (say, behind a rebuild) must not hold up the others."""
+    busy, other = f"{postgres_url}?schema=test_busy_{id(tmp_path)}", f"{postgres_url}?schema=test_free_{id(tmp_path)}"
+    opened = threading.Event()
+    try:
+        with schema_lock(busy):
+            opener = threading.Thread(target=lambda: (open_ledger(other, tmp_path), opened.set()), daemon=True)
+            opener.start()
+            assert opened.wait(20), "opening a store in another schema waited for this schema's lock"
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            for url in (busy, other):
+                conn.execute(f"DROP SCHEMA IF EXISTS {url.rsplit('=', 1)[1]} CASCADE")
