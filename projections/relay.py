@@ -3,8 +3,9 @@
 The store is the source of truth and the stream follows it. The relay reads the log in pages and
 publishes them pipelined, each message carrying its event id (`Nats-Msg-Id`), its position and, chained,
 the previous message's id as `Nats-Expected-Last-Msg-Id`: if one publish in the pipeline fails, every
-later one is refused by the server instead of leaving a gap. It waits for the acks before it moves on,
-reading the next page meanwhile (services/publisher.py counts the acks).
+later one is refused by the server instead of leaving a gap. So only a page's last message asks for an
+ack: when it is acknowledged, the whole page is stored, in order. The relay waits for it before it records
+its position, reading the next page meanwhile (services/publisher.py).
 After any failure or restart it realigns from the stream's last message (its `Reciprocity-Position`),
 so nothing is missing and nothing is published twice, even long after the duplicate window.
 """
@@ -80,7 +81,7 @@ class Relay:
                         next_page = asyncio.create_task(self._read(self.position))
                         continue
                     next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come
-                    await publisher.publish(self._messages(page, last_id), ACK_TIMEOUT_S)
+                    await publisher.publish(self._messages(page, last_id), ACK_TIMEOUT_S, chained=True)
                     last_id = page[-1].fact["event_id"]
                     self.position = page[-1].position
                     self.on_position(self.position)

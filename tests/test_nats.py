@@ -14,10 +14,19 @@ import nats
 import pytest
 
 from services.bootstrap import open_components
-from services.bus import STREAM
+from services.bus import (
+    EXPECTED_LAST_MSG_ID_HEADER,
+    MSG_ID_HEADER,
+    POSITION_HEADER,
+    STREAM,
+    connect,
+    ensure_stream,
+    event_subject,
+)
 from services.http.app import create_app
 from services.ingest import FactWriter
 from services.natsserver import EmbeddedNatsServer
+from services.publisher import AckedPublisher, Message, PublishRefused
 from services.store import open_ledger
 from tests.conftest import make_sender
 from tests.helpers import acknowledgement, give, introduction
@@ -275,3 +284,30 @@ def _tail_cli(settings, *args: str) -> list[str]:
     done = cli(settings.with_(nats_url=None), "tail", "acme", "--nats-url", settings.nats_url, "--json", *args)
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
+
+
+async def test_a_chained_batch_asks_one_ack_and_a_broken_chain_is_refused_with_nothing_after_the_break(
+    nats_server,
+):
+    """The relay asks for the ack of a page's last message only. That proves the page whole because every
+    message names its predecessor: once one is not stored, none after it is, and the last ack is a refusal."""
+    client = await connect(nats_server.url, "test-chain")
+    try:
+        js = client.jetstream()
+        await ensure_stream(js, DUPLICATE_WINDOW_S)
+
+        def message(n: int, previous: str | None) -> Message:
+            headers = {MSG_ID_HEADER: f"e{n}", POSITION_HEADER: str(n)}
+            if previous:
+                headers[EXPECTED_LAST_MSG_ID_HEADER] = previous
+            return event_subject("acme", "give.recorded"), b"{}", headers
+
+        async with AckedPublisher(client) as publisher:
+            good = [message(1, None), message(2, "e1"), message(3, "e2")]
+            assert await publisher.publish(good, 5, chained=True) == 3
+            broken = [message(4, "e3"), message(5, "e-nobody"), message(6, "e5"), message(7, "e6")]
+            with pytest.raises(PublishRefused, match="1 of 1 acks refused: .*last msg"):
+                await publisher.publish(broken, 5, chained=True)
+        assert await stream_ids(nats_server.url) == ["e1", "e2", "e3", "e4"]
+    finally:
+        await client.close()
