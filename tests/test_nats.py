@@ -306,7 +306,7 @@ async def test_a_chained_batch_asks_one_ack_and_a_broken_chain_is_refused_with_n
             good = [message(1, None), message(2, "e1"), message(3, "e2")]
             assert await publisher.publish(good, 5, chained=True) == 3
             broken = [message(4, "e3"), message(5, "e-nobody"), message(6, "e5"), message(7, "e6")]
-            with pytest.raises(PublishRefused, match="1 of 1 acks refused: .*last msg"):
+            with pytest.raises(PublishRefused, match=r"1 of 1 acks refused: .*last msg"):
                 await publisher.publish(broken, 5, chained=True)
         assert await stream_ids(nats_server.url) == ["e1", "e2", "e3", "e4"]
     finally:
