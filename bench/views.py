@@ -10,8 +10,9 @@ FactWriter (setup, timed anyway); follow the first 100k facts page by page (even
 view with `reciprocity rebuild reciprocity` in its own process (its replay's events/s, its peak memory); recompute
 influence for both tenants. Then `reciprocity serve` on that store, once its relay and KV writer caught up:
 GET balance of random known people on 32 keep-alive connections from another process (wrk when it is
-installed, else bench/ingest.py's Python client); VmRSS/VmHWM of serve, its background process and that
-one's influence worker after the queries and after a posted fact made them recompute influence;
+installed, else bench/ingest.py's Python client), with serve on --http-workers processes (2); VmRSS/VmHWM of
+serve, its extra HTTP process, its background process and that one's influence worker after the queries
+and after a posted fact made them recompute influence;
 bench/ingest.py's single and batch ingest with the projections running; lag. One aligned table at the end,
 and the raw figures as JSON on the last line.
 """
@@ -235,7 +236,8 @@ def memory_mib(pid: int, when: str) -> dict[str, float]:
                 if b"resource_tracker" in Path(f"/proc/{child}/cmdline").read_bytes():
                     continue  # multiprocessing's helper beside the influence worker
                 if kind.startswith("python"):
-                    kind = "background" if name == "serve" else "influence"
+                    worker = b"http_worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+                    kind = "influence" if name != "serve" else "http_worker" if worker else "background"
                 processes.append((child, kind))
     return found
 
@@ -318,7 +320,10 @@ def load_figures(prefix: str, result: Any) -> dict[str, Any]:
 
 
 def serve_phase(settings, workdir, secret, participants, store_name, args, figures) -> None:
-    server = Server(settings, workdir / f"serve-{store_name}.log").start()  # with an embedded NATS server
+    # With an embedded NATS server, and as many HTTP processes as asked for (README: RECIPROCITY_HTTP_WORKERS).
+    workers = str(args.http_workers)
+    server = Server(settings, workdir / f"serve-{store_name}.log", RECIPROCITY_HTTP_WORKERS=workers).start()
+    figures["http_workers"] = args.http_workers
     try:
         pid = server.process.pid
         note("waiting for serve's relay and KV writer to catch up with the log")
@@ -388,6 +393,7 @@ ROWS = (  # key, label, format, target
     ("influence_small_s", "influence `pairs`: recompute s", "{:.2f}", ""),
     ("influence_pairs", "influence `bench`: directed pairs", "{:,}", "~1M"),
     ("influence_s", "influence `bench`: recompute s", "{:.2f}", "< 5 s at 1M pairs"),
+    ("http_workers", "serve's HTTP processes (RECIPROCITY_HTTP_WORKERS)", "{}", ""),
     ("balance_client", "GET balance: load generator", "{}", ""),
     ("balance_requests_per_s", "GET balance: req/s", "{:,.0f}", ">= 5,000"),
     ("balance_p50_ms", "GET balance: p50 ms", "{:.2f}", ""),
@@ -407,6 +413,7 @@ ROWS = (  # key, label, format, target
     ("lag_end_events", "view lag after ingest: events", "{:,}", ""),
     ("catch_up_s", "time to zero lag after ingest, s", "{:.1f}", ""),
     ("serve_VmHWM_end_mib", "serve VmHWM at the end, MiB", "{:.0f}", "< 1024"),
+    ("http_worker_VmHWM_end_mib", "serve's extra HTTP process VmHWM at the end, MiB", "{:.0f}", "< 1024"),
     ("background_VmHWM_end_mib", "background VmHWM at the end, MiB", "{:.0f}", "< 1024"),
     ("influence_VmHWM_end_mib", "influence worker VmHWM at the end, MiB", "{:.0f}", "< 1024"),
     ("non_2xx", "non-2xx (balance; single; batch)", "{}", "none"),
@@ -444,6 +451,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--batch", type=int, default=2_000, help="facts per load transaction")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--http-workers", type=int, default=2, help="serve's RECIPROCITY_HTTP_WORKERS")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--wait", type=float, default=1800, help="s to wait for serve's relay and KV writer")
     args = parser.parse_args()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -45,34 +46,49 @@ async def run(settings: Settings) -> None:
         await components.close()
 
 
-class BackgroundProcess:
-    """Started and watched by `serve`: restarted when it dies, stopped with SIGTERM when serve stops."""
+class WatchedProcess:
+    """A child of `serve` (`python -m <module>` with serve's settings in its environment): restarted when it
+    dies, stopped with SIGTERM when serve stops, killed by the kernel if serve dies first."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        module: str = "services.background",
+        name: str = "background",
+        pass_fds: tuple[int, ...] = (),
+        env: dict[str, str] | None = None,
+        on_exit: Callable[[int], None] = lambda pid: None,
+    ) -> None:
         self.settings = settings
+        self.module = module
+        self.name = name
+        self.pass_fds = pass_fds
+        self.on_exit = on_exit
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="background-watcher", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-watcher", daemon=True)
 
     def start(self) -> None:
         self._spawn()
         self._watcher.start()
 
     def _spawn(self) -> None:
-        env = {**os.environ, **self.settings.as_env()}
+        env = {**os.environ, **self.settings.as_env(), **self.env}
         # The parent-death signal follows the thread that forks: the watcher thread lives as long as serve.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.background"], env=env, preexec_fn=die_with_parent
+            [sys.executable, "-m", self.module], env=env, preexec_fn=die_with_parent, pass_fds=self.pass_fds
         )
-        log.info("background_started", pid=self.process.pid, parts=sorted(BACKGROUND_PARTS))
+        log.info(f"{self.name}_started", pid=self.process.pid)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
             assert self.process is not None
             code = self.process.wait()
+            self.on_exit(self.process.pid)
             if self._stopping.is_set():
                 return
-            log.error("background_died", code=code, restart_in_s=RESTART_PAUSE_S)
+            log.error(f"{self.name}_died", code=code, restart_in_s=RESTART_PAUSE_S)
             time.sleep(RESTART_PAUSE_S)
             self._spawn()
 

@@ -1,10 +1,33 @@
-"""Prometheus metrics of one process, in a registry of its own (so tests and apps never share counters)."""
+"""Prometheus metrics of one process, in a registry of its own (so tests and apps never share counters).
+
+When serve runs several HTTP processes (RECIPROCITY_HTTP_WORKERS), a scrape reaches any one of them, so
+their metrics live in files of a directory they share (prometheus_client's multiprocess mode): counters
+and histograms add up over the processes, and the gauges say how they combine.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name; children inherit it
+
+
+def share_metrics_between_processes(directory: Path) -> None:
+    """From now on this process and the children it starts keep their metrics in `directory`."""
+    os.environ[SHARED_DIR_ENV] = str(directory)
+    # prometheus_client picks its value store when it is imported; metrics made after this use the files.
+    values.ValueClass = values.get_value_class()
+
+
+def forget_process(pid: int) -> None:
+    """A process that exited no longer counts in the live gauges (its counters stay in the totals)."""
+    if os.environ.get(SHARED_DIR_ENV):
+        multiprocess.mark_process_dead(pid)
+
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -56,23 +79,32 @@ class Metrics:
             "Facts in the log the view does not reflect yet.",
             ["view"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",  # set on each scrape by the process that answers it
         )
         self.view_lag_seconds = Gauge(
             "reciprocity_view_lag_seconds",
             "Age of the oldest fact the view does not reflect yet.",
             ["view"],
             registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
         self.relay_position = Gauge(
-            "reciprocity_relay_position", "Position of the last fact the relay published.", registry=self.registry
+            "reciprocity_relay_position",
+            "Position of the last fact the relay published.",
+            registry=self.registry,
+            multiprocess_mode="max",
         )
         self.nats_connected = Gauge(
-            "reciprocity_nats_connected", "1 while this process is connected to NATS.", registry=self.registry
+            "reciprocity_nats_connected",
+            "1 while this process (with several: every live process) is connected to NATS.",
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.log_head = Gauge(
             "reciprocity_log_head_position",
             "Position of the newest fact in the store.",
             registry=self.registry,
+            multiprocess_mode="max",
         )
 
         self._route_durations: dict[str, Any] = {}
@@ -112,4 +144,8 @@ class Metrics:
         self.commit_duration.observe(seconds)
 
     def render(self) -> bytes:
+        if os.environ.get(SHARED_DIR_ENV):
+            shared = CollectorRegistry()
+            multiprocess.MultiProcessCollector(shared)
+            return generate_latest(shared)
         return generate_latest(self.registry)

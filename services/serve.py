@@ -1,19 +1,27 @@
-"""`reciprocity serve`: the whole service in one process on its embedded defaults (or one role of it)."""
+"""`reciprocity serve`: the whole service on its embedded defaults (or one role of it).
+
+The main process answers HTTP. Beside it run the embedded nats-server (unless RECIPROCITY_NATS_URL is set),
+the background process (projector, KV writer, relay; services/background.py) and, with
+RECIPROCITY_HTTP_WORKERS > 1, extra HTTP processes that accept from the same socket
+(services/http_worker.py). None of them outlives serve.
+"""
 
 from __future__ import annotations
 
 import errno
-import gc
+import shutil
+import socket
 import sys
+import tempfile
+from pathlib import Path
 
 import structlog
-import uvloop
-from aiohttp import web
 
-from services.background import BACKGROUND_PARTS, BackgroundProcess
-from services.bootstrap import role_parts
+from services.background import WatchedProcess
 from services.http.app import create_app
+from services.http_worker import SOCKET_FD_ENV, http_parts, run_http
 from services.logs import configure_logging
+from services.metrics import forget_process, share_metrics_between_processes
 from services.natsserver import EmbeddedNatsServer, NatsServerError
 from services.settings import Settings
 
@@ -30,40 +38,71 @@ def serve(settings: Settings) -> None:
         except NatsServerError as failure:
             log.error("nats_not_started", error=str(failure))
             sys.exit(f"reciprocity: {failure}")
-    background = None
-    parts = role_parts(settings.role)
-    if settings.role == "all" and settings.background_process:
-        background = BackgroundProcess(settings)
-        background.start()
-        parts = parts - BACKGROUND_PARTS
-    log.info(
-        "starting",
-        role=settings.role,
-        http=f"http://{settings.http_host}:{settings.http_port}",
-        store="postgresql" if settings.database_url else f"sqlite under {settings.data_dir}",
-        nats=settings.nats_url,
-    )
-    app = create_app(settings, parts=parts)
-    # What start-up made (modules, contracts, the app) lives as long as the process: out of the collector's
-    # sight, a full collection no longer walks it all in the middle of a request (a p99 outlier).
-    gc.freeze()
+    children: list[WatchedProcess] = []
+    listener, metrics_dir = None, None
     try:
-        web.run_app(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            print=None,
-            access_log=None,  # our middleware writes one canonical line per request instead
-            shutdown_timeout=10,
-            loop=uvloop.new_event_loop(),  # a faster event loop; the code is plain asyncio either way
+        if settings.http_workers > 1:
+            listener = _listen(settings)
+            metrics_dir = Path(tempfile.mkdtemp(prefix="reciprocity-metrics-"))
+            share_metrics_between_processes(metrics_dir)  # before any process makes its metrics
+        if settings.role == "all" and settings.background_process:
+            children.append(WatchedProcess(settings))
+        for _ in range(settings.http_workers - 1):
+            assert listener is not None
+            worker = WatchedProcess(
+                settings.with_(http_workers=1),
+                "services.http_worker",
+                "http_worker",
+                pass_fds=(listener.fileno(),),
+                env={SOCKET_FD_ENV: str(listener.fileno())},
+                on_exit=forget_process,
+            )
+            children.append(worker)
+        for child in children:
+            child.start()
+        log.info(
+            "starting",
+            role=settings.role,
+            http=f"http://{settings.http_host}:{settings.http_port}",
+            http_processes=settings.http_workers,
+            store="postgresql" if settings.database_url else f"sqlite under {settings.data_dir}",
+            nats=settings.nats_url,
         )
-    except OSError as failure:
-        if failure.errno == errno.EADDRINUSE:
-            log.error("port_in_use", port=settings.http_port, hint="set RECIPROCITY_HTTP_PORT")
-            sys.exit(f"reciprocity: port {settings.http_port} on {settings.http_host} is taken")
-        raise
+        try:
+            run_http(settings, create_app(settings, parts=http_parts(settings)), listener)
+        except OSError as failure:
+            if failure.errno == errno.EADDRINUSE:
+                _port_taken(settings)
+            raise
     finally:
-        if background is not None:
-            background.stop()
+        for child in children:
+            child.stop()
         if embedded is not None:
             embedded.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """The listening socket that serve and its HTTP workers share (bound once: a taken port is an error
+    here, as with one process, rather than a port silently shared with another service)."""
+    family, kind, _, _, address = socket.getaddrinfo(
+        settings.http_host, settings.http_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError as failure:
+        listener.close()
+        if failure.errno == errno.EADDRINUSE:
+            _port_taken(settings)
+        raise
+    listener.listen(1024)
+    listener.set_inheritable(True)
+    return listener
+
+
+def _port_taken(settings: Settings) -> None:
+    log.error("port_in_use", port=settings.http_port, hint="set RECIPROCITY_HTTP_PORT")
+    sys.exit(f"reciprocity: port {settings.http_port} on {settings.http_host} is taken")

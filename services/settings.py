@@ -22,6 +22,7 @@ class Settings:
     nats_port: int = 4222
     role: str = "all"  # all, ingest, query, projector or relay (roles other than all need PostgreSQL and NATS)
     background_process: bool = True  # serve's projector and relay in a second process (the other core)
+    http_workers: int = 1  # processes answering HTTP on serve's port (serve itself and the others)
     nats_duplicate_window_s: float = 120.0  # JetStream's deduplication window for the event stream
     log_format: str | None = None  # "json" or "console"; by TTY when unset
     log_level: str = "info"
@@ -65,6 +66,8 @@ class Settings:
                 f"--role {self.role} shares its store and bus with other pods: set RECIPROCITY_DATABASE_URL "
                 "(postgresql://...) and RECIPROCITY_NATS_URL"
             )
+        if not 1 <= self.http_workers <= 64:
+            raise SettingsError("RECIPROCITY_HTTP_WORKERS must be between 1 and 64")
         if self.commit_batch_facts_max < 1000:
             raise SettingsError("RECIPROCITY_COMMIT_BATCH_FACTS_MAX must hold a full batch (>= 1000)")
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -159,28 +165,78 @@ def _logged(log: Path, event: str, timeout_s: float = 5.0) -> dict:
         time.sleep(0.05)
 
 
-def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, server, tmp_path):
-    """The nats-server child (and serve's background process, and that one's influence worker) never
-    outlive the service, even one killed without a chance to clean up."""
-    server.start()
-    nats_pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
-    background_pid = _logged(tmp_path / "serve.log", "background_started")["pid"]
-    assert _is_running(nats_pid, b"nats-server") and _is_running(background_pid, b"services.background")
-    influence_pid = _child_running(background_pid, b"spawn_main", timeout_s=15)
-    server.kill()
-    deadline = time.monotonic() + 10
-    while (
-        _is_running(nats_pid, b"nats-server")
-        or _is_running(background_pid, b"services.background")
-        or _is_running(influence_pid, b"spawn_main")
-    ):
-        assert time.monotonic() < deadline, (
-            "a child outlived its killed service",
-            _is_running(nats_pid, b"nats-server"),
-            _is_running(background_pid, b"services.background"),
-            _is_running(influence_pid, b"spawn_main"),
-        )
-        time.sleep(0.05)
+def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, tmp_path):
+    """The nats-server child (and serve's background process, that one's influence worker, and serve's
+    extra HTTP workers) never outlive the service, even one killed without a chance to clean up."""
+    server = Server(settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2").start()
+    try:
+        nats_pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
+        background_pid = _logged(tmp_path / "serve.log", "background_started")["pid"]
+        worker_pid = _logged(tmp_path / "serve.log", "http_worker_started")["pid"]
+        children = {
+            nats_pid: b"nats-server",
+            background_pid: b"services.background",
+            worker_pid: b"services.http_worker",
+            _child_running(background_pid, b"spawn_main", timeout_s=15): b"spawn_main",
+        }
+        assert all(_is_running(pid, command) for pid, command in children.items())
+        server.kill()
+        deadline = time.monotonic() + 10
+        while alive := [command for pid, command in children.items() if _is_running(pid, command)]:
+            assert time.monotonic() < deadline, f"outlived their killed service: {alive}"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_http_workers_share_the_port_and_their_metrics_add_up(settings, tmp_path):
+    """With RECIPROCITY_HTTP_WORKERS=2 two processes answer on one port, and /metrics, whichever of them
+    answers it, counts the requests of both."""
+    sender = sender_for(settings)
+    server = Server(settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2").start()
+    try:
+        _logged(tmp_path / "serve.log", "http_worker_started")
+        assert post(server, sender, give("g1", "ann", "bob"))[0] == 201
+        path = "/v1/tenants/acme/participants/ann/balance?min_position=1"
+        processes: set[str] = set()
+        deadline, answered = time.monotonic() + 30, 0
+        while len(processes) < 2:  # each request on a new connection; both processes accept them
+            assert time.monotonic() < deadline, f"only {processes} answered"
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                answers = list(pool.map(lambda _: _request_id(server, path, sender.read_headers()), range(64)))
+            processes |= {request_id.rsplit("-", 1)[0] for request_id in answers}
+            answered += len(answers)
+        route = 'route="/v1/tenants/{tenant}/participants/{participant}/balance"'
+        for _ in range(4):  # several scrapes, so both processes answer one with the same totals
+            counted = _metric(server, f"reciprocity_query_duration_seconds_count{{{route}}}")
+            assert counted == answered
+    finally:
+        server.stop()
+
+
+def _request_id(server: Server, path: str, headers: dict[str, str]) -> str:
+    request = urllib.request.Request(server.url + path, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        return response.headers["X-Request-Id"]
+
+
+def _metric(server: Server, series: str) -> float:
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {series} in /metrics")
+
+
+def test_a_taken_http_port_is_a_clear_error_with_several_http_workers(settings, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        blocked = Server(settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2")
+        blocked.port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match="is taken"):
+            blocked.start()
 
 
 def _child_running(parent: int, command: bytes, timeout_s: float) -> int:
@@ -212,3 +268,30 @@ def _is_running(pid: int, command: bytes) -> bool:
         return command in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+LOGGING_PROCESS = """
+import structlog, sys
+from services.logs import configure_logging
+configure_logging("json")
+log = structlog.get_logger()
+for n in range(int(sys.argv[1])):
+    log.info("request", writer=sys.argv[2], n=n, padding="x" * 300)
+"""
+
+
+def test_log_lines_of_processes_sharing_a_pipe_never_cut_into_each_other():
+    """serve's HTTP workers and background process all write to serve's stdout, often a pipe."""
+    lines_each = 20_000
+    read_end, write_end = os.pipe()
+    writers = [
+        subprocess.Popen([sys.executable, "-c", LOGGING_PROCESS, str(lines_each), name], stdout=write_end)
+        for name in ("a", "b", "c")
+    ]
+    os.close(write_end)
+    with open(read_end, "rb") as output:
+        time.sleep(0.5)  # a slow reader: the writers fill the pipe and block in the middle of their writes
+        lines = output.read().splitlines()
+    assert all(writer.wait(30) == 0 for writer in writers)
+    events = [json.loads(line) for line in lines]  # a line cut by another process's write fails here
+    assert Counter(event["writer"] for event in events) == {"a": lines_each, "b": lines_each, "c": lines_each}

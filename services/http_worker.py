@@ -1,0 +1,62 @@
+"""An extra HTTP process of `reciprocity serve` (RECIPROCITY_HTTP_WORKERS > 1).
+
+One interpreter answers a few thousand requests a second on one core; serve's other processes leave the
+second core mostly idle under a read load. So serve binds the listening socket once and hands it to these
+workers, which accept connections from the same socket and answer ingest and queries exactly as serve's
+own HTTP does: the same store, the same views, the same NATS. Their Prometheus metrics go to a directory
+serve shares with them, so any of them answers /metrics for all (services/metrics.py).
+
+    python -m services.http_worker    # started by serve, with its environment and RECIPROCITY_HTTP_SOCKET_FD
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+
+import uvloop
+from aiohttp import web
+
+from services.background import BACKGROUND_PARTS
+from services.bootstrap import role_parts
+from services.http.app import create_app
+from services.logs import configure_logging
+from services.settings import Settings
+
+SOCKET_FD_ENV = "RECIPROCITY_HTTP_SOCKET_FD"
+
+
+def http_parts(settings: Settings) -> frozenset[str]:
+    """What serve's HTTP processes run: the role's parts, less what its background process runs."""
+    parts = role_parts(settings.role)
+    if settings.role == "all" and settings.background_process:
+        parts = parts - BACKGROUND_PARTS
+    return parts
+
+
+def run_http(settings: Settings, app: web.Application, listener: socket.socket | None) -> None:
+    """serve's and the workers' HTTP loop: on the shared socket when there is one."""
+    # What start-up made (modules, contracts, the app) lives as long as the process: out of the collector's
+    # sight, a full collection no longer walks it all in the middle of a request (a p99 outlier).
+    gc.freeze()
+    address = {"sock": listener} if listener else {"host": settings.http_host, "port": settings.http_port}
+    web.run_app(
+        app,
+        **address,
+        print=None,
+        access_log=None,  # our middleware writes one canonical line per request instead
+        shutdown_timeout=10,
+        loop=uvloop.new_event_loop(),  # a faster event loop; the code is plain asyncio either way
+    )
+
+
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings.log_format, settings.log_level)
+    listener = socket.socket(fileno=int(os.environ[SOCKET_FD_ENV]))
+    run_http(settings, create_app(settings, parts=http_parts(settings)), listener)
+
+
+if __name__ == "__main__":
+    main()
