@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
 import signal
@@ -12,6 +11,7 @@ import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 
@@ -77,14 +77,18 @@ def community(n_facts: int = 400) -> list:
     return facts
 
 
-def test_contributions_json_is_what_json_dumps_writes():
-    """The influence view assembles its contributions JSON from flat lists; it must match json.dumps to the byte."""
+def test_contributions_json_reads_back_as_the_contributions_and_is_the_same_for_the_same_amounts():
+    """The influence view writes each participant's contributions as JSON from flat lists; answers read it
+    back, and unchanged rows are found by comparing that text, so equal amounts must give equal text."""
     givers = ["a", 'q"uote', "back\\slash", "tab\t", "\u00e9lan", "\u65e5\u672c", "\U0001f642", ""]
     amounts = [0.1, 1e-06, 123.456789, 5.0, 0.000123, 2.5e-05, 100.0, 0.333333]
     offsets = [0, 0, 3, 8]
-    expected = [json.dumps(list(zip(givers[o:p], amounts[o:p], strict=True))) for o, p in itertools.pairwise(offsets)]
-    assert influence_view._contributions_json(givers, amounts, offsets) == expected
-    assert expected[0] == "[]"
+    written = influence_view._contributions_json(givers, amounts, offsets)
+    expected = [[list(pair) for pair in zip(givers[o:p], amounts[o:p], strict=True)] for o, p in pairwise(offsets)]
+    assert [json.loads(text) for text in written] == expected
+    assert written[0] == "[]"
+    recomputed = [float(repr(amount)) for amount in amounts]  # equal values, other float objects
+    assert influence_view._contributions_json(list(givers), recomputed, offsets) == written
 
 
 def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
