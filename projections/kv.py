@@ -21,7 +21,7 @@ from nats.aio.client import Client
 
 from projections import reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
-from projections.queries import balance_answer, pair_answer
+from projections.queries import balance_json, pair_answer
 from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, PairRow, ParticipantRow
 from projections.viewstore import ViewStore
 from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
@@ -113,10 +113,7 @@ class KvWriter:
     def _balances(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
         rows = self._changed("view_participants", f"tenant, participant, {', '.join(PARTICIPANT_COLUMNS)}", since, upto)
         for chunk in _chunks(rows):
-            yield [
-                (f"{r[0]}.{r[1]}", balance_answer(r[1], ParticipantRow(*r[2:]), upto).model_dump_json().encode())
-                for r in chunk
-            ]
+            yield [(f"{r[0]}.{r[1]}", balance_json(r[1], ParticipantRow(*r[2:]), upto)) for r in chunk]
 
     def _pairs(self, since: int, upto: int) -> Iterator[list[tuple[str, bytes | None]]]:
         rows = self._changed("view_pairs", f"tenant, a, b, {', '.join(PAIR_COLUMNS)}", since, upto)

@@ -6,10 +6,11 @@ import base64
 import json
 import math
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
-from contracts.types import decimal_text, utc_text
+import orjson
+
+from contracts.types import utc_text
 from contracts.views import (
     Balance,
     BalancesPage,
@@ -18,7 +19,7 @@ from contracts.views import (
     Pair,
     PendingThanks,
 )
-from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, VIEW, PairRow, ParticipantRow
+from projections.reciprocity import MICRO, PAIR_COLUMNS, PARTICIPANT_COLUMNS, VIEW, PairRow, ParticipantRow
 from projections.viewstore import ViewStore
 
 ORDERS = {"balance": "balance_micro", "given": "given_micro", "received": "received_micro"}
@@ -31,7 +32,10 @@ class CursorError(ValueError):
 
 
 def money(micro: int) -> str:
-    return decimal_text(Decimal(micro).scaleb(-6))
+    """Micro-units as the decimal text we answer with (what decimal_text writes), in integer arithmetic."""
+    whole, fraction = divmod(abs(micro), MICRO)
+    text = f"{whole}.{fraction:06d}".rstrip("0") if fraction else str(whole)
+    return "-" + text if micro < 0 else text
 
 
 def ratio(numerator: int, denominator: int) -> float | None:
@@ -40,6 +44,29 @@ def ratio(numerator: int, denominator: int) -> float | None:
 
 def balance_answer(participant: str, row: ParticipantRow, position: int) -> Balance:
     return Balance.model_validate(
+        {
+            "participant": participant,
+            "given": {"count": row.given_count, "value": money(row.given_micro)},
+            "received": {"count": row.received_count, "value": money(row.received_micro)},
+            "balance": money(row.given_micro - row.received_micro),
+            "introductions": {"made": row.intro_made, "received": row.intro_received},
+            "acknowledgements": {"given": row.ack_given, "received": row.ack_received},
+            "unacknowledged": {
+                "count": row.unack_count,
+                "value": money(row.unack_micro),
+                "oldest_at": row.unack_oldest_at,
+            },
+            "counterparts": row.counterparts,
+            "reciprocity": ratio(row.returned_micro, row.given_micro),
+            "position": position,
+        }
+    )
+
+
+def balance_json(participant: str, row: ParticipantRow, position: int) -> bytes:
+    """balance_answer's JSON, byte for byte, without building and validating the model: the most frequent
+    answer, by HTTP and into the KV bucket, where the model cost a tenth of the work (a test compares them)."""
+    return orjson.dumps(
         {
             "participant": participant,
             "given": {"count": row.given_count, "value": money(row.given_micro)},
@@ -87,6 +114,15 @@ class ReciprocityQueries:
         return self.store.position(VIEW)
 
     def balance(self, tenant: str, participant: str, scope: str = "") -> Balance | None:
+        row = self._balance_row(tenant, participant, scope)
+        return None if row is None else balance_answer(participant, *row)
+
+    def balance_json(self, tenant: str, participant: str, scope: str = "") -> bytes | None:
+        """balance's answer as JSON (balance_json)."""
+        row = self._balance_row(tenant, participant, scope)
+        return None if row is None else balance_json(participant, *row)
+
+    def _balance_row(self, tenant: str, participant: str, scope: str) -> tuple[ParticipantRow, int] | None:
         """The row and the view's position in one statement: the most frequent query, one round trip."""
         position = f"(SELECT MAX(notification_id) FROM {self.store.tracking_table} WHERE application_name = ?)"
         rows = self.store.read(
@@ -97,7 +133,7 @@ class ReciprocityQueries:
         if not rows:
             return None
         *values, at = rows[0]
-        return balance_answer(participant, ParticipantRow(*values), at or 0)
+        return ParticipantRow(*values), at or 0
 
     def pair(self, tenant: str, first: str, second: str) -> Pair | None:
         """A pair in canonical order; None when either participant is unknown."""

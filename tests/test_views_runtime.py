@@ -11,12 +11,16 @@ import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from itertools import pairwise
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from contracts.facts import webhook_adapter
-from projections import influence_view, reciprocity
+from contracts.types import PARTICIPANT_PATTERN, decimal_text, utc_text
+from projections import influence_view, queries, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
@@ -289,3 +293,31 @@ async def test_influence_recomputes_in_a_worker_process_started_again_after_it_d
         assert multiprocessing.active_children() and multiprocessing.active_children()[0].pid != child.pid
     finally:
         worker.close()
+
+
+micro_amounts = st.integers(0, 10**15) | st.sampled_from([0, 1, 10, 999_999, 1_000_000, 1_500_000, 10**7, 10**12])
+
+
+@given(micro=micro_amounts, negative=st.booleans())
+def test_money_writes_what_decimal_text_writes(micro, negative):
+    micro = -micro if negative else micro
+    assert queries.money(micro) == decimal_text(Decimal(micro).scaleb(-6))
+
+
+@given(
+    row=st.builds(
+        reciprocity.ParticipantRow,
+        *([st.integers(0, 10**6), micro_amounts] * 2),
+        *[st.integers(0, 10**6)] * 5,
+        micro_amounts,
+        st.none() | st.datetimes(timezones=st.just(UTC)).map(utc_text),
+        st.integers(0, 10**6),
+        micro_amounts,
+    ),
+    participant=st.from_regex(PARTICIPANT_PATTERN, fullmatch=True),
+    position=st.integers(0, 2**62),
+)
+def test_the_balance_json_is_the_balance_models_json_byte_for_byte(row, participant, position):
+    """HTTP and the KV bucket answer a balance without the model; the model (the contract) is the judge."""
+    expected = queries.balance_answer(participant, row, position).model_dump_json().encode()
+    assert queries.balance_json(participant, row, position) == expected
