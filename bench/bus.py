@@ -10,7 +10,9 @@
             `$KV.reciprocity_balances.bench.>`; every fact has a giver of its own, so the first KV update of
             that giver's key is that fact arriving: time to it from the fact's commit (its `recorded_at`,
             wall clock), and from the 201 as the sender saw it (p50, p99 of each)
-  query     sequential requests to `reciprocity.query.bench.balance` for known participants (p50, p99)
+  query     sequential requests to `reciprocity.query.bench.balance` for known participants (p50, p99):
+            right after the lag phase (query_busy_*, while serve still recomputes influence and writes
+            KV), then again once its views caught up (query_*)
 The ingest benchmark with everything running inside serve is `bench/ingest.py` (serve runs all roles).
 """
 
@@ -35,6 +37,7 @@ import nats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import CONTENT_LENGTH, give_body, signed_requests
+from bench.views import views_caught_up, wait_until
 from projections.relay import Relay
 from services.bus import STREAM, connect, ensure_stream
 from services.domain import ReceivedFact, fact_event_id
@@ -252,6 +255,11 @@ def serve_phase(data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         watcher.join()
         figures = lag_figures(answered, arrived, commit_times(data_dir), args.seconds)
         participants = [f"p{n}" for n in range(997)]
+        # Twice: at once, while serve still digests the lag phase's facts (influence recomputes, KV), and
+        # once its views caught up, as a service not in the middle of a burst answers.
+        busy = asyncio.run(query_latency(nats_url, participants, args.queries))
+        figures.update({f"query_busy_{name.removeprefix('query_')}": value for name, value in busy.items()})
+        figures["query_waited_s"] = wait_until(lambda: views_caught_up(server), 300)
         figures.update(asyncio.run(query_latency(nats_url, participants, args.queries)))
         return figures
     finally:

@@ -48,9 +48,9 @@ class QueryService:
     async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(function, *args) if self.off_loop else function(*args)
 
-    async def _balance(self, request: Request) -> BaseModel | None:
+    async def _balance(self, request: Request) -> bytes | None:
         asked = _parse(request, BalanceRequest)
-        return await self._read(self.projections.queries.balance, _tenant(request), asked.participant)
+        return await self._read(self.projections.queries.balance_json, _tenant(request), asked.participant)
 
     async def _pair(self, request: Request) -> BaseModel | None:
         asked = _parse(request, PairRequest)
@@ -70,8 +70,11 @@ class BadRequest(Exception):
     pass
 
 
-def _answering(handler: Callable[[Request], Awaitable[BaseModel | None]]) -> Callable[[Request], Awaitable[None]]:
-    """Turns a query into a reply: the answer's JSON, 404 when there is none, 400 for a bad request."""
+def _answering(
+    handler: Callable[[Request], Awaitable[BaseModel | bytes | None]],
+) -> Callable[[Request], Awaitable[None]]:
+    """Turns a query into a reply: the answer's JSON (a model, or already JSON), 404 when there is none, 400
+    for a bad request."""
 
     async def reply(request: Request) -> None:
         try:
@@ -82,7 +85,7 @@ def _answering(handler: Callable[[Request], Awaitable[BaseModel | None]]) -> Cal
         if answer is None:
             await request.respond_error("404", "not found")
             return
-        await request.respond(answer.model_dump_json().encode())
+        await request.respond(answer if isinstance(answer, bytes) else answer.model_dump_json().encode())
 
     return reply
 
