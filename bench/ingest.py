@@ -156,7 +156,9 @@ def run_store(store: str, group: bool, args: argparse.Namespace, workdir: Path) 
     try:
         cli_json(settings, "tenant", "create", "bench")
         secret = cli_json(settings, "source", "add", "bench", "crm")["secret"]
-        extra_env = {} if group else {"RECIPROCITY_GROUP_COMMIT": "false"}
+        extra_env = {"RECIPROCITY_HTTP_WORKERS": str(args.http_workers)}
+        if not group:
+            extra_env["RECIPROCITY_GROUP_COMMIT"] = "false"
         server = Server(settings, workdir / f"serve-{store}-{commit_name(group)}.log", **extra_env).start()
         try:
             return measure(server, secret, store, commit_name(group), args)
@@ -218,6 +220,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
+    parser.add_argument("--http-workers", type=int, default=1, help="serve's RECIPROCITY_HTTP_WORKERS")
     parser.add_argument(
         "--naive", action=argparse.BooleanOptionalAction, default=True, help="also measure one transaction per request"
     )
