@@ -12,8 +12,6 @@ import errno
 import shutil
 import socket
 import sys
-import tempfile
-from pathlib import Path
 
 import structlog
 
@@ -43,7 +41,10 @@ def serve(settings: Settings) -> None:
     try:
         if settings.http_workers > 1:
             listener = _listen(settings)
-            metrics_dir = Path(tempfile.mkdtemp(prefix="reciprocity-metrics-"))
+            # Emptied first: files left by a serve killed before it could clean up would add to the counts.
+            metrics_dir = settings.data_dir / "metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
             share_metrics_between_processes(metrics_dir)  # before any process makes its metrics
         if settings.role == "all" and settings.background_process:
             children.append(WatchedProcess(settings))

@@ -210,8 +210,13 @@ def test_http_workers_share_the_port_and_their_metrics_add_up(settings, tmp_path
         for _ in range(4):  # several scrapes, so both processes answer one with the same totals
             counted = _metric(server, f"reciprocity_query_duration_seconds_count{{{route}}}")
             assert counted == answered
+        server.kill()  # no chance to clean up: the next start must not count this run's requests
+        server.start()
+        _logged(tmp_path / "serve.log", "http_worker_started")
+        assert _metric(server, f"reciprocity_query_duration_seconds_count{{{route}}}", missing=0.0) == 0
     finally:
         server.stop()
+    assert not (settings.data_dir / "metrics").exists()  # a normal stop removes the files
 
 
 def _request_id(server: Server, path: str, headers: dict[str, str]) -> str:
@@ -221,12 +226,13 @@ def _request_id(server: Server, path: str, headers: dict[str, str]) -> str:
         return response.headers["X-Request-Id"]
 
 
-def _metric(server: Server, series: str) -> float:
+def _metric(server: Server, series: str, missing: float | None = None) -> float:
     with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
         for line in response.read().decode().splitlines():
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {series} in /metrics")
+    assert missing is not None, f"no {series} in /metrics"
+    return missing
 
 
 def test_a_taken_http_port_is_a_clear_error_with_several_http_workers(settings, tmp_path):
