@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 import structlog
@@ -34,7 +34,7 @@ class View(Protocol):
     name: str
     tables: tuple[str, ...]
 
-    def process_page(self, page: list[StoredFact]) -> set[str]: ...
+    def process_page(self, page: list[StoredFact]) -> Any: ...
 
 
 class Follower:
@@ -47,7 +47,7 @@ class Follower:
         position: Callable[[], int],
         *,
         page_facts_max: int = PAGE_FACTS_MAX,
-        on_page: Callable[[set[str], int], None] = lambda tenants, position: None,
+        on_page: Callable[[int, Any], None] = lambda after, applied: None,
     ) -> None:
         self.ledger = ledger
         self.view = view
@@ -57,16 +57,18 @@ class Follower:
         self.caught_up = asyncio.Event()
 
     def catch_up(self, *, pages_max: int | None = None) -> int:
-        """Applies pages until the log is exhausted (or `pages_max` pages); returns the facts applied."""
+        """Applies pages until the log is exhausted (or `pages_max` pages); returns the facts applied. After
+        each page, `on_page` learns the position the page started after and what the view says it changed."""
         applied = pages = 0
         while pages_max is None or pages < pages_max:
-            page = self.ledger.read_log(self.position(), self.page_facts_max)
+            after = self.position()
+            page = self.ledger.read_log(after, self.page_facts_max)
             if not page:
                 break
-            tenants = self.view.process_page(page)
+            changes = self.view.process_page(page)
             applied += len(page)
             pages += 1
-            self.on_page(tenants, page[-1].position)
+            self.on_page(after, changes)
             if len(page) < self.page_facts_max:
                 break
         return applied

@@ -259,6 +259,15 @@ def _ref_event_id(fact: dict[str, Any]) -> str:
 # --- one page -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedPage:
+    """What one committed page changed, for whoever publishes it at once (the KV writer)."""
+
+    position: int  # the view's position after the page
+    tenants: set[str]
+    balances: list[tuple[str, str, ParticipantRow]]  # tenant, participant, row: the overall ones it changed
+
+
 class Page:
     """The rows one page of facts touches, changed in memory in log order, then written back."""
 
@@ -594,8 +603,8 @@ class ReciprocityProjection:
         self.analyzed_at = 0  # the position and time of the last ANALYZE (PostgreSQL)
         self.analyzed_time = float("-inf")
 
-    def process_page(self, page: list[StoredFact]) -> set[str]:
-        """Applies one page of facts; returns the tenants it touched."""
+    def process_page(self, page: list[StoredFact]) -> AppliedPage:
+        """Applies one page of facts; returns what it changed."""
         with self.store.transaction() as cursor:
             state = Page(cursor)
             state.load(page)
@@ -606,7 +615,8 @@ class ReciprocityProjection:
         if self.store.postgres and self._analyze_due(page[-1].position):
             self.store.analyze(TABLES)
             self.analyzed_at, self.analyzed_time = page[-1].position, time.monotonic()
-        return set(state.tenants)
+        balances = [(key[0], key[2], state.participants[key]) for key in state.dirty_participants if not key[1]]
+        return AppliedPage(page[-1].position, set(state.tenants), balances)
 
     def _analyze_due(self, position: int) -> bool:
         """After a tenth more facts (and 30 s): a tenant that grew since the last ANALYZE is planned as

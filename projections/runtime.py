@@ -173,6 +173,8 @@ class Projections:
         self._wakeup = asyncio.Event()
         self._advanced = asyncio.Event()
         self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
+        # Handed each page's changes as soon as it committed, on the projector's thread (the KV writer).
+        self.page_observers: list[Callable[[int, reciprocity.AppliedPage], None]] = []
         self._relay_recorded_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         # Pages on a thread; influence recomputes in a process of its own (see InfluenceWorker). Closing waits
@@ -205,8 +207,10 @@ class Projections:
         """Called after this process committed facts: project them now rather than at the next poll."""
         self._wakeup.set()
 
-    def _on_page(self, tenants: set[str], position: int) -> None:
+    def _on_page(self, after: int, applied: reciprocity.AppliedPage) -> None:
         # Runs on the follower's thread; waiters for a position live on the event loop.
+        for observer in self.page_observers:
+            observer(after, applied)
         self._loop.call_soon_threadsafe(self._page_applied)
 
     def _page_applied(self) -> None:

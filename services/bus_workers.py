@@ -118,6 +118,7 @@ class BusWorkers:
         while not self.projections.projecting:
             await asyncio.sleep(STANDBY_RETRY_S)
         writer = KvWriter(self.projections.store, self.projections.influence, self.projections.influence_position)
+        self.projections.page_observers.append(writer.offer)
         for wakeup in self.kv_wakeups.values():
             self.projections.page_listeners.append(wakeup.set)
         await asyncio.gather(

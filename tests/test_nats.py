@@ -4,6 +4,7 @@ relay crashes and NATS outages; the views in KV equal the HTTP answers; the micr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -13,13 +14,21 @@ import time
 import nats
 import pytest
 
+from projections import reciprocity
+from projections.follower import Follower
+from projections.influence_view import InfluenceView
+from projections.kv import KvWriter
+from projections.queries import ReciprocityQueries
+from projections.runtime import open_view_store
 from services.bootstrap import open_components
 from services.bus import (
+    BUCKET_BALANCES,
     EXPECTED_LAST_MSG_ID_HEADER,
     MSG_ID_HEADER,
     POSITION_HEADER,
     STREAM,
     connect,
+    ensure_buckets,
     ensure_stream,
     event_subject,
 )
@@ -245,6 +254,77 @@ async def test_a_kv_watch_sees_a_new_fact(bus_client, bus_settings):
         await watcher.stop()
         await nc.close()
     assert position > 0
+
+
+async def test_balances_offered_by_the_projector_go_to_kv_as_they_are_and_a_missed_page_is_read_back(
+    settings, nats_server
+):
+    """The projector hands each page's balances to the KV writer, which writes them without reading the
+    rows back when the page starts where the bucket was written up to. A page it never got (dropped while
+    NATS was away, say) is read from the rows instead: nothing is lost either way."""
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    views = open_view_store(settings.database_url, settings.data_dir)
+    queries = ReciprocityQueries(views)
+    writer = KvWriter(views, InfluenceView(views, queries), lambda: 0)
+    offered: list[int] = []
+
+    def on_page(after: int, applied: reciprocity.AppliedPage) -> None:
+        if after > 0:  # the first page never reaches the writer
+            offered.append(applied.position)
+            writer.offer(after, applied)
+
+    follower = Follower(ledger, reciprocity.ReciprocityProjection(views), lambda: views.position("reciprocity"),
+                        on_page=on_page)  # fmt: skip
+    fact_writer = FactWriter(ledger)
+    client = await connect(nats_server.url, "test-offer")
+    wakeup = asyncio.Event()
+    task = None
+    try:
+        await ensure_buckets(client.jetstream())
+        kv = await client.jetstream().key_value(BUCKET_BALANCES)
+
+        async def kv_answer(participant: str) -> dict | None:
+            try:
+                return json.loads((await kv.get(f"acme.{participant}")).value)
+            except nats.js.errors.KeyNotFoundError:
+                return None
+
+        async def all_written(participants: list[str]) -> bool:
+            for participant in participants:
+                expected = json.loads(queries.balance_json("acme", participant))
+                if _without_position(await kv_answer(participant)) != _without_position(expected):
+                    return False
+            return True
+
+        fact_writer.commit([received(give("g1", "ann", "bob", value="5"))])
+        follower.catch_up()  # page 1: not offered
+        fact_writer.commit([received(give("g2", "cas", "dan", value="2"))])
+        follower.catch_up()  # page 2: offered, but it does not start where the bucket is (0)
+        task = asyncio.create_task(writer.run(client, BUCKET_BALANCES, wakeup))
+        await until(lambda: all_written(["ann", "bob", "cas", "dan"]), what="pages 1 and 2 in KV")
+        await stop(task)  # it records how far it wrote, and the next run starts there
+
+        for fact in (give("g3", "eve", "ann", value="1"), give("g4", "fay", "gus", value="1")):
+            fact_writer.commit([received(fact)])
+            follower.catch_up()  # pages 3 and 4: offered, and page 3 starts where the bucket is
+        task = asyncio.create_task(writer.run(client, BUCKET_BALANCES, wakeup))
+        await until(lambda: all_written(["ann", "eve", "fay", "gus"]), what="pages 3 and 4 in KV")
+        page_3, page_4 = offered[-2:]
+        # Written page by page as offered; read back, both pages' rows would carry the later position.
+        assert [(await kv_answer(p))["position"] for p in ("eve", "fay")] == [page_3, page_4]
+        assert not writer._offered, "every offered page was written or passed over"
+    finally:
+        if task is not None:
+            await stop(task)
+        await client.close()
+        views.close()
+        ledger.close()
+
+
+async def stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_client, bus_settings):
