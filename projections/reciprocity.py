@@ -264,7 +264,6 @@ class AppliedPage:
     """What one committed page changed, for whoever publishes it at once (the KV writer)."""
 
     position: int  # the view's position after the page
-    tenants: set[str]
     balances: list[tuple[str, str, ParticipantRow]]  # tenant, participant, row: the overall ones it changed
 
 
@@ -616,7 +615,7 @@ class ReciprocityProjection:
             self.store.analyze(TABLES)
             self.analyzed_at, self.analyzed_time = page[-1].position, time.monotonic()
         balances = [(key[0], key[2], state.participants[key]) for key in state.dirty_participants if not key[1]]
-        return AppliedPage(page[-1].position, set(state.tenants), balances)
+        return AppliedPage(page[-1].position, balances)
 
     def _analyze_due(self, position: int) -> bool:
         """After a tenth more facts (and 30 s): a tenant that grew since the last ANALYZE is planned as
