@@ -132,12 +132,16 @@ class KvWriter:
         return upto
 
     def _offered_after(self, since: int) -> OfferedPage | None:
-        """The offered page that starts where the bucket was written up to, if there is one."""
-        while self._offered and self._offered[0].position <= since:
-            self._offered.popleft()  # written already, by the rows' way
-        if self._offered and self._offered[0].after == since:
-            return self._offered.popleft()
-        return None
+        """The next offered page, if it starts where the bucket was written up to. A page is taken off
+        before it is looked at: the projector's thread appends meanwhile, and a full deque drops its
+        oldest, so the first page seen might not be the one taken."""
+        while self._offered:
+            page = self._offered.popleft()
+            if page.after == since:
+                return page
+            if page.position > since:
+                return None  # a page was missed before this one: the rows' way covers both
+        return None  # (pages up to `since` were written already, by the rows' way)
 
     def _record(self, bucket: str, position: int) -> None:
         with self.store.transaction() as cursor:
