@@ -80,7 +80,7 @@ class KvWriter:
                 (f"$KV.{BUCKET_BALANCES}.{tenant}.{participant}", balance_json(participant, row, position), None)
                 for tenant, participant, row in applied.balances
             ]
-            self._offered.append(OfferedPage(after, applied.position, messages))
+            self._offered.append(OfferedPage(after, position, messages))
 
     def tracked(self, bucket: str) -> int:
         return self.store.position(f"kv/{bucket}")
