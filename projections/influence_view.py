@@ -21,6 +21,7 @@ import orjson
 
 from contracts.views import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
 from projections.influence import InfluenceGraph, influence_table
+from projections.influence_pairs import PairCache
 from projections.queries import CursorError, ReciprocityQueries, decode_cursor, encode_cursor
 from projections.reciprocity import DECAY_EPOCH, HALF_LIFE_DAYS, MICRO
 from projections.viewstore import ViewStore
@@ -57,6 +58,9 @@ class InfluenceView:
     def __init__(self, store: ViewStore, reciprocity: ReciprocityQueries) -> None:
         self.store = store
         self.reciprocity = reciprocity
+        # Kept between recomputes, which the worker runs for the same tenants again and again.
+        self.pairs = PairCache()
+        self._written: dict[str, tuple[int, dict[str, tuple[tuple, int]]]] = {}  # tenant: (position, stored rows)
 
     # --- recomputing ---
 
@@ -77,14 +81,9 @@ class InfluenceView:
         started = time.perf_counter()
         with self.store.transaction(commit=False) as cursor:
             position = self.store.position("reciprocity")
-            tenant_graph = self._read_graph(cursor, tenant)
+            tenant_graph = self._read_graph(cursor, tenant, position)
             # Only this thread writes influence rows, so what it read here is still what is stored below.
-            stored = {
-                row[1]: (tuple(row[:-1]), row[-1])
-                for row in cursor.execute(
-                    f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
-                )
-            }
+            stored = self._stored_rows(cursor, tenant)
         table = influence_table(tenant_graph.graph)
         contributions = _contributions_json(table.givers, table.amounts, table.offsets)
         ranking = np.asarray(table.ranking, np.int64)
@@ -112,59 +111,67 @@ class InfluenceView:
                 "ON CONFLICT (tenant) DO UPDATE SET position = excluded.position",
                 (tenant, position),
             )
+        self._keep_written(tenant, position, stored, changed)
         return {
             "tenant": tenant, "position": position, "participants": len(rows), "changed": len(changed),
             "compute_s": round(computed - started, 3), "write_s": round(time.perf_counter() - computed, 3),
         }  # fmt: skip
 
-    def _read_graph(self, cursor, tenant: str) -> TenantGraph:
+    def _stored_rows(self, cursor, tenant: str) -> dict[str, tuple[tuple, int]]:
+        """The tenant's stored rows by participant, as (answer row, changed_position): kept from this
+        object's last write when the tenant's stored position shows nobody wrote since, else read."""
+        kept = self._written.pop(tenant, None)
+        if kept is not None:
+            written = cursor.execute("SELECT position FROM view_influence_tenants WHERE tenant = ?", (tenant,))
+            if written and written[0][0] == kept[0]:
+                return kept[1]
+        return {
+            row[1]: (tuple(row[:-1]), row[-1])
+            for row in cursor.execute(
+                f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
+            )
+        }
+
+    def _keep_written(self, tenant: str, position: int, stored: dict[str, tuple[tuple, int]], changed: list) -> None:
+        """Keeps what is now stored for a tenant whose pairs are kept too (a large one: reading its rows back
+        costs about a second); forgets tenants whose pairs were let go."""
+        for gone in [t for t in self._written if t not in self.pairs]:
+            del self._written[gone]
+        if tenant in self.pairs:
+            stored.update((row[1], (row[:-1], row[-1])) for row in changed)
+            self._written[tenant] = (position, stored)
+
+    def _read_graph(self, cursor, tenant: str, position: int) -> TenantGraph:
         """The tenant's graph, built column-wise: a million pair rows allow no per-row Python work.
 
         Edges keep the order of a row-by-row build (per pair a->b then b->a, then introductions in log order),
         so sums over parallel edges add up in the same order and the answers stay the same to the last bit.
         """
-        participants = [
-            row[0]
-            for row in cursor.execute(
-                "SELECT participant FROM view_participants WHERE tenant = ? AND scope = '' ORDER BY participant",
-                (tenant,),
-            )
-        ]
-        index = {p: i for i, p in enumerate(participants)}
+        pairs = self.pairs.read(cursor, tenant, position)
+        participants, index = pairs.participants, pairs.index
         as_of = self.reciprocity.latest_occurred_at(tenant)
         decay = 2.0 ** (-_days_since_epoch(as_of) / HALF_LIFE_DAYS) if as_of else 1.0
-        # Pairs whose strength fell to zero (all reversed) are left out here rather than in SQL: a condition on
-        # strength_micro draws SQLite to the strength index and a sort of every row by (a, b), while the
-        # primary key yields that order as it reads, on SQLite and PostgreSQL alike.
-        a, b, decayed_ab, decayed_ba, strength = _columns(
-            cursor.execute(
-                "SELECT a, b, decayed_ab, decayed_ba, strength_micro FROM view_pairs "
-                "WHERE tenant = ? AND scope = '' ORDER BY a, b",
-                (tenant,),
-            ),
-            5,
-        )
-        strength = np.array(strength, np.int64)
-        tied = strength > 0
-        a, b = (_indices(index, list(itertools.compress(ids, tied))) for ids in (a, b))
-        decayed_ab, decayed_ba, strength = np.array(decayed_ab)[tied], np.array(decayed_ba)[tied], strength[tied]
+        tied = pairs.strength > 0  # pairs whose strength fell to zero (all reversed) are no ties
+        a, b, strength = pairs.a[tied], pairs.b[tied], pairs.strength[tied]
         # A give is an edge receiver -> giver: the receiver endorses the one who helped.
-        decayed = np.column_stack((decayed_ab, decayed_ba)).ravel()
+        decayed = np.column_stack((pairs.decayed_ab[tied], pairs.decayed_ba[tied])).ravel()
         given = decayed > 0
         pair_src, pair_dst = np.column_stack((b, a)).ravel()[given], np.column_stack((a, b)).ravel()[given]
-        introducer, introduced_a, introduced_b, occurred_at, last_at = _columns(
+        introducer, introduced_a, introduced_b, occurred_at = _columns(
             cursor.execute(
-                "SELECT i.introducer, i.a, i.b, i.occurred_at, p.last_at FROM view_introductions i "
-                "LEFT JOIN view_pairs p ON p.tenant = i.tenant AND p.scope = '' AND p.a = i.a AND p.b = i.b "
-                "WHERE i.tenant = ? AND i.live = 1 ORDER BY i.position",
+                "SELECT introducer, a, b, occurred_at FROM view_introductions "
+                "WHERE tenant = ? AND live = 1 ORDER BY position",
                 (tenant,),
             ),
-            5,
+            4,
         )
-        paid = [last is not None and last > at for at, last in zip(occurred_at, last_at, strict=True)]
+        introduced_a, introduced_b = _indices(index, introduced_a), _indices(index, introduced_b)
+        # Paid off: the two people exchanged something after they were introduced.
+        last_at = pairs.last_at_of(introduced_a, introduced_b)
+        paid = (last_at > np.array(occurred_at, "S")).tolist() if occurred_at else []
         paid_off = Counter(itertools.compress(introducer, paid))
         # An introduction is two edges, introduced -> introducer, weighted by whether it paid off.
-        intro_src = np.column_stack((_indices(index, introduced_a), _indices(index, introduced_b))).ravel()
+        intro_src = np.column_stack((introduced_a, introduced_b)).ravel()
         intro_weight = np.where(paid, INTRODUCTION_PAID_OFF_WEIGHT, INTRODUCTION_WEIGHT)
         graph = InfluenceGraph(
             participants=participants,

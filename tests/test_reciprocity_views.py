@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from psycopg.sql import SQL, Identifier
 
 from contracts.facts import webhook_adapter
-from projections import reciprocity
+from projections import influence_view, reciprocity
 from projections.follower import Follower
+from projections.influence_pairs import PairCache
+from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.reciprocity import DDL, TABLES, VIEW, ReciprocityProjection
 from projections.replay import replay
@@ -96,10 +98,10 @@ def fresh_store(base):
             conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
 
 
-def build(example, steps, chunks, page_size):
+def build(example, steps, chunks, page_size, after_chunk=lambda store: None):
     ledger = open_ledger(example.database_url, example.data_dir)
     writer = FactWriter(ledger)
-    store = ViewStore(example.database_url, example.data_dir, DDL)
+    store = ViewStore(example.database_url, example.data_dir, (*DDL, *influence_view.DDL))
     projection = ReciprocityProjection(store)
     follower = Follower(ledger, projection, lambda: store.position(VIEW), page_facts_max=page_size)
     earlier: list[dict] = []
@@ -116,6 +118,7 @@ def build(example, steps, chunks, page_size):
     for start in range(0, len(items), chunks):
         writer.commit(items[start : start + chunks])
         follower.catch_up()  # incremental: the view follows the writes as they land
+        after_chunk(store)
     return ledger, store, projection, follower
 
 
@@ -193,5 +196,29 @@ def check_views(example, steps, chunks, page_size, rebuild_page):
         )
         assert all(0 < position <= stored[-1].position for (position,) in changed)
     finally:
+        store.close()
+        ledger.close()
+
+
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=history, chunks=st.integers(1, 9))
+def test_influence_from_kept_pairs_equals_influence_read_afresh(settings, steps, chunks):
+    """The influence worker keeps large tenants' pairs and written rows between recomputes and then reads only
+    the pairs changed since. Here it keeps every tenant; after each chunk of facts, a recompute that reads
+    everything afresh finds nothing to change."""
+    kept: list[InfluenceView] = []
+
+    def recompute(store):
+        if not kept:
+            kept.append(InfluenceView(store, ReciprocityQueries(store)))
+            kept[0].pairs = PairCache(tenant_pairs_min=0)
+        for tenant in InfluenceView(store, ReciprocityQueries(store)).stale_tenants():
+            kept[0].recompute(tenant)
+            assert tenant in kept[0].pairs
+            afresh = InfluenceView(store, ReciprocityQueries(store)).recompute(tenant)
+            assert afresh["changed"] == 0, tenant
+
+    with fresh_store(settings) as example:
+        ledger, store, _projection, _follower = build(example, steps, chunks, 9, after_chunk=recompute)
         store.close()
         ledger.close()

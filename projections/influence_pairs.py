@@ -1,0 +1,164 @@
+"""A tenant's pairs as numpy columns for the influence recompute, kept between recomputes.
+
+Reading a tenant's million pair rows makes two million Python strings, which cost most of a recompute
+(about 3 of 4.5 seconds at 850k pairs). The influence worker recomputes the same tenants over and over, so it
+keeps each large tenant's pairs as columns and reads only the rows changed since (`changed_position`, which
+every page that changes a pair sets). Participants are numbered by slot, in the order they were first seen;
+the graph needs them in id order, which `in_id_order` derives each time from the tenant's sorted participants.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from operator import itemgetter
+
+import numpy as np
+
+PAIR_COLUMNS = "a, b, decayed_ab, decayed_ba, strength_micro, last_at"
+SLOT_BITS = 32  # a pair's key: a's slot above, b's below
+CACHED_PAIRS_MAX = 3_000_000  # all tenants together: about 60 bytes each, so under 200 MB
+TENANT_PAIRS_MIN = 20_000  # a smaller tenant reads all its pairs in well under 0.1 s: not kept
+
+
+@dataclass(frozen=True)
+class OrderedPairs:
+    """A tenant's pairs in (a, b) order, participants as indices into its participant list (sorted by id)."""
+
+    participants: list[str]  # every participant of the tenant (scope ''), sorted by id
+    index: dict[str, int]  # participant: place in that list
+    a: np.ndarray  # int64
+    b: np.ndarray  # int64
+    decayed_ab: np.ndarray  # float64
+    decayed_ba: np.ndarray  # float64
+    strength: np.ndarray  # int64, micro-units
+    last_at: np.ndarray  # bytes (occurred_at text, which sorts as time does); b"" for none
+
+    def last_at_of(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The last_at of each pair (a[i], b[i]); b"" where there is no such pair."""
+        n = len(self.participants)
+        keys, wanted = self.a * n + self.b, a * n + b  # keys are sorted, as the pairs are
+        if keys.size == 0:
+            return np.full(wanted.size, b"")
+        found = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+        return np.where(keys[found] == wanted, self.last_at[found], b"")
+
+
+class TenantPairs:
+    """One tenant's scope-'' pair rows as columns, sorted by slot key; `position` is the reciprocity view
+    position they reflect."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []  # participant by slot
+        self.slots: dict[str, int] = {}
+        self.key = np.zeros(0, np.int64)
+        self.decayed_ab = np.zeros(0)
+        self.decayed_ba = np.zeros(0)
+        self.strength = np.zeros(0, np.int64)
+        self.last_at = np.zeros(0, "S1")
+        self.position = 0
+
+    def __len__(self) -> int:
+        return self.key.size
+
+    def apply(self, rows: list, position: int, index: dict[str, int]) -> None:
+        """Rows (PAIR_COLUMNS) that are new or changed since `self.position`: each replaces its pair's values.
+        `index` is the tenant's participants in id order: the first rows take their slots from it."""
+        self.position = position
+        if not self.names:
+            self.names, self.slots = list(index), dict(index)
+        if not rows:
+            return
+        a, b, decayed_ab, decayed_ba, strength, last_at = (list(map(itemgetter(i), rows)) for i in range(6))
+        key = (self._slots_of(a) << SLOT_BITS) | self._slots_of(b)
+        values = (
+            np.array(decayed_ab, np.float64),
+            np.array(decayed_ba, np.float64),
+            np.array(strength, np.int64),
+            np.array([at or "" for at in last_at], "S"),
+        )
+        at = np.searchsorted(self.key, key)
+        known = at < self.key.size
+        known[known] = self.key[at[known]] == key[known]
+        columns = ("decayed_ab", "decayed_ba", "strength", "last_at")
+        for name, value in zip(columns, values, strict=True):
+            column = getattr(self, name)
+            if name == "last_at" and value.dtype.itemsize > column.dtype.itemsize:
+                column = column.astype(value.dtype)
+            column[at[known]] = value[known]
+            setattr(self, name, column)
+        if known.all():
+            return
+        new = ~known
+        key = np.concatenate((self.key, key[new]))
+        order = np.argsort(key, kind="stable")
+        self.key = key[order]
+        for name, value in zip(columns, values, strict=True):
+            setattr(self, name, np.concatenate((getattr(self, name), value[new]))[order])
+
+    def _slots_of(self, names: list[str]) -> np.ndarray:
+        slots, known = self.slots, self.names
+        try:
+            return np.fromiter(map(slots.__getitem__, names), np.int64, len(names))
+        except KeyError:  # someone new since the last read
+            for name in names:
+                if name not in slots:
+                    slots[name] = len(known)
+                    known.append(name)
+            return np.fromiter(map(slots.__getitem__, names), np.int64, len(names))
+
+    def in_id_order(self, participants: list[str], index: dict[str, int]) -> OrderedPairs:
+        """The pairs in (a, b) order by participant id, as the primary key would list them; `index` maps the
+        tenant's participants (sorted by id) to their place among them."""
+        place = np.fromiter(map(index.__getitem__, self.names), np.int64, len(self.names))
+        a, b = place[self.key >> SLOT_BITS], place[self.key & ((1 << SLOT_BITS) - 1)]
+        order = np.argsort(a * len(index) + b)  # unique: one row per pair
+        columns = (self.decayed_ab, self.decayed_ba, self.strength, self.last_at)
+        return OrderedPairs(participants, index, a[order], b[order], *(column[order] for column in columns))
+
+
+class PairCache:
+    """Large tenants' pairs between recomputes, least recently used first out, within CACHED_PAIRS_MAX."""
+
+    def __init__(self, pairs_max: int = CACHED_PAIRS_MAX, tenant_pairs_min: int = TENANT_PAIRS_MIN) -> None:
+        self.pairs_max = pairs_max
+        self.tenant_pairs_min = tenant_pairs_min
+        self._tenants: OrderedDict[str, TenantPairs] = OrderedDict()
+
+    def read(self, cursor, tenant: str, position: int) -> OrderedPairs:
+        """The tenant's participants and pairs as of at least `position`, which must have been read before
+        this cursor's snapshot began (rows changed after it are read again next time, which changes nothing).
+        Pairs are read before participants, so every pair's participants are among them."""
+        pairs = self._tenants.pop(tenant, None)
+        if pairs is None or pairs.position > position:  # never seen, or the view was rebuilt since
+            pairs = TenantPairs()
+            # In key order: by the primary key, not by the strength index and a table read per row.
+            rows = cursor.execute(
+                f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE tenant = ? AND scope = '' ORDER BY a, b", (tenant,)
+            )
+        else:
+            # By the changed_position index: `|| ''` keeps the planner off the primary key, where it would
+            # walk every pair of the tenant to find the few changed ones.
+            rows = cursor.execute(
+                f"SELECT {PAIR_COLUMNS} FROM view_pairs "
+                "WHERE changed_position > ? AND tenant || '' = ? AND scope || '' = ''",
+                (pairs.position, tenant),
+            )
+        participants = [
+            row[0]
+            for row in cursor.execute(
+                "SELECT participant FROM view_participants WHERE tenant = ? AND scope = '' ORDER BY participant",
+                (tenant,),
+            )
+        ]
+        index = {p: i for i, p in enumerate(participants)}
+        pairs.apply(rows, position, index)
+        if len(pairs) >= self.tenant_pairs_min:
+            self._tenants[tenant] = pairs
+            kept = sum(map(len, self._tenants.values()))
+            while kept > self.pairs_max:
+                kept -= len(self._tenants.popitem(last=False)[1])
+        return pairs.in_id_order(participants, index)
+
+    def __contains__(self, tenant: str) -> bool:
+        return tenant in self._tenants
