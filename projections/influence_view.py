@@ -79,7 +79,7 @@ class InfluenceView:
         Everything is read and computed before the write transaction, which only writes the changed rows:
         on SQLite the projector's next page waits for that transaction (one writer per file)."""
         started = time.perf_counter()
-        with self.store.transaction(commit=False) as cursor:
+        with self.store.snapshot() as cursor:  # participants, pairs and introductions as of one moment
             position = self.store.position("reciprocity")
             tenant_graph = self._read_graph(cursor, tenant, position)
             # Only this thread writes influence rows, so what it read here is still what is stored below.

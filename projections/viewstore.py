@@ -230,6 +230,15 @@ class ViewStore:
         with self.datastore.transaction(commit=commit) as raw:
             yield ViewCursor(raw, self.postgres)
 
+    @contextmanager
+    def snapshot(self) -> Iterator[ViewCursor]:
+        """A read-only transaction whose statements all see the same rows. SQLite's do; PostgreSQL's read
+        committed would let a page committed between two statements show in the second only."""
+        with self.transaction(commit=False) as cursor:
+            if self.postgres:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield cursor
+
     def read(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
         """One statement's rows, on a plain connection of the calling thread in autocommit: a single
         statement is a consistent read of its own, and the pool's transaction around it (a BEGIN and a
