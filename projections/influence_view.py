@@ -44,6 +44,7 @@ DDL = (
     "CREATE TABLE IF NOT EXISTS influence.view_influence_tenants (tenant TEXT PRIMARY KEY, position INTEGER NOT NULL)",
 )
 TABLES = ("view_influence", "view_influence_tenants")
+StoredRows = dict[str, tuple[tuple, int]]  # participant: (answer row, changed_position)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class InfluenceView:
         self.reciprocity = reciprocity
         # Kept between recomputes, which the worker runs for the same tenants again and again.
         self.pairs = PairCache()
-        self._written: dict[str, tuple[int, dict[str, tuple[tuple, int]]]] = {}  # tenant: (position, stored rows)
+        self._written: dict[str, tuple[int, StoredRows]] = {}  # tenant: (position, its stored rows)
 
     # --- recomputing ---
 
@@ -96,13 +97,7 @@ class InfluenceView:
         rows = list(
             zip(itertools.repeat(tenant), names, scores, places, constraint, effective_size, paid_off, contributions)
         )
-        # Only rows whose answer changed are written; of those, the ones at the top (now or before) are
-        # marked for the KV writer. Rows far below change on every recompute and keep their mark.
-        changed = [
-            (*row, position if _shown(row, stored) else stored.get(row[1], (None, 0))[1])
-            for row in rows
-            if stored.get(row[1], (None, 0))[0] != row
-        ]
+        changed = _changed_rows(rows, stored, position)  # and `stored` is now what will be stored
         computed = time.perf_counter()
         with self.store.transaction() as cursor:
             cursor.upsert("view_influence", ROW_COLUMNS, ("tenant", "participant"), changed)
@@ -111,13 +106,13 @@ class InfluenceView:
                 "ON CONFLICT (tenant) DO UPDATE SET position = excluded.position",
                 (tenant, position),
             )
-        self._keep_written(tenant, position, stored, changed)
+        self._keep_written(tenant, position, stored)
         return {
             "tenant": tenant, "position": position, "participants": len(rows), "changed": len(changed),
             "compute_s": round(computed - started, 3), "write_s": round(time.perf_counter() - computed, 3),
         }  # fmt: skip
 
-    def _stored_rows(self, cursor, tenant: str) -> dict[str, tuple[tuple, int]]:
+    def _stored_rows(self, cursor, tenant: str) -> StoredRows:
         """The tenant's stored rows by participant, as (answer row, changed_position): kept from this
         object's last write when the tenant's stored position shows nobody wrote since, else read."""
         kept = self._written.pop(tenant, None)
@@ -132,13 +127,12 @@ class InfluenceView:
             )
         }
 
-    def _keep_written(self, tenant: str, position: int, stored: dict[str, tuple[tuple, int]], changed: list) -> None:
+    def _keep_written(self, tenant: str, position: int, stored: StoredRows) -> None:
         """Keeps what is now stored for a tenant whose pairs are kept too (a large one: reading its rows back
         costs about a second); forgets tenants whose pairs were let go."""
         for gone in [t for t in self._written if t not in self.pairs]:
             del self._written[gone]
         if tenant in self.pairs:
-            stored.update((row[1], (row[:-1], row[-1])) for row in changed)
             self._written[tenant] = (position, stored)
 
     def _read_graph(self, cursor, tenant: str, position: int) -> TenantGraph:
@@ -262,10 +256,25 @@ ITEM_COLUMNS = "participant, score, rank, burt_constraint, effective_size, intro
 ROW_COLUMNS = ("tenant", *ITEM_COLUMNS.split(", "), "changed_position")  # a stored row, as recompute builds it
 
 
-def _shown(row: tuple, stored: dict[str, tuple[tuple, int]]) -> bool:
-    """Whether a changed row concerns the KV bucket: at the top of the tenant, now or before."""
-    before = stored.get(row[1])
-    return row[3] <= KV_RANK_MAX or (before is not None and before[0][3] <= KV_RANK_MAX)
+def _changed_rows(rows: list[tuple], stored: StoredRows, position: int) -> list[tuple]:
+    """The rows whose answer changed, with their changed_position, as they are to be written; `stored`
+    takes them in (it is thrown away if the write fails).
+
+    Of the changed rows, the ones at the top (now or before) are marked with this position for the KV
+    writer; rows far below change on every recompute and keep their mark. (One plain loop: it runs for every
+    participant of the tenant.)"""
+    changed, find = [], stored.get
+    for row in rows:
+        before = find(row[1])
+        if before is None:
+            mark = position if row[3] <= KV_RANK_MAX else 0
+        elif before[0] == row:
+            continue
+        else:
+            mark = position if row[3] <= KV_RANK_MAX or before[0][3] <= KV_RANK_MAX else before[1]
+        changed.append((*row, mark))
+        stored[row[1]] = (row, mark)
+    return changed
 
 
 def _contributions_json(givers: list[str], amounts: list[float], offsets: list[int]) -> list[str]:
