@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import orjson
 
 from contracts.views import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
 from projections.influence import InfluenceGraph, influence_table
-from projections.influence_pairs import PairCache
+from projections.influence_pairs import PairCache, columns
 from projections.queries import CursorError, ReciprocityQueries, decode_cursor, encode_cursor
 from projections.reciprocity import DECAY_EPOCH, HALF_LIFE_DAYS, MICRO
 from projections.viewstore import ViewStore
@@ -151,7 +150,7 @@ class InfluenceView:
         decayed = np.column_stack((pairs.decayed_ab[tied], pairs.decayed_ba[tied])).ravel()
         given = decayed > 0
         pair_src, pair_dst = np.column_stack((b, a)).ravel()[given], np.column_stack((a, b)).ravel()[given]
-        introducer, introduced_a, introduced_b, occurred_at = _columns(
+        introducer, introduced_a, introduced_b, occurred_at = columns(
             cursor.execute(
                 "SELECT introducer, a, b, occurred_at FROM view_introductions "
                 "WHERE tenant = ? AND live = 1 ORDER BY position",
@@ -282,12 +281,6 @@ def _contributions_json(givers: list[str], amounts: list[float], offsets: list[i
     float's shortest repr, so the same amounts always give the same text (and json.loads gives them back)."""
     pairs, dumps = list(zip(givers, amounts, strict=True)), orjson.dumps
     return [dumps(pairs[start:stop]).decode() for start, stop in itertools.pairwise(offsets)]
-
-
-def _columns(rows: list, count: int) -> list[list]:
-    """Rows turned into `count` columns, in C. (Not zip(*rows): its iterator per row sets off the cyclic
-    garbage collector over and over, which then walks every one of the million rows each time.)"""
-    return [list(map(itemgetter(i), rows)) for i in range(count)]
 
 
 def _indices(index: dict[str, int], ids: list[str]) -> np.ndarray:
