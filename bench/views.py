@@ -254,6 +254,22 @@ def memory_mib(pid: int, when: str) -> dict[str, float]:
     return found
 
 
+def http_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) that serve's HTTP processes used so far: serve and its http_worker
+    children. Per request, it tells a run that did more work per request from one that got less of a
+    shared machine's CPU."""
+    processes = [str(pid)]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"http_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                processes.append(child)
+    ticks = 0
+    for process in processes:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime and stime, the stat file's fields 14 and 15
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(done: Callable[[], bool], timeout_s: float) -> float | None:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
@@ -314,10 +330,12 @@ def balance_load(server: Server, key: str, participants: list[str], store_name: 
         rng = random.Random(4)
         paths = [f"/v1/tenants/{TENANT}/participants/{rng.choice(participants)}/balance" for _ in range(200_000)]
         wrk_load(server.port, key, paths, args.concurrency, 3, server.settings.data_dir)  # warm-up
-        workdir = server.settings.data_dir
+        workdir, cpu_s = server.settings.data_dir, http_cpu_s(server.process.pid)
         per_s, p50, p99, failures = wrk_load(server.port, key, paths, args.concurrency, args.seconds, workdir)
+        cpu_us = (http_cpu_s(server.process.pid) - cpu_s) / (per_s * args.seconds) * 1e6
         return argparse.Namespace(requests_per_s=per_s, facts_per_s=per_s, p50_ms=p50, p99_ms=p99,
-                                  non_2xx={"failed": failures} if failures else {}, client="wrk")  # fmt: skip
+                                  non_2xx={"failed": failures} if failures else {}, client="wrk",
+                                  cpu_us_per_request=cpu_us)  # fmt: skip
     rng, head = random.Random(4), f"HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {key}\r\n\r\n"
     path = f"GET /v1/tenants/{TENANT}/participants/{{}}/balance {head}"
     requests = lambda count: [path.format(rng.choice(participants)).encode() for _ in range(count)]  # noqa: E731
@@ -357,6 +375,7 @@ def serve_phase(settings, workdir, secret, participants, store_name, args, figur
         note("balance queries")
         result = balance_load(server, key, participants, store_name, args)
         figures.update(load_figures("balance", result), balance_client=getattr(result, "client", "python asyncio"))
+        figures["balance_cpu_us_per_request"] = getattr(result, "cpu_us_per_request", None)
         figures.update(memory_mib(pid, "after_queries"))
         note("forcing an influence recompute in serve")
         path = f"/v1/tenants/{TENANT}/webhooks/{SOURCE}"
@@ -422,6 +441,7 @@ ROWS = (  # key, label, format, target
     ("balance_requests_per_s", "GET balance: req/s", "{:,.0f}", ">= 5,000"),
     ("balance_p50_ms", "GET balance: p50 ms", "{:.2f}", ""),
     ("balance_p99_ms", "GET balance: p99 ms", "{:.2f}", "<= 10 ms"),
+    ("balance_cpu_us_per_request", "GET balance: CPU us per request, serve's HTTP processes", "{:.0f}", ""),
     ("background_catch_up_s", "serve start: relay + KV caught up, s", "{:.0f}", ""),
     ("serve_VmHWM_after_start_mib", "serve VmHWM after that, MiB", "{:.0f}", "< 1024"),
     ("background_VmHWM_after_start_mib", "serve's background process VmHWM, MiB", "{:.0f}", "< 1024"),
