@@ -27,7 +27,7 @@ from projections import influence_view, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
-from projections.viewstore import ViewStore
+from projections.viewstore import READER_MMAP_BYTES, ViewStore
 from services.natsserver import die_with_parent
 from services.store import Ledger, postgres_connect, postgres_params
 
@@ -46,8 +46,8 @@ RELAY_DDL = ("CREATE TABLE IF NOT EXISTS view_relay (stream TEXT PRIMARY KEY, po
 RELAY_RECORD_INTERVAL_S = 1.0
 
 
-def open_view_store(database_url: str | None, data_dir: Path) -> ViewStore:
-    return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL))
+def open_view_store(database_url: str | None, data_dir: Path, reader_mmap_bytes: int = READER_MMAP_BYTES) -> ViewStore:
+    return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL), reader_mmap_bytes)
 
 
 class WorkerLock:
@@ -159,11 +159,18 @@ class Projections:
     """Views for one service process: follows the log when it holds the projector lock, else stands by."""
 
     def __init__(
-        self, ledger: Ledger, database_url: str | None, data_dir: Path, *, project: bool = True, poll_s: float = 0.5
+        self,
+        ledger: Ledger,
+        database_url: str | None,
+        data_dir: Path,
+        *,
+        project: bool = True,
+        poll_s: float = 0.5,
+        reader_mmap_bytes: int = READER_MMAP_BYTES,
     ) -> None:
         self.ledger = ledger
         self.database_url = database_url
-        self.store = open_view_store(database_url, data_dir)
+        self.store = open_view_store(database_url, data_dir, reader_mmap_bytes)
         self.queries = ReciprocityQueries(self.store)
         self.influence = InfluenceView(self.store, self.queries)  # answers; recomputes run in a worker process
         self.lock = WorkerLock(database_url, data_dir, "projector")

@@ -13,6 +13,7 @@ import structlog
 
 from projections.follower import PostgresNotifications, watch_sqlite_commits
 from projections.runtime import Projections
+from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
 from services.bus_workers import BusWorkers
 from services.ingest import FactWriter, GroupCommitter, ThreadWriter
 from services.metrics import Metrics
@@ -111,7 +112,13 @@ async def open_components(
     metrics = metrics or Metrics()
     # Followers are woken by our own commits, by PostgreSQL's NOTIFY, or by SQLite's commit watch.
     projections = await asyncio.to_thread(
-        Projections, ledger, settings.database_url, settings.data_dir, project="projector" in parts, poll_s=POLL_S
+        Projections,
+        ledger,
+        settings.database_url,
+        settings.data_dir,
+        project="projector" in parts,
+        poll_s=POLL_S,
+        reader_mmap_bytes=READER_MMAP_BYTES if "query" in parts else BACKGROUND_READER_MMAP_BYTES,
     )
     await projections.start()
     bus = None

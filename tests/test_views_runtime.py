@@ -25,6 +25,9 @@ from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.runtime import InfluenceWorker, open_view_store
+from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
+from services.background import BACKGROUND_PARTS
+from services.bootstrap import open_components
 from services.domain import ReceivedFact, fact_event_id
 from services.ingest import FactWriter
 from services.store import open_ledger
@@ -270,6 +273,22 @@ def test_influence_tables_left_in_the_main_views_file_by_an_older_version_are_dr
             assert names == set(influence_view.TABLES)
     finally:
         views.close()
+
+
+async def test_a_process_that_answers_no_queries_maps_less_of_the_views_file(sqlite_settings):
+    """serve's background process read through the whole view after a rebuild, and every page it touched
+    stayed mapped and counted in its resident memory; the processes that answer queries map 1 GiB."""
+    background = await open_components(sqlite_settings, parts=BACKGROUND_PARTS)
+    http = await open_components(sqlite_settings, parts=frozenset({"ingest", "query"}))
+    try:
+        for components, mapped in ((background, BACKGROUND_READER_MMAP_BYTES), (http, READER_MMAP_BYTES)):
+            store = components.projections.store
+            assert store.read("PRAGMA mmap_size") == [(mapped,)]
+            assert store.read("PRAGMA influence.mmap_size") == [(mapped,)]
+        assert BACKGROUND_READER_MMAP_BYTES < READER_MMAP_BYTES
+    finally:
+        await http.close()
+        await background.close()
 
 
 async def test_influence_recomputes_in_a_worker_process_started_again_after_it_died(settings, stores):
