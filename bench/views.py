@@ -231,17 +231,13 @@ def build_views(settings: Settings, args: argparse.Namespace, figures: dict[str,
         ledger.close()
 
 
-def memory_mib(pid: int, when: str) -> dict[str, float]:
-    """VmRSS/VmHWM of serve and of its children (its background process, the embedded nats-server) and the
-    background's child (the influence worker)."""
-    found = {}
-    processes = [(str(pid), "serve")]
+def serve_processes(pid: int) -> list[tuple[str, str]]:
+    """(pid, name) of serve, its children (its background process, extra HTTP processes, the embedded
+    nats-server) and the background's child (the influence worker)."""
+    found, processes = [], [(str(pid), "serve")]
     while processes:
         process, name = processes.pop()
-        status = dict(line.split(":", 1) for line in Path(f"/proc/{process}/status").read_text().splitlines())
-        # RssFile: pages of mapped files (SQLite maps the views file); the kernel drops them first.
-        kinds = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-        found.update({f"{name}_{k}_{when}_mib": int(status[k].split()[0]) / 1024 for k in kinds})
+        found.append((process, name))
         for task in Path(f"/proc/{process}/task").iterdir():
             for child in (task / "children").read_text().split():
                 kind = Path(f"/proc/{child}/comm").read_text().strip()
@@ -254,15 +250,22 @@ def memory_mib(pid: int, when: str) -> dict[str, float]:
     return found
 
 
+def memory_mib(pid: int, when: str) -> dict[str, float]:
+    """VmRSS/VmHWM of serve and of the processes it started (serve_processes)."""
+    found = {}
+    for process, name in serve_processes(pid):
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{process}/status").read_text().splitlines())
+        # RssFile: pages of mapped files (SQLite maps the views file); the kernel drops them first.
+        kinds = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+        found.update({f"{name}_{k}_{when}_mib": int(status[k].split()[0]) / 1024 for k in kinds})
+    return found
+
+
 def http_cpu_s(pid: int) -> float:
     """CPU seconds (user and system) that serve's HTTP processes used so far: serve and its http_worker
     children. Per request, it tells a run that did more work per request from one that got less of a
     shared machine's CPU."""
-    processes = [str(pid)]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"http_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                processes.append(child)
+    processes = [process for process, name in serve_processes(pid) if name in ("serve", "http_worker")]
     ticks = 0
     for process in processes:
         fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
