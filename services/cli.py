@@ -29,7 +29,7 @@ from services.registry import SCOPES, Registry, RegistryError
 from services.serve import serve
 from services.settings import Settings, SettingsError
 from services.signatures import secret_key, sign
-from services.tail import run_tail
+from services.tail import DurableOfAnotherTenant, run_tail
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -250,14 +250,17 @@ def _fields(pairs: list[str]) -> dict[str, Any]:
 
 def _tail(settings: Settings, args: argparse.Namespace) -> None:
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-    run_tail(
-        url,
-        args.tenant,
-        durable=args.durable,
-        from_start=args.start == "start",
-        limit=args.limit,
-        as_json=getattr(args, "json", False),
-    )
+    try:
+        run_tail(
+            url,
+            args.tenant,
+            durable=args.durable,
+            from_start=args.start == "start",
+            limit=args.limit,
+            as_json=getattr(args, "json", False),
+        )
+    except DurableOfAnotherTenant as refused:
+        raise CommandError(str(refused)) from None
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:

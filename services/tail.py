@@ -12,12 +12,17 @@ import sys
 from typing import TextIO
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from services.bus import POSITION_HEADER, STREAM
 
 FETCH_BATCH = 100
 FETCH_WAIT_S = 1.0
+
+
+class DurableOfAnotherTenant(Exception):
+    """`--durable NAME` names a consumer that follows another tenant's facts."""
 
 
 async def tail(
@@ -34,14 +39,15 @@ async def tail(
     client = await nats.connect(url, max_reconnect_attempts=-1)
     try:
         js = client.jetstream()
+        subject = f"reciprocity.events.{tenant}.>"
+        if durable is not None:
+            await _check_durable(js, durable, subject)
         config = ConsumerConfig(
-            filter_subject=f"reciprocity.events.{tenant}.>",
+            filter_subject=subject,
             deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
             ack_policy=AckPolicy.EXPLICIT,
         )
-        subscription = await js.pull_subscribe(
-            f"reciprocity.events.{tenant}.>", durable=durable, stream=STREAM, config=config
-        )
+        subscription = await js.pull_subscribe(subject, durable=durable, stream=STREAM, config=config)
         printed = 0
         while limit is None or printed < limit:
             try:
@@ -58,6 +64,20 @@ async def tail(
         return printed
     finally:
         await client.drain()
+
+
+async def _check_durable(js: JetStreamContext, durable: str, subject: str) -> None:
+    """An existing durable consumer is taken as it is (nats-py does not compare its filter), so one made for
+    another tenant would print that tenant's facts."""
+    try:
+        info = await js.consumer_info(STREAM, durable)
+    except nats.js.errors.NotFoundError:
+        return  # made below, for this tenant
+    if info.config.filter_subject != subject:
+        raise DurableOfAnotherTenant(
+            f"durable consumer {durable!r} follows {info.config.filter_subject!r}, not {subject!r}; "
+            "choose another --durable name for this tenant"
+        )
 
 
 def _line(body: bytes, headers: dict[str, str], as_json: bool) -> str:

@@ -353,17 +353,26 @@ async def test_tail_follows_one_tenants_facts_and_a_durable_consumer_continues(b
     await bus_client.components.registry.refresh()
     await zeta.post(bus_client, give("z1", "ann", "bob"))
     await stream_equals_log(bus_settings)
-    first = await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "2")
-    second = await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "1")
+    first = _lines(await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "2"))
+    second = _lines(await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "1"))
     assert [json.loads(line)["external_id"] for line in first + second] == ["g0", "g1", "g2"]
+    # The consumer follows acme's subjects: taken for zeta it would print acme's facts, so it is refused.
+    refused = await asyncio.to_thread(_tail_cli, bus_settings, "--durable", "audit", "--limit", "1", tenant="zeta")
+    assert refused.returncode != 0
+    assert "durable consumer 'audit' follows 'reciprocity.events.acme.>'" in json.loads(refused.stdout)["error"]
+    ephemeral = await asyncio.to_thread(_tail_cli, bus_settings, "--limit", "1", tenant="zeta")
+    assert [json.loads(line)["external_id"] for line in _lines(ephemeral)] == ["z1"]
 
 
-def _tail_cli(settings, *args: str) -> list[str]:
-    from tests.processes import cli
-
-    done = cli(settings.with_(nats_url=None), "tail", "acme", "--nats-url", settings.nats_url, "--json", *args)
+def _lines(done) -> list[str]:
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
+
+
+def _tail_cli(settings, *args: str, tenant: str = "acme"):
+    from tests.processes import cli
+
+    return cli(settings.with_(nats_url=None), "tail", tenant, "--nats-url", settings.nats_url, "--json", *args)
 
 
 async def test_a_chained_batch_asks_one_ack_and_a_broken_chain_is_refused_with_nothing_after_the_break(
