@@ -7,7 +7,11 @@ later one is refused by the server instead of leaving a gap. So only a page's la
 ack: when it is acknowledged, the whole page is stored, in order. The relay waits for it before it records
 its position, reading the next page meanwhile (services/publisher.py).
 After any failure or restart it realigns from the stream's last message (its `Reciprocity-Position`),
-so nothing is missing and nothing is published twice, even long after the duplicate window.
+so nothing is missing and nothing is published twice, even long after the duplicate window. The first
+message after aligning expects the stream's last sequence (`Nats-Expected-Last-Sequence`) rather than its
+last message id: a server that restarted remembers the sequence always, but the id only while that
+message is inside the duplicate window (older nats-server releases), and a relay expecting a forgotten id
+would be refused, realign to the same place and be refused again, for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import orjson
 import structlog
@@ -24,6 +29,7 @@ from nats.js.errors import NotFoundError
 
 from services.bus import (
     EXPECTED_LAST_MSG_ID_HEADER,
+    EXPECTED_LAST_SEQUENCE_HEADER,
     MSG_ID_HEADER,
     POSITION_HEADER,
     STREAM,
@@ -39,17 +45,25 @@ POLL_INTERVAL_S = 0.5
 ACK_TIMEOUT_S = 10.0
 
 
-async def stream_position(js: JetStreamContext) -> tuple[int, str | None]:
-    """The position and event id of the stream's last message ((0, None) for an empty stream)."""
+class StreamEnd(NamedTuple):
+    """Where the stream ends: its last message's position and event id, and its last sequence."""
+
+    position: int  # 0 for an empty stream
+    event_id: str | None
+    sequence: int
+
+
+async def stream_position(js: JetStreamContext) -> StreamEnd:
+    """Where the stream ends ((0, None, 0) for an empty stream)."""
     info = await js.stream_info(STREAM)
     if info.state.messages == 0 or not info.state.last_seq:
-        return 0, None
+        return StreamEnd(0, None, 0)
     try:
         message = await js.get_msg(STREAM, seq=info.state.last_seq)
     except NotFoundError:
-        return 0, None
+        return StreamEnd(0, None, 0)
     headers = message.headers or {}
-    return int(headers[POSITION_HEADER]), headers[MSG_ID_HEADER]
+    return StreamEnd(int(headers[POSITION_HEADER]), headers[MSG_ID_HEADER], info.state.last_seq)
 
 
 class Relay:
@@ -66,7 +80,8 @@ class Relay:
 
     async def run(self, client: Client, wakeup: asyncio.Event) -> None:
         """Publishes until cancelled or refused (then the caller runs it again, which realigns)."""
-        self.position, last_id = await stream_position(client.jetstream())
+        end = await stream_position(client.jetstream())
+        self.position, last_id, last_sequence = end.position, end.event_id, end.sequence
         self.on_position(self.position)
         log.info("relay_aligned", position=self.position)
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
@@ -81,8 +96,9 @@ class Relay:
                         next_page = asyncio.create_task(self._read(self.position))
                         continue
                     next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come
-                    await publisher.publish(self._messages(page, last_id), ACK_TIMEOUT_S, chained=True)
-                    last_id = page[-1].fact["event_id"]
+                    messages = self._messages(page, last_id, last_sequence)
+                    await publisher.publish(messages, ACK_TIMEOUT_S, chained=True)
+                    last_id, last_sequence = page[-1].fact["event_id"], None
                     self.position = page[-1].position
                     self.on_position(self.position)
             finally:
@@ -92,11 +108,16 @@ class Relay:
         return await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX)
 
     @staticmethod
-    def _messages(page: list[StoredFact], last_id: str | None) -> Iterator[Message]:
+    def _messages(page: list[StoredFact], last_id: str | None, last_sequence: int | None = None) -> Iterator[Message]:
+        """The page's messages, each expecting the one before it: the first by the stream's last sequence
+        when the relay has just aligned (`last_sequence`), every other by its predecessor's id."""
         for stored in page:
             event_id = stored.fact["event_id"]
             headers = {MSG_ID_HEADER: event_id, POSITION_HEADER: str(stored.position)}
-            if last_id is not None:
+            if last_sequence:
+                headers[EXPECTED_LAST_SEQUENCE_HEADER] = str(last_sequence)
+                last_sequence = None
+            elif last_id is not None:
                 headers[EXPECTED_LAST_MSG_ID_HEADER] = last_id
             yield event_subject(stored.fact["tenant"], stored.fact["type"]), orjson.dumps(stored.as_logged()), headers
             last_id = event_id

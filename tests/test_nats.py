@@ -19,11 +19,13 @@ from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.kv import KvWriter
 from projections.queries import ReciprocityQueries
+from projections.relay import Relay, stream_position
 from projections.runtime import open_view_store
 from services.bootstrap import open_components
 from services.bus import (
     BUCKET_BALANCES,
     EXPECTED_LAST_MSG_ID_HEADER,
+    EXPECTED_LAST_SEQUENCE_HEADER,
     MSG_ID_HEADER,
     POSITION_HEADER,
     STREAM,
@@ -36,7 +38,7 @@ from services.http.app import create_app
 from services.ingest import FactWriter
 from services.natsserver import EmbeddedNatsServer
 from services.publisher import AckedPublisher, Message, PublishRefused
-from services.store import open_ledger
+from services.store import StoredFact, open_ledger
 from tests.conftest import make_sender
 from tests.helpers import acknowledgement, give, introduction
 from tests.processes import environment, free_port
@@ -397,6 +399,37 @@ async def test_a_chained_batch_asks_one_ack_and_a_broken_chain_is_refused_with_n
             broken = [message(4, "e3"), message(5, "e-nobody"), message(6, "e5"), message(7, "e6")]
             with pytest.raises(PublishRefused, match=r"1 of 1 acks refused: .*last msg"):
                 await publisher.publish(broken, 5, chained=True)
+        assert await stream_ids(nats_server.url) == ["e1", "e2", "e3", "e4"]
+    finally:
+        await client.close()
+
+
+async def test_after_aligning_the_relay_expects_the_streams_last_sequence_not_an_id_it_may_have_forgotten(
+    nats_server,
+):
+    """A restarted nats-server always knows its stream's last sequence, but older releases know its last
+    message id only inside the duplicate window; so the first message after aligning expects the sequence,
+    and the server holds it to that: a wrong one is refused."""
+    client = await connect(nats_server.url, "test-align")
+    try:
+        js = client.jetstream()
+        await ensure_stream(js, DUPLICATE_WINDOW_S)
+
+        def page(*numbers: int) -> list[StoredFact]:
+            return [StoredFact(n, {"event_id": f"e{n}", "tenant": "acme", "type": "give.recorded"}) for n in numbers]
+
+        async with AckedPublisher(client) as publisher:
+            await publisher.publish(Relay._messages(page(1, 2), None), 5, chained=True)
+            end = await stream_position(js)
+            assert end == (2, "e2", 2)
+            aligned = list(Relay._messages(page(3, 4), end.event_id, end.sequence))
+            assert [dict(headers) for _, _, headers in aligned] == [
+                {MSG_ID_HEADER: "e3", POSITION_HEADER: "3", EXPECTED_LAST_SEQUENCE_HEADER: "2"},
+                {MSG_ID_HEADER: "e4", POSITION_HEADER: "4", EXPECTED_LAST_MSG_ID_HEADER: "e3"},
+            ]
+            assert await publisher.publish(aligned, 5, chained=True) == 2
+            with pytest.raises(PublishRefused, match=r"1 of 1 acks refused: .*sequence"):
+                await publisher.publish(Relay._messages(page(5), "e4", 3), 5, chained=True)
         assert await stream_ids(nats_server.url) == ["e1", "e2", "e3", "e4"]
     finally:
         await client.close()
