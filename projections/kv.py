@@ -9,8 +9,12 @@ hops and a query).
 
 The writer records the position it wrote up to in the library's tracking table at most once a second
 and when it stops; after a NATS outage or a crash it resumes from there, so the buckets converge to the
-views (rewriting a key with the value it has is harmless). Values are the HTTP answers' JSON; their
-`position` is the view's position when the key was written.
+views (rewriting a key with the value it has is harmless). With it, it records the highest stream
+sequence the bucket acknowledged: a bucket whose stream ends below that when the writer starts lost
+writes it had acknowledged (a NATS server that restarted without its last unsynced writes, a new server,
+a deleted store), and the writer then writes it again from the start. So does a rebuild of the views
+(`forget_written`). Values are the HTTP answers' JSON; their `position` is the view's position when the
+key was written.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from nats.aio.client import Client
 
 from projections import reciprocity
@@ -34,6 +39,10 @@ from projections.viewstore import ViewStore
 from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 from services.publisher import AckedPublisher, Message
 
+log = structlog.get_logger(__name__)
+
+# Per bucket, the highest stream sequence it acknowledged when the writer last recorded its position.
+DDL = ("CREATE TABLE IF NOT EXISTS view_kv (bucket TEXT PRIMARY KEY, stream_sequence INTEGER NOT NULL)",)
 ROWS_PER_BATCH = 2_000
 # Rows change a page (up to 5,000 facts) at a time; a rebuild spreads them over the positions of their last
 # facts. Either way a window of positions holds a bounded share of the rows.
@@ -86,14 +95,15 @@ class KvWriter:
         return self.store.position(f"kv/{bucket}")
 
     async def run(self, client: Client, bucket: str, wakeup: asyncio.Event) -> None:
-        """Writes one bucket's changes until cancelled (a NATS failure ends it; the caller runs it again).
-        Each bucket has its own loop, so a large influence rewrite never delays a balance."""
+        """Writes one bucket's changes until cancelled (a NATS failure or a reconnect ends it; the caller runs
+        it again). Each bucket has its own loop, so a large influence rewrite never delays a balance."""
         rows = {BUCKET_BALANCES: self._balances, BUCKET_PAIRS: self._pairs, BUCKET_INFLUENCE: self._influence}[bucket]
-        since = await asyncio.to_thread(self.tracked, bucket)
+        since = await self._start_position(client, bucket)
         recorded, recorded_at = since, time.monotonic()
+        reconnects = client.stats["reconnects"]
         async with AckedPublisher(client, ROWS_PER_BATCH) as publisher:
             try:
-                while True:
+                while client.stats["reconnects"] == reconnects:  # else start again: the server may be new
                     wakeup.clear()
                     written = await self._sync(publisher, bucket, rows, since)
                     if written == since:
@@ -101,11 +111,28 @@ class KvWriter:
                             await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
                     since = written
                     if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
-                        await asyncio.to_thread(self._record, bucket, since)
+                        await asyncio.to_thread(self._record, bucket, since, publisher.sequence)
                         recorded, recorded_at = since, time.monotonic()
             finally:
                 if since != recorded:  # stopping or failing: keep what was acknowledged
-                    await asyncio.shield(asyncio.to_thread(self._record, bucket, since))
+                    await asyncio.shield(asyncio.to_thread(self._record, bucket, since, publisher.sequence))
+
+    async def _start_position(self, client: Client, bucket: str) -> int:
+        """Where to write from: the recorded position, or 0 when the bucket lost writes it acknowledged."""
+        since, acknowledged = await asyncio.to_thread(self._recorded, bucket)
+        stream_sequence = (await client.jetstream().stream_info(f"KV_{bucket}")).state.last_seq
+        if stream_sequence >= acknowledged:
+            return since
+        log.warning(
+            "kv_bucket_lost_writes", bucket=bucket, stream_sequence=stream_sequence, acknowledged=acknowledged,
+            written_again_from=0,
+        )  # fmt: skip
+        await asyncio.to_thread(forget_written, self.store, (bucket,))
+        return 0
+
+    def _recorded(self, bucket: str) -> tuple[int, int]:
+        found = self.store.read("SELECT stream_sequence FROM view_kv WHERE bucket = ?", (bucket,))
+        return self.tracked(bucket), found[0][0] if found else 0
 
     async def _sync(
         self, publisher: AckedPublisher, bucket: str, rows: Callable[..., Iterator[Any]], since: int
@@ -143,9 +170,15 @@ class KvWriter:
                 return None  # a page was missed before this one: the rows' way covers both
         return None  # (pages up to `since` were written already, by the rows' way)
 
-    def _record(self, bucket: str, position: int) -> None:
+    def _record(self, bucket: str, position: int, stream_sequence: int) -> None:
         with self.store.transaction() as cursor:
             self.store.record_position(cursor, f"kv/{bucket}", position)
+            if stream_sequence:  # (0: nothing acknowledged since the writer started; what was recorded stands)
+                cursor.execute(
+                    "INSERT INTO view_kv (bucket, stream_sequence) VALUES (?, ?) "
+                    "ON CONFLICT (bucket) DO UPDATE SET stream_sequence = excluded.stream_sequence",
+                    (bucket, stream_sequence),
+                )
 
     def _changed(self, table: str, columns: str, since: int, upto: int) -> list[tuple]:
         scope = "scope = '' AND " if table != "view_influence" else ""
@@ -200,6 +233,14 @@ class KvWriter:
             }
             # Lower ranks are no longer in the bucket's scope: None, a delete marker.
             yield [(f"{r[0]}.{r[1]}", values.get((r[0], r[1]))) for r in chunk]
+
+
+def forget_written(store: ViewStore, buckets: tuple[str, ...]) -> None:
+    """The buckets will be written again from the start: every key the views hold, with its value now."""
+    with store.transaction() as cursor:
+        for bucket in buckets:
+            cursor.execute(f"DELETE FROM {store.tracking_table} WHERE application_name = ?", (f"kv/{bucket}",))
+            cursor.execute("DELETE FROM view_kv WHERE bucket = ?", (bucket,))
 
 
 def _chunks(rows: list[tuple]) -> Iterator[list[tuple]]:

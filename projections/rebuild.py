@@ -13,9 +13,11 @@ from typing import Any
 
 from projections import influence_view, reciprocity
 from projections.influence_view import InfluenceView
+from projections.kv import forget_written
 from projections.queries import ReciprocityQueries
 from projections.replay import replay
 from projections.runtime import WorkerLock, open_view_store
+from services.bus import BUCKETS
 from services.store import open_ledger
 
 VIEWS = ("reciprocity", "influence")
@@ -46,6 +48,7 @@ def rebuild(database_url: str | None, data_dir: Path, view: str | None, wait_s: 
         tenants = influence.stale_tenants()
         for tenant in tenants:
             influence.recompute(tenant)
+        forget_written(store, BUCKETS)  # a changed view definition changed values the buckets hold
         return {
             "view": view or "all",
             "facts": applied,

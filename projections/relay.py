@@ -79,7 +79,9 @@ class Relay:
         self.position = 0
 
     async def run(self, client: Client, wakeup: asyncio.Event) -> None:
-        """Publishes until cancelled or refused (then the caller runs it again, which realigns)."""
+        """Publishes until cancelled, refused or reconnected (then the caller runs it again, which realigns:
+        the server it reconnected to may have lost the stream, or be a new one)."""
+        reconnects = client.stats["reconnects"]
         end = await stream_position(client.jetstream())
         self.position, last_id, last_sequence = end.position, end.event_id, end.sequence
         self.on_position(self.position)
@@ -87,7 +89,7 @@ class Relay:
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
             next_page = asyncio.create_task(self._read(self.position))
             try:
-                while True:
+                while client.stats["reconnects"] == reconnects:
                     wakeup.clear()
                     page = await next_page
                     if not page:

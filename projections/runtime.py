@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from projections import influence_view, reciprocity
+from projections import influence_view, kv, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
@@ -47,7 +47,8 @@ RELAY_RECORD_INTERVAL_S = 1.0
 
 
 def open_view_store(database_url: str | None, data_dir: Path, reader_mmap_bytes: int = READER_MMAP_BYTES) -> ViewStore:
-    return ViewStore(database_url, data_dir, (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL), reader_mmap_bytes)
+    ddl = (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL, *kv.DDL)
+    return ViewStore(database_url, data_dir, ddl, reader_mmap_bytes)
 
 
 class WorkerLock:

@@ -97,7 +97,8 @@ class BusWorkers:
             await QueryService(self.projections, off_loop=bool(self.settings.database_url)).start(self.client)
         if self.relay is not None:
             relay = self.relay
-            workers.append(self._singular(self.relay_lock, lambda: relay.run(self.client, self.relay_wakeup), "relay"))
+            relay_run = self._prepared(lambda: relay.run(self.client, self.relay_wakeup))
+            workers.append(self._singular(self.relay_lock, relay_run, "relay"))
         if self.kv:
             workers.append(self._kv())
         await asyncio.gather(*workers)
@@ -105,6 +106,17 @@ class BusWorkers:
     async def _prepare(self, js: JetStreamContext) -> None:
         await ensure_stream(js, self.settings.nats_duplicate_window_s)
         await ensure_buckets(js)
+
+    def _prepared(self, work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """`work` that first makes the stream and buckets again if NATS lost them (a new server, a deleted
+        store): at each (re)start, after which the relay and the KV writer write them again from the start."""
+
+        async def run() -> None:
+            assert self.client is not None
+            await self._prepare(self.client.jetstream())
+            await work()
+
+        return run
 
     async def _singular(self, lock: WorkerLock, work: Callable[[], Awaitable[None]], name: str) -> None:
         """Runs `work` only while holding the lock: one relay per stream however many processes run."""
@@ -121,9 +133,8 @@ class BusWorkers:
         self.projections.page_observers.append(writer.offer)
         for wakeup in self.kv_wakeups.values():
             self.projections.page_listeners.append(wakeup.set)
-        await asyncio.gather(
-            *(
-                until_cancelled(lambda b=bucket, w=wakeup: writer.run(self.client, b, w), f"kv/{bucket}")
-                for bucket, wakeup in self.kv_wakeups.items()
-            )
-        )
+
+        def write(bucket: str, wakeup: asyncio.Event) -> Awaitable[None]:
+            return until_cancelled(self._prepared(lambda: writer.run(self.client, bucket, wakeup)), f"kv/{bucket}")
+
+        await asyncio.gather(*(write(bucket, wakeup) for bucket, wakeup in self.kv_wakeups.items()))

@@ -5,8 +5,9 @@ parent dies (PR_SET_PDEATHSIG, even after SIGKILL), and a pidfile lets the next 
 crash on a system where that signal did not arrive.
 
 JetStream keeps its default fsync policy (data is flushed every two minutes, not per message): the SQL
-store is the source of truth, and after a crash the relay realigns from the stream's last surviving
-message and republishes the rest, so fsync per message would cost throughput and protect nothing.
+store is the source of truth. After a crash the relay realigns from the stream's last surviving message
+and republishes the rest, and a KV writer whose bucket ends below the sequence it saw acknowledged writes
+the bucket again (projections/kv.py). So fsync per message would cost throughput and protect nothing.
 """
 
 from __future__ import annotations

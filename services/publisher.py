@@ -32,6 +32,7 @@ class BatchAcks:
         self.received = 0
         self.expected: int | None = None  # known once the whole batch is out
         self.failures: list[str] = []
+        self.sequence = 0  # the highest stream sequence acknowledged
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def sent(self, count: int) -> None:
@@ -46,9 +47,11 @@ class BatchAcks:
         if message.headers and message.headers.get("Status") == "503":
             self.failures.append("no stream takes the subject (503 no responders)")
         else:
-            error = orjson.loads(message.data).get("error")
-            if error:
+            ack = orjson.loads(message.data)
+            if error := ack.get("error"):
                 self.failures.append(f"{error.get('code')} {error.get('description')}")
+            else:
+                self.sequence = max(self.sequence, ack.get("seq", 0))
         self.received += 1
         self._check()
 
@@ -63,6 +66,7 @@ class AckedPublisher:
         self._subscription: Any = None
         self._batches = itertools.count(1)
         self._acks: dict[int, BatchAcks] = {}
+        self.sequence = 0  # the highest stream sequence any batch had acknowledged
 
     async def __aenter__(self) -> AckedPublisher:
         self._inbox = self.client.new_inbox()
@@ -109,6 +113,7 @@ class AckedPublisher:
                 raise PublishRefused(f"{missing} of {acks.expected} acks missing after {timeout_s} s") from None
             if acks.failures:
                 raise PublishRefused(f"{len(acks.failures)} of {acks.expected} acks refused: {acks.failures[0]}")
+            self.sequence = max(self.sequence, acks.sequence)
             return sent
         finally:
             del self._acks[number]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,11 +74,14 @@ async def bus_client(aiohttp_client, bus_settings):
 
 
 async def stream_ids(url: str) -> list[str]:
-    """The event ids in the stream, in stream order."""
+    """The event ids in the stream, in stream order (none while there is no stream)."""
     client = await nats.connect(url)
     try:
         js = client.jetstream()
-        info = await js.stream_info(STREAM)
+        try:
+            info = await js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError:
+            return []
         ids = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             message = await js.get_msg(STREAM, seq=seq)
@@ -433,3 +437,22 @@ async def test_after_aligning_the_relay_expects_the_streams_last_sequence_not_an
         assert await stream_ids(nats_server.url) == ["e1", "e2", "e3", "e4"]
     finally:
         await client.close()
+
+
+async def test_a_nats_that_lost_its_store_gets_the_stream_and_the_buckets_again_whole(
+    bus_client, bus_settings, nats_server
+):
+    """NATS back without its store (a deleted data dir here; a new server, or writes not yet synced when it
+    crashed, are the same to us): the stream is made again and holds the whole log, and the buckets hold the
+    views again, though no new fact touched those keys."""
+    await post_all(bus_client, [give("g1", "ann", "bob", value="5"), introduction("i1", "cas", "ann", "bob")])
+    await stream_equals_log(bus_settings)
+    await kv_equals_http(bus_client, bus_settings, "acme.ann", "/v1/tenants/acme/participants/ann/balance")
+    nats_server.stop()
+    shutil.rmtree(nats_server.directory / "jetstream")
+    nats_server.start()
+    await stream_equals_log(bus_settings)
+    await kv_equals_http(bus_client, bus_settings, "acme.ann", "/v1/tenants/acme/participants/ann/balance")
+    pair, influence = "/v1/tenants/acme/pairs/ann/bob", "/v1/tenants/acme/participants/ann/influence"
+    await kv_equals_http(bus_client, bus_settings, "acme.ann.bob", pair, "reciprocity_pairs")
+    await kv_equals_http(bus_client, bus_settings, "acme.ann", influence, "reciprocity_influence")

@@ -23,11 +23,14 @@ from contracts.types import PARTICIPANT_PATTERN, decimal_text, utc_text
 from projections import influence_view, queries, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
+from projections.kv import KvWriter
 from projections.queries import ReciprocityQueries
+from projections.rebuild import rebuild
 from projections.runtime import InfluenceWorker, open_view_store
 from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
 from services.background import BACKGROUND_PARTS
 from services.bootstrap import open_components
+from services.bus import BUCKETS
 from services.domain import ReceivedFact, fact_event_id
 from services.ingest import FactWriter
 from services.store import open_ledger
@@ -111,6 +114,22 @@ def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
     rebuilt = project(ledger, views, page_facts_max=1000).page("acme", 1000, None).model_dump_json()
     assert rebuilt == followed
     assert json.loads(rebuilt)["items"][0]["rank"] == 1
+
+
+def test_a_rebuild_has_every_kv_bucket_written_again_from_the_start(stores, settings):
+    """A rebuild may change rows the buckets hold (a changed view definition), so the KV writer forgets
+    where it was in every bucket, and the stream sequences it saw acknowledged."""
+    ledger, views = stores
+    FactWriter(ledger).commit([received(f) for f in community()])
+    project(ledger, views)
+    head = views.position(reciprocity.VIEW)
+    for bucket in BUCKETS:
+        KvWriter(views, InfluenceView(views, ReciprocityQueries(views)), lambda: head)._record(bucket, head, 42)
+    assert [views.position(f"kv/{b}") for b in BUCKETS] == [head] * 3
+    rebuilt = rebuild(settings.database_url, settings.data_dir, None, wait_s=5)
+    assert rebuilt["position"] == head
+    assert [views.position(f"kv/{b}") for b in BUCKETS] == [0, 0, 0]
+    assert views.read("SELECT bucket FROM view_kv") == []
 
 
 def test_contribution_facts_read_together_equal_one_query_per_contribution(stores):
