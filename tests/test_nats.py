@@ -343,6 +343,20 @@ async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_clien
         assert ping["name"] == "reciprocity" and ping["type"] == "io.nats.micro.v1.ping_response"
         reply = await nc.request("reciprocity.query.acme.pair", b'{"a": "bob", "b": "ann"}', timeout=5)
         assert json.loads(reply.data) == http
+
+        async def influence_computed() -> bool:
+            answer = await bus_client.get("/v1/tenants/acme/influence", headers=bus_client.sender.read_headers())
+            return len((await answer.json())["items"]) == 2
+
+        await until(influence_computed, what="influence computed")
+        for endpoint, asked, path in (
+            ("balance", {"participant": "ann"}, "/v1/tenants/acme/participants/ann/balance"),
+            ("maintenance", {"participant": "ann"}, "/v1/tenants/acme/maintenance?participant=ann"),
+            ("influence", {"limit": 1}, "/v1/tenants/acme/influence?limit=1"),
+        ):
+            http = await (await bus_client.get(path, headers=bus_client.sender.read_headers())).json()
+            reply = await nc.request(f"reciprocity.query.acme.{endpoint}", json.dumps(asked).encode(), timeout=5)
+            assert json.loads(reply.data) == http, endpoint
         missing = await nc.request("reciprocity.query.acme.balance", b'{"participant": "zed"}', timeout=5)
         assert missing.headers["Nats-Service-Error-Code"] == "404"
         bad = await nc.request("reciprocity.query.acme.maintenance", b'{"who": "ann"}', timeout=5)
