@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 
 from projections import influence_view, kv, reciprocity
@@ -90,6 +91,23 @@ class WorkerLock:
                 return False
             time.sleep(0.2)
         return True
+
+    def still_held(self) -> bool:
+        """Whether the lock is still ours. A PostgreSQL advisory lock lives as long as the session that took
+        it: when that connection dies (a restarted server, a dropped network) the lock is gone and another
+        process may take it, so the holder must notice and stop. A file lock lasts until released."""
+        if self._held is None:
+            return False
+        if not self._database_url:
+            return True
+        try:
+            self._held.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                self._held.close()
+            self._held = None
+            return False
 
     def release(self) -> None:
         if self._held is not None:

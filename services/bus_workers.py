@@ -24,6 +24,7 @@ from services.store import Ledger
 log = structlog.get_logger(__name__)
 
 STANDBY_RETRY_S = 2.0
+LOCK_CHECK_S = 2.0  # how soon a worker whose lock was lost stops
 DRAIN_TIMEOUT_S = 5.0
 
 
@@ -98,7 +99,7 @@ class BusWorkers:
         if self.relay is not None:
             relay = self.relay
             relay_run = self._prepared(lambda: relay.run(self.client, self.relay_wakeup))
-            workers.append(self._singular(self.relay_lock, relay_run, "relay"))
+            workers.append(run_while_holding(self.relay_lock, relay_run, "relay"))
         if self.kv:
             workers.append(self._kv())
         await asyncio.gather(*workers)
@@ -118,13 +119,6 @@ class BusWorkers:
 
         return run
 
-    async def _singular(self, lock: WorkerLock, work: Callable[[], Awaitable[None]], name: str) -> None:
-        """Runs `work` only while holding the lock: one relay per stream however many processes run."""
-        while not await asyncio.to_thread(lock.try_acquire):
-            await asyncio.sleep(STANDBY_RETRY_S)
-        log.info("worker_active", worker=name)
-        await until_cancelled(work, name)
-
     async def _kv(self) -> None:
         """The KV writer follows the projector: it runs in whichever process projects."""
         while not self.projections.projecting:
@@ -138,3 +132,23 @@ class BusWorkers:
             return until_cancelled(self._prepared(lambda: writer.run(self.client, bucket, wakeup)), f"kv/{bucket}")
 
         await asyncio.gather(*(write(bucket, wakeup) for bucket, wakeup in self.kv_wakeups.items()))
+
+
+async def run_while_holding(
+    lock: WorkerLock, work: Callable[[], Awaitable[None]], name: str, check_s: float = LOCK_CHECK_S
+) -> None:
+    """Runs `work` only while holding the lock: one relay per stream however many processes run. A lock that
+    was lost (its PostgreSQL session ended) stops the work, and this process stands by again."""
+    while True:
+        while not await asyncio.to_thread(lock.try_acquire):
+            await asyncio.sleep(STANDBY_RETRY_S)
+        log.info("worker_active", worker=name)
+        running = asyncio.create_task(until_cancelled(work, name), name=name)
+        try:
+            while not running.done() and await asyncio.to_thread(lock.still_held):
+                await asyncio.wait([running], timeout=check_s)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        log.warning("worker_lock_lost", worker=name, standby_retry_s=STANDBY_RETRY_S)

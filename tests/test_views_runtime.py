@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import multiprocessing
 import signal
@@ -251,6 +253,54 @@ def test_the_rebuild_command_refuses_while_another_process_projects(settings):
         assert refused.returncode == 1 and "another process projects" in refused.stderr
     finally:
         holder.release()
+
+
+@pytest.mark.postgres
+async def test_a_worker_whose_lock_was_lost_stops_and_one_process_holds_it_again(postgres_schema_url, tmp_path):
+    """On PostgreSQL a worker lock is an advisory lock of the session that took it. When that session dies,
+    another process may take the lock, so the worker that held it stops; then whichever process takes the
+    lock first works, and only that one."""
+    from projections.runtime import WorkerLock
+    from services.bus_workers import run_while_holding
+    from services.store import postgres_connect
+
+    first, second = (WorkerLock(postgres_schema_url, tmp_path, "relay") for _ in range(2))
+    starts: list[float] = []
+    stopped = asyncio.Event()
+
+    async def work() -> None:
+        starts.append(time.monotonic())
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    worker = asyncio.create_task(run_while_holding(first, work, "relay", check_s=0.05))
+    try:
+        await until_true(lambda: len(starts) == 1)
+        assert not second.try_acquire()
+        with postgres_connect(postgres_schema_url) as admin:  # the holder's connection dies
+            admin.execute("SELECT pg_terminate_backend(%s)", (first._held.info.backend_pid,))
+        await asyncio.wait_for(stopped.wait(), 10)
+        took_over = second.try_acquire()  # racing the first, which tries again at once
+        await asyncio.sleep(0.3)
+        first_holds = await asyncio.to_thread(first.still_held)
+        assert took_over != first_holds  # exactly one holds the lock...
+        assert len(starts) == (2 if first_holds else 1)  # ...and only a holder works
+        assert not worker.done()
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        second.release()
+        first.release()
+
+
+async def until_true(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def test_a_reciprocity_page_commits_while_influence_holds_its_write_lock(sqlite_settings):
