@@ -11,11 +11,10 @@ and again. A rebuild starts from empty views and owns them, so it can do less:
    end, so each row is computed once, in memory.
 3. **Write each row once, then build the indexes**, and record the view's position, in one transaction: a
    rebuild that fails leaves the empty view it started from, never a half-built one. Participant and pair
-   rows pass through a temporary table (SQLite puts it in a temporary file, about 300 MB at a million
-   facts), which the database sorts into key order; a thread builds each table's indexes while Python goes
-   on with the next step.
+   rows come from `projections/aggregate.py` (numpy) already in key order; a thread builds each table's
+   indexes while Python goes on with the next step.
 
-It holds the log's fact rows and the views in memory while it runs (about 1.8 GB at a million facts;
+It holds the log's fact rows and the views in memory while it runs (about 2.2 GB at 1.1 million facts;
 `bench/views.py` reports it). The property test checks that it gives exactly the rows following gives.
 """
 
@@ -23,11 +22,12 @@ from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from contracts.types import context_key
+from projections.aggregate import aggregate, in_rows
 from projections.reciprocity import (
     CONTEXT_DIMENSIONS,
     DDL,
@@ -147,113 +147,6 @@ class Replay:
             if give is not None and give[LIVE]:
                 self._acknowledge(give, -1)
 
-    # 2. from the final rows
-
-    def aggregate(self) -> tuple[dict[tuple[str, ...], list[Any]], dict[tuple[str, ...], list[Any]]]:
-        """Every participant's and pair's row, per scope, as following the log would have left them.
-        Each row also gets the position of the last fact about it (its `changed_position`: the KV writer
-        reads rows changed after a position in windows, which stay small because positions spread).
-        (Written for speed: it runs for every fact and scope, so lookups are inlined.)"""
-        reversed_at = self.reversed_at
-        people: dict[tuple[str, ...], list[Any]] = {}
-        pairs: dict[tuple[str, ...], list[Any]] = {}
-        find_person, find_pair, scopes_of = people.get, pairs.get, _Scopes()
-        give_scopes: dict[str, list[str]] = {}
-        for event_id, give in self.gives.items():
-            tenant, _, position, _, giver, receiver, value, at, location, activity, subject, live, acknowledged = give
-            a, b = (giver, receiver) if giver < receiver else (receiver, giver)
-            give_scopes[event_id] = in_scopes = scopes_of(location, activity, subject)
-            last = position if live else reversed_at[event_id]
-            for scope in in_scopes:
-                given = find_person(key := (tenant, scope, giver))
-                if given is None:
-                    given = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0]
-                received = find_person(key := (tenant, scope, receiver))
-                if received is None:
-                    received = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0]
-                between = find_pair(key := (tenant, scope, a, b))
-                if between is None:
-                    between = pairs[key] = [0, 0, 0, 0, None, None, 0.0, 0.0, 0]
-                for row, changed in ((given, PERSON_CHANGED), (received, PERSON_CHANGED), (between, PAIR_CHANGED)):
-                    if row[changed] < last:
-                        row[changed] = last
-                if not live:
-                    continue
-                given[GIVEN_COUNT] += 1
-                given[GIVEN] += value
-                received[RECEIVED_COUNT] += 1
-                received[RECEIVED] += value
-                if not acknowledged:
-                    received[UNACK_COUNT] += 1
-                    received[UNACK] += value
-                    if received[UNACK_OLDEST] is None or at < received[UNACK_OLDEST]:
-                        received[UNACK_OLDEST] = at
-                if giver == a:
-                    between[AB_COUNT] += 1
-                    between[AB] += value
-                else:
-                    between[BA_COUNT] += 1
-                    between[BA] += value
-                if between[FIRST_AT] is None or at < between[FIRST_AT]:
-                    between[FIRST_AT] = at
-                if between[LAST_AT] is None or at > between[LAST_AT]:
-                    between[LAST_AT] = at
-
-        def person(tenant: str, scope: str, who: str, last: int) -> list[Any]:
-            row = find_person(key := (tenant, scope, who))
-            if row is None:
-                row = people[key] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, 0, 0, 0]
-            if row[PERSON_CHANGED] < last:
-                row[PERSON_CHANGED] = last
-            return row
-
-        def pair(tenant: str, a: str, b: str, last: int) -> None:
-            row = find_pair(key := (tenant, "", a, b))
-            if row is None:
-                row = pairs[key] = [0, 0, 0, 0, None, None, 0.0, 0.0, 0]
-            if row[PAIR_CHANGED] < last:
-                row[PAIR_CHANGED] = last
-
-        intro_scopes: dict[str, list[str]] = {}
-        for event_id, introduction in self.introductions.items():
-            tenant, _, position, _, introducer, a, b, _, location, activity, subject, live = introduction
-            last = position if live else reversed_at[event_id]
-            pair(tenant, a, b, last)
-            intro_scopes[event_id] = in_scopes = scopes_of(location, activity, subject)
-            for scope in in_scopes:
-                made, first = person(tenant, scope, introducer, last), person(tenant, scope, a, last)
-                second = person(tenant, scope, b, last)
-                if live:
-                    made[INTRO_MADE] += 1
-                    first[INTRO_RECEIVED] += 1
-                    second[INTRO_RECEIVED] += 1
-        for event_id, (tenant, _, position, ref, acknowledger, _, ack_live) in self.acknowledgements.items():
-            last = position if ack_live else reversed_at[event_id]
-            person(tenant, "", acknowledger, last)
-            if event_id not in self.touching:
-                continue
-            if (target := self.gives.get(ref)) is not None:
-                party, live, in_scopes = target[4], target[LIVE], give_scopes[ref]
-                pair(tenant, *sorted((party, target[5])), last)  # the give's pair: its decayed weight changed
-            else:
-                target = self.introductions[ref]
-                party, live, in_scopes = target[4], target[INTRO_LIVE], intro_scopes[ref]
-            for scope in in_scopes:
-                thanking, thanked = person(tenant, scope, acknowledger, last), person(tenant, scope, party, last)
-                if live and ack_live:
-                    thanking[ACK_GIVEN] += 1
-                    thanked[ACK_RECEIVED] += 1
-        decayed = self.decayed
-        for (tenant, scope, a, b), between in pairs.items():
-            if between[AB_COUNT] or between[BA_COUNT]:
-                returned = min(between[AB], between[BA])
-                for row in (people[(tenant, scope, a)], people[(tenant, scope, b)]):
-                    row[COUNTERPARTS] += 1
-                    row[RETURNED] += returned
-            if not scope and (weights := decayed.get((tenant, a, b))) is not None:
-                between[DECAYED_AB], between[DECAYED_BA] = weights
-        return people, pairs
-
     # 3. written once
 
     def write(self, cursor: ViewCursor, store: ViewStore) -> None:
@@ -268,25 +161,17 @@ class Replay:
             cursor.insert(table, _columns(table), rows.values())
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-indexes") as indexer:
             indexed = indexer.submit(_create_indexes, cursor, fact_tables)
-            people, pairs = self.aggregate()
-            indexed.result()
-            _insert_in_key_order(
-                cursor,
-                "view_participants",
-                [*_columns("view_participants"), "balance_micro", "changed_position"],
-                (
-                    (*key, *row[:PERSON_CHANGED], row[GIVEN] - row[RECEIVED], row[PERSON_CHANGED])
-                    for key, row in people.items()
-                ),
+            participants, pairs = aggregate(
+                self.gives, self.introductions, self.acknowledgements, self.touching, self.reversed_at, self.decayed
             )
-            del people
-            indexed = indexer.submit(_create_indexes, cursor, ("view_participants",))
-            pair_rows = [(*k, *row[:PAIR_CHANGED], row[AB] + row[BA], row[PAIR_CHANGED]) for k, row in pairs.items()]
-            del pairs
             indexed.result()
+            columns = [*_columns("view_participants"), "balance_micro", "changed_position"]
+            cursor.insert("view_participants", columns, in_rows(participants))  # in key order
+            del participants
+            _create_indexes(cursor, ("view_participants",))
         pair_columns = [*_columns("view_pairs"), "strength_micro", "changed_position"]
-        _insert_in_key_order(cursor, "view_pairs", pair_columns, pair_rows)
-        del pair_rows
+        cursor.insert("view_pairs", pair_columns, in_rows(pairs))
+        del pairs
         _create_indexes(cursor, ("view_pairs",))
         cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
         store.record_position(cursor, VIEW, self.position)
@@ -296,30 +181,6 @@ def _create_indexes(cursor: ViewCursor, tables: tuple[str, ...]) -> None:
     for statement in INDEX_DDL:
         if statement.split(" ON ")[1].split(" ")[0] in tables:
             cursor.execute(statement)
-
-
-class _Scopes(dict[tuple[str | None, ...], list[str]]):
-    """The scopes ("" and one per context value) of a fact's context keys, made once per combination."""
-
-    def __call__(self, *keys: str | None) -> list[str]:
-        found = self.get(keys)
-        if found is None:
-            found = self[keys] = [""]
-            found += [f"{name}={key}" for name, key in zip(CONTEXT_DIMENSIONS, keys, strict=True) if key is not None]
-        return found
-
-
-def _insert_in_key_order(cursor: ViewCursor, table: str, columns: list[str], rows: Iterable[tuple[Any, ...]]) -> None:
-    """Inserts rows in primary-key order, so the table stores them in it: a tenant's rows read by key
-    (influence reads every pair of a tenant) are then neighbours on disk, not a random read each. The rows go
-    into a temporary table as they come, and the database sorts them on the way into the view: sorting them in
-    Python, then reading a million-entry dict in that order, took twice as long (mostly cache misses)."""
-    unsorted = f"unsorted_{table}"
-    cursor.execute(f"CREATE TEMPORARY TABLE {unsorted} AS SELECT {', '.join(columns)} FROM {table} LIMIT 0")
-    cursor.insert(unsorted, columns, rows)
-    names, key = ", ".join(columns), ", ".join(columns[: 3 if table == "view_participants" else 4])
-    cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {unsorted} ORDER BY {key}")
-    cursor.execute(f"DROP TABLE {unsorted}")
 
 
 def _weight(occurred_at: str, value_micro: int) -> float:
