@@ -98,7 +98,12 @@ def _rows_of(table: list[np.ndarray], wanted: list[np.ndarray], sizes: list[int]
     both = [np.concatenate((mine, theirs)) for mine, theirs in zip(table, wanted, strict=True)]
     keys = _packed(list(zip(both, sizes, strict=True)))  # one packing for both, so the keys compare
     count = len(table[0])
-    return np.searchsorted(keys[:count], keys[count:])
+    if count == len(keys):
+        return np.zeros(0, np.int64)  # nothing wanted
+    rows = np.minimum(np.searchsorted(keys[:count], keys[count:]), max(count - 1, 0))
+    if count == 0 or not np.array_equal(keys[:count][rows], keys[count:]):
+        raise RuntimeError("a row that facts touch is missing from the aggregation")  # never silently another row
+    return rows
 
 
 class Codes:
