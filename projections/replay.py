@@ -11,8 +11,8 @@ and again. A rebuild starts from empty views and owns them, so it can do less:
    end, so each row is computed once, in memory.
 3. **Write each row once, then build the indexes**, and record the view's position, in one transaction: a
    rebuild that fails leaves the empty view it started from, never a half-built one. Participant and pair
-   rows come from `projections/aggregate.py` (numpy) already in key order; a thread builds each table's
-   indexes while Python goes on with the next step.
+   rows come from `projections/aggregate.py` (numpy) already in key order; a thread builds the fact
+   tables' indexes meanwhile.
 
 It holds the log's fact rows and the views in memory while it runs (about 2.2 GB at 1.1 million facts;
 `bench/views.py` reports it). The property test checks that it gives exactly the rows following gives.
@@ -151,9 +151,8 @@ class Replay:
 
     def write(self, cursor: ViewCursor, store: ViewStore) -> None:
         """Writes every row, then the indexes. The database builds an index in its own code, without Python's
-        interpreter lock, so one thread builds each table's indexes while this one goes on in Python (the
-        aggregation, the next table's rows): the two cores of a small machine both work. The thread and this
-        one take turns on the connection, never using it at once."""
+        interpreter lock, so a thread builds the fact tables' indexes while this one aggregates: the two cores
+        of a small machine both work. The aggregation does not touch the connection meanwhile."""
         for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
             cursor.execute(f"DROP INDEX IF EXISTS {name}")
         fact_tables = ("view_gives", "view_introductions", "view_acknowledgements")
@@ -165,10 +164,10 @@ class Replay:
                 self.gives, self.introductions, self.acknowledgements, self.touching, self.reversed_at, self.decayed
             )
             indexed.result()
-            columns = [*_columns("view_participants"), "balance_micro", "changed_position"]
-            cursor.insert("view_participants", columns, in_rows(participants))  # in key order
-            del participants
-            _create_indexes(cursor, ("view_participants",))
+        columns = [*_columns("view_participants"), "balance_micro", "changed_position"]
+        cursor.insert("view_participants", columns, in_rows(participants))  # in key order
+        del participants
+        _create_indexes(cursor, ("view_participants",))
         pair_columns = [*_columns("view_pairs"), "strength_micro", "changed_position"]
         cursor.insert("view_pairs", pair_columns, in_rows(pairs))
         del pairs
