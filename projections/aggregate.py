@@ -171,7 +171,8 @@ def aggregate(
     g_last, g_live_a = last_positions(g_position, g_live, g_event), np.array(g_live, bool)
     g_value_a, g_at_c, g_acked_a = np.array(g_value, np.int64), times.of(g_at), np.array(g_acked, bool)
     g_row, g_scope = in_scopes(g_context)
-    g_a, g_b = np.minimum(g_giver_c, g_receiver_c)[g_row], np.maximum(g_giver_c, g_receiver_c)[g_row]
+    g_low, g_high = np.minimum(g_giver_c, g_receiver_c), np.maximum(g_giver_c, g_receiver_c)  # a give's pair
+    g_a, g_b = g_low[g_row], g_high[g_row]
     g_alive, g_from_a = g_live_a[g_row], (g_giver_c < g_receiver_c)[g_row]
     # Introductions: participants in each scope, the pair in scope "" only.
     i_t, i_last, i_live_a = tenants.of(i_tenant), last_positions(i_position, i_live, i_event), np.array(i_live, bool)
@@ -231,7 +232,7 @@ def aggregate(
     acked = np.array(thanked_gives, np.int64)
     linked.add(
         "acknowledgement", k_t[acked], np.zeros(len(acked), np.int64),
-        np.minimum(g_giver_c, g_receiver_c)[acked_rows], np.maximum(g_giver_c, g_receiver_c)[acked_rows],
+        g_low[acked_rows], g_high[acked_rows],
         k_last[acked],
     )  # fmt: skip
     pair = linked.group([len(tenants), len(scopes), len(people), len(people)])

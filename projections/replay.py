@@ -50,12 +50,6 @@ INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement i
 LIVE, ACKNOWLEDGED = 11, 12  # of a give
 INTRO_LIVE = 11
 ACK_LIVE = 6
-# ...and in a participant's row (ParticipantRow's fields) and a pair's row (PairRow's fields).
-GIVEN_COUNT, GIVEN, RECEIVED_COUNT, RECEIVED, INTRO_MADE, INTRO_RECEIVED = range(6)
-ACK_GIVEN, ACK_RECEIVED, UNACK_COUNT, UNACK, UNACK_OLDEST, COUNTERPARTS, RETURNED = range(6, 13)
-AB_COUNT, AB, BA_COUNT, BA, FIRST_AT, LAST_AT, DECAYED_AB, DECAYED_BA = range(8)
-# Both kinds of rows carry one more element while they are built: the position of the last fact about them.
-PERSON_CHANGED, PAIR_CHANGED = 13, 8
 
 
 class Replay:
