@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -19,7 +20,15 @@ from contracts.views import (
     Pair,
     PendingThanks,
 )
-from projections.reciprocity import MICRO, PAIR_COLUMNS, PARTICIPANT_COLUMNS, VIEW, PairRow, ParticipantRow
+from projections.reciprocity import (
+    MICRO,
+    PAIR_COLUMNS,
+    PARTICIPANT_COLUMNS,
+    VIEW,
+    PairRow,
+    ParticipantKey,
+    ParticipantRow,
+)
 from projections.viewstore import ViewStore
 
 ORDERS = {"balance": "balance_micro", "given": "given_micro", "received": "received_micro"}
@@ -95,6 +104,7 @@ class ReciprocityQueries:
 
     def __init__(self, store: ViewStore) -> None:
         self.store = store
+        self._balance_lookups = BalanceLookups(store)
 
     def position(self) -> int:
         return self.store.position(VIEW)
@@ -106,6 +116,13 @@ class ReciprocityQueries:
     def balance_json(self, tenant: str, participant: str, scope: str = "") -> bytes | None:
         """balance's answer as JSON (balance_json)."""
         row = self._balance_row(tenant, participant, scope)
+        return None if row is None else balance_json(participant, *row)
+
+    async def balance_json_async(self, tenant: str, participant: str, scope: str = "") -> bytes | None:
+        """balance_json for the event loop: in place on SQLite, gathered with other requests' on PostgreSQL."""
+        if not self.store.postgres:
+            return self.balance_json(tenant, participant, scope)
+        row = await self._balance_lookups.row(tenant, scope, participant)
         return None if row is None else balance_json(participant, *row)
 
     def _balance_row(self, tenant: str, participant: str, scope: str) -> tuple[ParticipantRow, int] | None:
@@ -222,6 +239,51 @@ class ReciprocityQueries:
             PendingThanks(event_id=r[0], external_id=r[1], giver=r[2], occurred_at=r[3], value=money(r[4]))
             for r in rows
         ]
+
+
+class BalanceLookups:
+    """Balance rows on PostgreSQL for the event loop, gathered: the lookups that arrive while a statement is in
+    flight go out together in the next one, on the loop's connection (ViewStore.read_async). Under load a
+    request then costs a share of one round trip instead of a whole one (on a small machine its system calls
+    cost more than the lookup); a request that comes alone goes out at once. One statement in flight per
+    process measured faster than two or four, and with a lower p99."""
+
+    def __init__(self, store: ViewStore) -> None:
+        self.store = store
+        self._waiting: list[tuple[ParticipantKey, asyncio.Future[tuple[ParticipantRow, int] | None]]] = []
+        self._sending: asyncio.Task[None] | None = None
+        position = f"(SELECT MAX(notification_id) FROM {store.tracking_table} WHERE application_name = %s)"
+        # One row per key found, with the view's position: a single statement reads one snapshot.
+        self._statement = (
+            f"SELECT t.tenant, t.scope, t.participant, {', '.join(f't.{c}' for c in PARTICIPANT_COLUMNS)}, "
+            f"{position} FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, scope, participant) "
+            "JOIN view_participants AS t "
+            "ON t.tenant = k.tenant AND t.scope = k.scope AND t.participant = k.participant"
+        )
+
+    async def row(self, tenant: str, scope: str, participant: str) -> tuple[ParticipantRow, int] | None:
+        """The participant's row and the view's position; None when the view has no such participant."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(((tenant, scope, participant), future))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            keys = list({key for key, _ in batch})
+            try:
+                rows = await self.store.read_async(self._statement, (VIEW, *map(list, zip(*keys, strict=True))))
+            except Exception as failure:  # every request of the batch answers with it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                continue
+            found = {(r[0], r[1], r[2]): (ParticipantRow(*r[3:-1]), r[-1] or 0) for r in rows}
+            for key, future in batch:
+                if not future.done():  # a request that went away meanwhile
+                    future.set_result(found.get(key))
 
 
 def _balance_key(key: list[Any]) -> tuple[int, str]:

@@ -227,7 +227,7 @@ class Projections:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         await asyncio.to_thread(self._influence_worker.close)
         self.lock.release()
-        self.store.close()
+        await self.store.aclose()
 
     def wake(self) -> None:
         """Called after this process committed facts: project them now rather than at the next poll."""

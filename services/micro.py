@@ -50,7 +50,7 @@ class QueryService:
 
     async def _balance(self, request: Request) -> bytes | None:
         asked = _parse(request, BalanceRequest)
-        return await self._read(self.projections.queries.balance_json, _tenant(request), asked.participant)
+        return await self.projections.queries.balance_json_async(_tenant(request), asked.participant)
 
     async def _pair(self, request: Request) -> BaseModel | None:
         asked = _parse(request, PairRequest)

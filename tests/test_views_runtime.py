@@ -296,6 +296,55 @@ async def test_a_worker_whose_lock_was_lost_stops_and_one_process_holds_it_again
         first.release()
 
 
+@pytest.mark.postgres
+async def test_concurrent_balance_reads_on_postgresql_go_out_together_and_each_gets_its_own_row(
+    postgres_schema_url, tmp_path
+):
+    """On PostgreSQL the query API's balance reads that arrive while one is in flight go out as one statement.
+    Each request still gets its own participant's row (or None), whatever else shares the statement; a
+    statement that fails fails its requests only, and the next read opens a new connection."""
+    import psycopg
+
+    from services.store import postgres_connect
+
+    ledger, views = open_ledger(postgres_schema_url, tmp_path), open_view_store(postgres_schema_url, tmp_path)
+    try:
+        facts = [received(give("g1", "ana", "ben", value="2")), received(give("g2", "cai", "ana"))]
+        FactWriter(ledger).commit([*facts, received(give("g1", "ana", "ben", value="7"), tenant="other")])
+        project(ledger, views)
+        queries = ReciprocityQueries(views)
+        statements = []
+        read_async = views.read_async
+
+        async def counted(statement, params=()):
+            statements.append(params)
+            return await read_async(statement, params)
+
+        views.read_async = counted
+        asked = [
+            ("acme", "ana"),
+            ("acme", "ben"),
+            ("other", "ana"),
+            ("acme", "nobody"),
+            ("acme", "cai"),
+            ("acme", "ana"),
+        ]
+        answers = await asyncio.gather(*(queries.balance_json_async(t, p) for t, p in asked))
+        assert answers == [queries.balance_json(t, p) for t, p in asked]
+        assert None not in answers[:3] and answers[3] is None
+        assert json.loads(answers[2])["given"]["value"] == "7"  # the other tenant's ana
+        assert len(statements) == 1  # six requests, one statement
+
+        with postgres_connect(postgres_schema_url) as admin:  # the loop's connection dies
+            admin.execute("SELECT pg_terminate_backend(%s)", (views._async_reader.info.backend_pid,))
+        failed = await asyncio.gather(*(queries.balance_json_async(t, p) for t, p in asked[:2]), return_exceptions=True)
+        assert all(isinstance(outcome, psycopg.OperationalError) for outcome in failed)
+        assert await queries.balance_json_async("acme", "ana") == answers[0]  # on a new connection
+    finally:
+        await views.aclose()
+        ledger.close()
+
+
 async def until_true(condition, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -94,7 +94,7 @@ async def _read_page(request: web.Request, function: Callable[..., Any], *args: 
 async def balance(request: web.Request) -> web.StreamResponse:
     tenant, _ = await _prepare(request, Query)
     participant = path_participant(request)
-    answer = await _read(request, request.app[COMPONENTS].projections.queries.balance_json, tenant, participant)
+    answer = await request.app[COMPONENTS].projections.queries.balance_json_async(tenant, participant)
     if answer is None:
         raise _not_found(f"no participant {participant!r} in this tenant")
     return web.Response(body=answer, content_type="application/json")
