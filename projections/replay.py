@@ -198,7 +198,7 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
             applied += len(page)
             on_progress(replayed.position)
         if applied:
-            with store.transaction() as cursor:
+            with store.bulk_transaction() as cursor:
                 replayed.write(cursor, store)
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
             # after, took minutes instead of a second on 100k pairs until the statistics were fresh.

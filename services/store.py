@@ -96,8 +96,14 @@ class PooledSQLiteDatastore(SQLiteDatastore):
 
     def __init__(self, db_name: str, **kwargs: Any) -> None:
         super().__init__(db_name, **kwargs)
+        self._pool_args = {"db_name": db_name, "lock_timeout": kwargs.get("lock_timeout")}
         self.pool.close()  # never used: replaced before any connection was made
-        self.pool = self.pool_class(db_name=db_name, lock_timeout=kwargs.get("lock_timeout"))
+        self.pool = self.pool_class(**self._pool_args)
+
+    def renew_pool(self) -> None:
+        """Closes the pool's connections; the next transaction opens a new one."""
+        self.pool.close()
+        self.pool = self.pool_class(**self._pool_args)
 
 
 class DurableSQLiteDatastore(PooledSQLiteDatastore):

@@ -352,6 +352,45 @@ async def until_true(condition, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def test_a_replay_writes_through_a_rollback_journal_only_when_it_has_the_views_file_to_itself(
+    sqlite_settings, monkeypatch
+):
+    """A rebuild's transaction leaves SQLite's WAL for a rollback journal (the WAL would write each page twice),
+    which SQLite allows only while no other connection has the file open; with one open it goes through the
+    WAL. Either way it writes the same rows, and the file is in WAL mode afterwards."""
+    from projections import viewstore
+    from projections.replay import replay
+
+    ledger = open_ledger(None, sqlite_settings.data_dir)
+    views = open_view_store(None, sqlite_settings.data_dir)
+    original, journals, rebuilt = viewstore.leave_wal, [], []
+
+    def leave_wal(connection):
+        journals.append(original(connection))
+        return journals[-1]
+
+    monkeypatch.setattr(viewstore, "leave_wal", leave_wal)
+    try:
+        facts = [received(f) for f in community(150)]
+        FactWriter(ledger).commit(facts)
+        for other_connection_open in (True, False):
+            views.reset(reciprocity.VIEW, reciprocity.TABLES)
+            other = sqlite3.connect(views.path)
+            if other_connection_open:
+                other.execute("SELECT COUNT(*) FROM view_tenants").fetchall()
+            else:
+                other.close()
+            assert replay(ledger, views) == len(facts)
+            other.close()
+            rebuilt.append({t: sorted(map(repr, views.read(f"SELECT * FROM {t}"))) for t in reciprocity.TABLES})
+            assert views.read("PRAGMA journal_mode") == [("wal",)]
+        assert journals == [False, True]
+        assert rebuilt[0] == rebuilt[1] and len(rebuilt[0]["view_gives"]) > 100
+    finally:
+        views.close()
+        ledger.close()
+
+
 def test_a_reciprocity_page_commits_while_influence_holds_its_write_lock(sqlite_settings):
     """On SQLite the influence view has a file of its own: its once-a-second rewrite, which takes a write
     lock for as long as it writes, must not hold up the pages (and the KV updates that follow them)."""
