@@ -144,10 +144,10 @@ class PairCache:
             )
         else:
             # By the changed_position index: `|| ''` keeps the planner off the primary key, where it would
-            # walk every pair of the tenant to find the few changed ones.
+            # walk every pair of the tenant to find the few changed ones (`scope = ''` as written is what lets
+            # it use that index, which holds scope "" only).
             rows = cursor.execute(
-                f"SELECT {PAIR_COLUMNS} FROM view_pairs "
-                "WHERE changed_position > ? AND tenant || '' = ? AND scope || '' = ''",
+                f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE changed_position > ? AND tenant || '' = ? AND scope = ''",
                 (pairs.position, tenant),
             )
         participants = [
