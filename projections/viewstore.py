@@ -374,7 +374,7 @@ class ViewStore:
             cursor.execute(f"DELETE FROM {self.tracking_table} WHERE application_name = ?", (view,))
 
     @contextmanager
-    def bulk_transaction(self) -> Iterator[ViewCursor]:
+    def bulk_transaction(self, attach: dict[str, Path] | None = None) -> Iterator[ViewCursor]:
         """The one transaction in which `reciprocity rebuild` writes the reciprocity views from empty.
 
         On SQLite it runs with a rollback journal instead of the WAL when no other connection has the file
@@ -382,7 +382,7 @@ class ViewStore:
         checkpoint copies each again (a gigabyte at a million facts, a fifth of the rebuild's time). The
         store's own connections close for it and reopen when next needed; the file is in WAL mode again
         afterwards (or, after a crash, as soon as a connection opens it). With another connection open the
-        transaction goes through the WAL like any other.
+        transaction goes through the WAL like any other. `attach` names other SQLite files to read from in it.
         """
         if self.postgres:
             with self.transaction() as cursor:
@@ -395,6 +395,9 @@ class ViewStore:
         try:
             rollback_journal = leave_wal(connection)
             connection.execute(f"PRAGMA cache_size=-{VIEWS_CACHE_KIB}")
+            connection.execute("PRAGMA temp_store=MEMORY")
+            for schema, path in (attach or {}).items():
+                connection.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield ViewCursor(SQLiteCursor(connection.cursor()), postgres=False)

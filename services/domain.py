@@ -154,7 +154,8 @@ FACT_CLASSES: dict[str, type[Fact]] = {
     "acknowledgement.recorded": Acknowledgement,
     "reversal.recorded": Reversal,
 }
-FACT_TOPICS = tuple(f"{__name__}:{cls.__name__}.Recorded" for cls in FACT_CLASSES.values())
+FACT_TOPIC = {kind: f"{__name__}:{cls.__name__}.Recorded" for kind, cls in FACT_CLASSES.items()}  # stored events' topic
+FACT_TOPICS = tuple(FACT_TOPIC.values())
 
 
 def ref_event_id(tenant: str, source: str, data: dict[str, Any]) -> UUID:

@@ -285,6 +285,13 @@ class Ledger(Application[UUID]):
         """The position of the newest fact (0 when there is none)."""
         return self.recorder.max_fact_position()
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The store's SQLite file; None on PostgreSQL."""
+        if isinstance(self.recorder, LedgerSQLiteRecorder):
+            return Path(self.recorder.datastore.pool.db_name)
+        return None
+
 
 def ledger_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
     """The library's environment for our store: SQLite under the data dir, or PostgreSQL by URL."""

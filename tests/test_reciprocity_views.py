@@ -32,7 +32,10 @@ from tests.reference import reference_views
 PEOPLE = ["ann", "bob", "cas", "Dan", "eve"]  # "Dan" sorts before "ann" by byte value
 TENANTS = ["acme", "zeta"]
 SOURCES = ["crm", "chat"]
-CONTEXTS = [None, None, {"subject": "Python"}, {"subject": " python "}, {"location": "Utrecht", "activity": "Meetup"}]
+CONTEXTS = [
+    None, None, {"subject": "Python"}, {"subject": " python "}, {"location": "Utrecht", "activity": "Meetup"},
+    {"location": "Café"}, {"location": "cafe\u0301"},  # one key: NFC-normalised
+]  # fmt: skip
 VALUES = ["1", "2.5", "0.000001", "100", "7.25"]
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
