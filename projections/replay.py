@@ -150,20 +150,20 @@ class Replay:
 
     # 3. written once
 
-    def write(self, cursor: ViewCursor, store: ViewStore, stored_events: str | None = None) -> None:
+    def write(self, cursor: ViewCursor, store: ViewStore, gives_read: bool = False) -> None:
         """Writes every row, then the indexes. The database builds an index in its own code, without Python's
         interpreter lock, so a thread builds the fact tables' indexes while this one aggregates: the two cores
         of a small machine both work. The aggregation does not touch the connection meanwhile.
 
-        On SQLite (`stored_events`: the store's table, in a file attached to the transaction) that thread
-        first copies the gives, nine in ten fact rows, from the store with one statement: also in the
-        database's own code, where binding them from Python took 6 s before the aggregation at a million facts.
+        On SQLite (`gives_read`: `read_gives` read them from the store's JSON while the log was replayed) that
+        thread first writes the gives, nine in ten fact rows, with one statement: also in the database's own
+        code, where binding them from Python took 6 s before the aggregation at a million facts.
         """
         for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
             cursor.execute(f"DROP INDEX IF EXISTS {name}")
         fact_tables = ("view_gives", "view_introductions", "view_acknowledgements")
         from_python = {"view_introductions": self.introductions, "view_acknowledgements": self.acknowledgements}
-        if stored_events is None:
+        if not gives_read:
             from_python["view_gives"] = self.gives
         else:
             self._stage_gives(cursor)
@@ -171,8 +171,8 @@ class Replay:
             cursor.insert(table, _columns(table), rows.values())
 
         def facts_then_indexes() -> None:
-            if stored_events is not None:
-                cursor.execute(_gives_from(stored_events), (FACT_TOPIC["give.recorded"], self.position))
+            if gives_read:
+                cursor.execute(GIVES_FROM_READ)
             _create_indexes(cursor, fact_tables)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-facts") as indexer:
@@ -193,7 +193,7 @@ class Replay:
         store.record_position(cursor, VIEW, self.position)
 
     def _stage_gives(self, cursor: ViewCursor) -> None:
-        """What the gives' rows hold that the store's JSON does not, for `_gives_from`: values in micro-units,
+        """What the gives' rows hold that the store's JSON does not, for GIVES_FROM_READ: values in micro-units,
         context keys, and the gives no longer live or now acknowledged (every other is live, unacknowledged)."""
         flags = [(g[1], g[LIVE], g[ACKNOWLEDGED]) for g in self.gives.values() if not g[LIVE] or g[ACKNOWLEDGED]]
         staged = {
@@ -206,25 +206,35 @@ class Replay:
             cursor.insert(f"temp.{table}", columns, list(rows))
 
 
-def _gives_from(stored_events: str) -> str:
-    """One statement that writes view_gives from the store's JSON (topic and last position as parameters),
-    with what `_stage_gives` staged. The property test checks that it gives the rows following gives."""
+# The gives as the store's JSON holds them, read by `read_gives` while Python replays the log.
+GIVES_READ = {
+    "tenant": "tenant", "event_id": "event_id", "external_id": "external_id", "occurred_at": "occurred_at",
+    "giver": "data.giver", "receiver": "data.receiver", "value": "data.value",
+    **{dimension: f"data.context.{dimension}" for dimension in CONTEXT_DIMENSIONS},
+}  # fmt: skip
+_CONTEXT_KEY = "(SELECT key FROM temp.replay_context_keys WHERE value = g.{0}) AS {0}"
+# view_gives from them and what `Replay._stage_gives` staged. The property test checks it gives the rows
+# following gives.
+GIVES_FROM_READ = (
+    "INSERT INTO view_gives (tenant, event_id, position, external_id, giver, receiver, value_micro, occurred_at, "
+    f"{', '.join(CONTEXT_DIMENSIONS)}, live, acknowledged) "
+    "SELECT g.tenant, g.event_id, g.position, g.external_id, g.giver, g.receiver, v.micro, g.occurred_at, "
+    f"{', '.join(_CONTEXT_KEY.format(d) for d in CONTEXT_DIMENSIONS)}, "
+    "coalesce(f.live, 1), coalesce(f.acknowledged, 0) "
+    "FROM temp.replay_gives AS g JOIN temp.replay_values AS v ON v.value = g.value "
+    "LEFT JOIN temp.replay_flags AS f ON f.event_id = g.event_id"
+)
 
-    def fact(path: str) -> str:
-        return f"json_extract(e.state, '$.fact.{path}')"
 
-    context = "(SELECT key FROM temp.replay_context_keys WHERE value = {})"
-    keys = [context.format(fact(f"data.context.{dimension}")) for dimension in CONTEXT_DIMENSIONS]
-    columns = ["tenant", "event_id", "position", "external_id", "giver", "receiver", "value_micro", "occurred_at",
-               *CONTEXT_DIMENSIONS, "live", "acknowledged"]  # fmt: skip
-    values = [fact("tenant"), fact("event_id"), "e.rowid", fact("external_id"), fact("data.giver"),
-              fact("data.receiver"), "v.micro", fact("occurred_at"), *keys, "coalesce(f.live, 1)",
-              "coalesce(f.acknowledged, 0)"]  # fmt: skip
-    return (
-        f"INSERT INTO view_gives ({', '.join(columns)}) SELECT {', '.join(values)} "
-        f"FROM (SELECT rowid, CAST(state AS TEXT) AS state FROM {stored_events} WHERE topic = ? AND rowid <= ?) AS e "
-        f"JOIN temp.replay_values AS v ON v.value = {fact('data.value')} "
-        f"LEFT JOIN temp.replay_flags AS f ON f.event_id = {fact('event_id')}"
+def read_gives(cursor: ViewCursor, stored_events: str, last_position: int) -> None:
+    """Reads the gives up to a position from the store's table (in a file attached to the transaction) into
+    temp.replay_gives, in SQLite's own code: it takes the other core while Python replays the log."""
+    cursor.execute(f"CREATE TEMP TABLE replay_gives (position, {', '.join(GIVES_READ)})")
+    extracted = ", ".join(f"json_extract(state, '$.fact.{path}')" for path in GIVES_READ.values())
+    cursor.execute(
+        f"INSERT INTO temp.replay_gives SELECT rowid, {extracted} FROM (SELECT rowid, CAST(state AS TEXT) AS state "
+        f"FROM {stored_events} WHERE topic = ? AND rowid <= ?)",
+        (FACT_TOPIC["give.recorded"], last_position),
     )
 
 
@@ -241,25 +251,36 @@ def _weight(occurred_at: str, value_micro: int) -> float:
 
 
 def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] = lambda position: None) -> int:
-    """Builds the reciprocity views of an empty view store from the whole log; returns the facts applied.
-    The caller holds the projector lock and has emptied the views (`ViewStore.reset`)."""
+    """Builds the reciprocity views of an empty view store from the log up to its head when called; returns the
+    facts applied. The caller holds the projector lock and has emptied the views (`ViewStore.reset`)."""
     if store.position(VIEW) != 0:
         raise RuntimeError("replay builds the reciprocity views from empty; reset them first")
+    head = ledger.head_position()
+    store_file = None if store.postgres else ledger.sqlite_file
     replayed = Replay()
     applied = 0
     collecting = gc.isenabled()
     gc.disable()  # millions of rows that live until the end: a collector pass over them finds nothing
     try:
-        while page := ledger.read_log(replayed.position, READ_PAGE_FACTS):
-            for stored in page:
-                replayed.apply(stored.position, stored.fact)
-            applied += len(page)
-            on_progress(replayed.position)
+        with (
+            store.bulk_transaction({"ledger": store_file} if store_file else None) as cursor,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read") as reader,
+        ):
+            if store_file:
+                stored_events = f"ledger.{ledger.recorder.events_table_name}"
+                gives_read = reader.submit(read_gives, cursor, stored_events, head)
+            while replayed.position < head and (page := ledger.read_log(replayed.position, READ_PAGE_FACTS)):
+                for stored in page:
+                    if stored.position > head:
+                        break
+                    replayed.apply(stored.position, stored.fact)
+                    applied += 1
+                on_progress(replayed.position)
+            if store_file:
+                gives_read.result()
+            if applied:
+                replayed.write(cursor, store, gives_read=bool(store_file))
         if applied:
-            store_file = None if store.postgres else ledger.sqlite_file
-            attached = {"ledger": store_file} if store_file else None
-            with store.bulk_transaction(attached) as cursor:
-                replayed.write(cursor, store, f"ledger.{ledger.recorder.events_table_name}" if store_file else None)
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
             # after, took minutes instead of a second on 100k pairs until the statistics were fresh.
             store.analyze(TABLES)
