@@ -398,7 +398,10 @@ class ViewStore:
             connection.execute("PRAGMA temp_store=MEMORY")
             for schema, path in (attach or {}).items():
                 connection.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
-            connection.execute("BEGIN IMMEDIATE")
+            # Deferred: IMMEDIATE would take the write lock of every attached file too (the fact store's,
+            # holding up ingest for the whole rebuild); this way only the views file's is taken, at the first
+            # write, and an attached file is only read.
+            connection.execute("BEGIN")
             try:
                 yield ViewCursor(SQLiteCursor(connection.cursor()), postgres=False)
             except BaseException:

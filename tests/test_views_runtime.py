@@ -386,6 +386,14 @@ def test_a_replay_writes_through_a_rollback_journal_only_when_it_has_the_views_f
             assert views.read("PRAGMA journal_mode") == [("wal",)]
         assert journals == [False, True]
         assert rebuilt[0] == rebuilt[1] and len(rebuilt[0]["view_gives"]) > 100
+        # The fact store, attached to read the gives from, stays open to writers (ingest) meanwhile.
+        with views.bulk_transaction({"ledger": ledger.sqlite_file}) as cursor:
+            cursor.execute("DELETE FROM view_tenants")
+            assert cursor.execute("SELECT COUNT(*) FROM ledger.fact_index")[0][0] == len(facts)
+            writer = sqlite3.connect(ledger.sqlite_file, timeout=0.5, isolation_level=None)
+            writer.execute("BEGIN IMMEDIATE")  # "database is locked" if the rebuild held the store's write lock
+            writer.execute("ROLLBACK")
+            writer.close()
     finally:
         views.close()
         ledger.close()
