@@ -173,6 +173,9 @@ class Replay:
         def facts_then_indexes() -> None:
             if gives_read:
                 cursor.execute(GIVES_FROM_READ)
+                written = cursor.execute("SELECT changes()")[0][0]
+                if written != len(self.gives):  # never a rebuild with gives missing: it fails instead
+                    raise RuntimeError(f"{written} gives written from the store's JSON, {len(self.gives)} replayed")
             _create_indexes(cursor, fact_tables)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-facts") as indexer:
