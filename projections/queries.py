@@ -272,18 +272,20 @@ class BalanceLookups:
     async def _send(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            keys = list({key for key, _ in batch})
             try:
-                rows = await self.store.read_async(self._statement, (VIEW, *map(list, zip(*keys, strict=True))))
+                found = await self._rows({key for key, _ in batch})
             except Exception as failure:  # every request of the batch answers with it
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(failure)
                 continue
-            found = {(r[0], r[1], r[2]): (ParticipantRow(*r[3:-1]), r[-1] or 0) for r in rows}
             for key, future in batch:
                 if not future.done():  # a request that went away meanwhile
                     future.set_result(found.get(key))
+
+    async def _rows(self, keys: set[ParticipantKey]) -> dict[ParticipantKey, tuple[ParticipantRow, int]]:
+        rows = await self.store.read_async(self._statement, (VIEW, *map(list, zip(*keys, strict=True))))
+        return {(r[0], r[1], r[2]): (ParticipantRow(*r[3:-1]), r[-1] or 0) for r in rows}
 
 
 def _balance_key(key: list[Any]) -> tuple[int, str]:

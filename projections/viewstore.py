@@ -379,7 +379,7 @@ class ViewStore:
 
         On SQLite it runs with a rollback journal instead of the WAL when no other connection has the file
         open: pages of tables built from empty go to the file once, where the WAL takes every page and its
-        checkpoint copies each again (a gigabyte at a million facts, a fifth of the rebuild's time). The
+        checkpoint copies each again (a gigabyte at a million facts: 4 to 5 s of the rebuild). The
         store's own connections close for it and reopen when next needed; the file is in WAL mode again
         afterwards (or, after a crash, as soon as a connection opens it). With another connection open the
         transaction goes through the WAL like any other. `attach` names other SQLite files to read from in it.
