@@ -301,3 +301,41 @@ def test_log_lines_of_processes_sharing_a_pipe_never_cut_into_each_other():
     assert all(writer.wait(30) == 0 for writer in writers)
     events = [json.loads(line) for line in lines]  # a line cut by another process's write fails here
     assert Counter(event["writer"] for event in events) == {"a": lines_each, "b": lines_each, "c": lines_each}
+
+
+def test_logging_does_not_wait_for_a_flush_that_is_writing():
+    """The event loop logs every request; a flush writes dozens of chunks and must not hold it up meanwhile."""
+    import io
+    import threading
+
+    from services.logs import BufferedLineLogger
+
+    writing, release = threading.Event(), threading.Event()
+
+    class SlowStream(io.RawIOBase):
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            writing.set()
+            release.wait(10)
+            self.written.append(bytes(data))
+            return len(data)
+
+    stream = SlowStream()
+    logger = BufferedLineLogger(stream)
+    logger.msg(b"first")
+    flushing = threading.Thread(target=logger.flush)
+    flushing.start()
+    assert writing.wait(5)  # a flush is in its write
+    started = time.monotonic()
+    logger.msg(b"second")
+    waited = time.monotonic() - started
+    release.set()
+    flushing.join(5)
+    logger.flush()
+    assert waited < 0.5
+    assert b"".join(stream.written).splitlines() == [b"first", b"second"]
