@@ -179,3 +179,17 @@ async def test_a_cursor_this_api_did_not_hand_out_is_422(client):
     for route in ("balances", "influence"):
         response = await client.get(f"/v1/tenants/acme/{route}?cursor=bm9wZQ", headers=client.sender.read_headers())
         assert response.status == 422 and (await response.json())["errors"][0]["path"] == "query.cursor"
+
+
+async def test_a_keep_alive_connection_is_closed_after_its_request_budget(client, monkeypatch):
+    """After REQUESTS_PER_CONNECTION_MAX requests the answer says `Connection: close` and the client connects
+    again, so serve's HTTP processes can take over each other's connections (see the middleware)."""
+    from services.http import middleware
+
+    monkeypatch.setattr(middleware, "REQUESTS_PER_CONNECTION_MAX", 3)
+    answers = []
+    for _ in range(6):
+        async with client.get("/healthz") as response:
+            assert response.status == 200
+            answers.append(response.headers.get("Connection", "keep-alive").lower())
+    assert answers == ["keep-alive", "keep-alive", "close"] * 2  # a new connection counts from 1 again
