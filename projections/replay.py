@@ -15,7 +15,7 @@ and again. A rebuild starts from empty views and owns them, so it can do less:
    gives (on SQLite with one statement that reads them from the store's JSON, in the database's own code)
    and builds the fact tables' indexes.
 
-It holds the log's fact rows and the views in memory while it runs (about 2.2 GB at 1.1 million facts;
+It holds the log's fact rows and the views in memory while it runs (about 2.4 GB at 1.1 million facts;
 `bench/views.py` reports it). The property test checks that it gives exactly the rows following gives.
 """
 
