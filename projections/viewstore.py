@@ -24,7 +24,13 @@ from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteCursor, SQLiteTrack
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from services.store import PooledSQLiteDatastore, postgres_connect, postgres_params, schema_lock
+from services.store import (
+    PooledSQLiteDatastore,
+    postgres_connect,
+    postgres_connect_args,
+    postgres_params,
+    schema_lock,
+)
 
 SQLITE_LOCK_TIMEOUT_S = 30
 KEYS_PER_QUERY = 500
@@ -299,16 +305,8 @@ class ViewStore:
             raise
 
     async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
-        pg = postgres_params(self._database_url)
         connection = await psycopg.AsyncConnection.connect(
-            dbname=pg["dbname"],
-            host=pg["host"],
-            port=pg["port"],
-            user=pg["user"],
-            password=pg["password"],
-            autocommit=True,
-            connect_timeout=5,
-            row_factory=tuple_row,
+            **postgres_connect_args(self._database_url), row_factory=tuple_row
         )
         await connection.execute(SQL("SET search_path TO {}").format(Identifier(self._schema)))
         return connection

@@ -336,17 +336,22 @@ def postgres_params(database_url: str) -> dict[str, str]:
     }
 
 
-def postgres_connect(database_url: str) -> psycopg.Connection[Any]:
+def postgres_connect_args(database_url: str) -> dict[str, Any]:
+    """Our plain PostgreSQL connections' arguments (autocommit), for psycopg's sync or async connect."""
     pg = postgres_params(database_url)
-    return psycopg.connect(
-        dbname=pg["dbname"],
-        host=pg["host"],
-        port=pg["port"],
-        user=pg["user"],
-        password=pg["password"],
-        autocommit=True,
-        connect_timeout=5,
-    )
+    return {
+        "dbname": pg["dbname"],
+        "host": pg["host"],
+        "port": pg["port"],
+        "user": pg["user"],
+        "password": pg["password"],
+        "autocommit": True,
+        "connect_timeout": 5,
+    }
+
+
+def postgres_connect(database_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(**postgres_connect_args(database_url))
 
 
 # Held while tables are created: PostgreSQL refuses concurrent DDL on the same objects ("tuple concurrently
