@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from projections.influence_pairs import columns
-from projections.reciprocity import CONTEXT_DIMENSIONS, PAIR_COLUMNS, PARTICIPANT_COLUMNS
+from projections.reciprocity import CONTEXT_DIMENSIONS, MICRO, PAIR_COLUMNS, PARTICIPANT_COLUMNS, decay_exponent
+
+if TYPE_CHECKING:
+    from projections.replay import Gives
 
 NONE = np.iinfo(np.int64).max  # a time code for "no time" (no live give)
 
@@ -125,20 +128,45 @@ class Codes:
         return self._objects[np.minimum(codes, len(self.values))]
 
 
+def _decayed(
+    gives: Gives,
+    at_codes: np.ndarray,
+    times: Codes,
+    from_a: np.ndarray,
+    pair: Grouped,
+    changes: list[tuple[int, int, float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The time-decayed weights of the pairs, each way: each give's weight at its position, and what
+    acknowledgements and reversals changed at theirs (`replay.Replay`), added in log order one by one, so the
+    floating-point sums are bit for bit those of following the log (`Page._count_pair`)."""
+    decays = np.array([decay_exponent(at) for at in times.values], np.float64)[at_codes]
+    weights = decays * np.array(gives.columns[6], np.float64) / MICRO  # as `replay._weight` computes them
+    give_pair = pair.rows("give")[: len(gives)]  # each give's pair in scope "" (`in_scopes` lists those first)
+    changed = np.array(changes, dtype=[("position", np.int64), ("give", np.int64), ("weight", np.float64)])
+    positions = np.concatenate((np.array(gives.columns[2], np.int64), changed["position"]))
+    order = np.argsort(positions, kind="stable")
+    rows = np.concatenate((give_pair, give_pair[changed["give"]]))[order]
+    forward = np.concatenate((from_a, from_a[changed["give"]]))[order]
+    added = np.concatenate((weights, changed["weight"]))[order]
+    decayed_ab, decayed_ba = np.zeros(len(pair)), np.zeros(len(pair))
+    np.add.at(decayed_ab, rows[forward], added[forward])  # sequential, in the order given
+    np.add.at(decayed_ba, rows[~forward], added[~forward])
+    return decayed_ab, decayed_ba
+
+
 def aggregate(
-    gives: dict[str, list[Any]],
+    gives: Gives,
     introductions: dict[str, list[Any]],
     acknowledgements: dict[str, list[Any]],
     touching: set[str],
     reversed_at: dict[str, int],
-    decayed: dict[tuple[str, str, str], list[float]],
+    decayed_changes: list[tuple[int, int, float]],
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The view_participants and view_pairs rows (with balance or strength, and changed_position), as
     columns in primary-key order (`in_rows` makes rows of them). A row's changed_position is the position
     of the last fact about it: its own position while live, its reversal's when reversed."""
-    (g_tenant, g_event, g_position, _, g_giver, g_receiver, g_value, g_at, *g_context, g_live, g_acked) = columns(
-        list(gives.values()), 13
-    )
+    (g_tenant, g_event, g_position, _, g_giver, g_receiver, g_value, g_at, *g_context) = gives.columns
+    g_live, g_acked = gives.live, gives.acknowledged
     (i_tenant, i_event, i_position, _, i_introducer, i_a, i_b, _, *i_context, i_live) = columns(
         list(introductions.values()), 12
     )
@@ -168,8 +196,9 @@ def aggregate(
 
     # Gives, in each of their scopes.
     g_t, g_giver_c, g_receiver_c = tenants.of(g_tenant), people.of(g_giver), people.of(g_receiver)
-    g_last, g_live_a = last_positions(g_position, g_live, g_event), np.array(g_live, bool)
-    g_value_a, g_at_c, g_acked_a = np.array(g_value, np.int64), times.of(g_at), np.array(g_acked, bool)
+    g_last, g_live_a = last_positions(g_position, g_live, g_event), np.frombuffer(g_live, np.uint8).astype(bool)
+    g_value_a, g_at_c = np.array(g_value, np.int64), times.of(g_at)
+    g_acked_a = np.frombuffer(g_acked, np.uint8).astype(bool)
     g_row, g_scope = in_scopes(g_context)
     g_low, g_high = np.minimum(g_giver_c, g_receiver_c), np.maximum(g_giver_c, g_receiver_c)  # a give's pair
     g_a, g_b = g_low[g_row], g_high[g_row]
@@ -181,7 +210,7 @@ def aggregate(
     # Acknowledgements: the acknowledger in scope ""; one of a live fact also in that fact's scopes, with the
     # fact's giver or introducer, and a give's pair in scope "" (its decayed weight changed).
     k_last = last_positions(k_position, k_live, k_event)
-    give_rows = dict(zip(g_event, range(len(g_event)), strict=True))
+    give_rows = gives.row
     intro_rows = dict(zip(i_event, range(len(i_event)), strict=True))
     thanks: dict[str, list[int]] = {"ack": [], "scope": [], "party": [], "counted": []}
     thanked_gives: list[int] = []  # acknowledgement rows whose fact is a give
@@ -284,14 +313,7 @@ def aggregate(
         person.changed,
     ]
     pair_strings = [tenants.strings(p_tenant), scopes.strings(p_scope), people.strings(p_a), people.strings(p_b)]
-    # The decayed weights, summed in log order while replaying, go to the pairs of scope "" as they are.
-    d_tenant, d_a, d_b = columns(list(decayed), 3)
-    d_ab, d_ba = (np.array(weights, np.float64) for weights in columns(list(decayed.values()), 2))
-    d_scope = np.zeros(len(d_tenant), np.int64)  # ("" is the first scope)
-    d_codes = [tenants.of(d_tenant), d_scope, people.of(d_a), people.of(d_b)]
-    d_rows = _rows_of(pair.codes, d_codes, [*sizes, len(people)])
-    decayed_ab, decayed_ba = np.zeros(len(pair)), np.zeros(len(pair))
-    decayed_ab[d_rows], decayed_ba[d_rows] = d_ab, d_ba
+    decayed_ab, decayed_ba = _decayed(gives, g_at_c, times, g_giver_c < g_receiver_c, pair, decayed_changes)
     last_at[last_at < 0] = NONE
     pair_columns = {
         "ab_count": ab_count, "ab_micro": ab, "ba_count": ba_count, "ba_micro": ba,

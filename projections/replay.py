@@ -3,19 +3,24 @@
 Following the log page by page reads and rewrites the rows each page touches, with their indexes, again
 and again. A rebuild starts from empty views and owns them, so it can do less:
 
-1. **Replay the order-dependent parts, in log order.** Which facts are live, which gives are acknowledged
-   (a reversed give keeps the flag it had when it was reversed), and the time-decayed weights of each pair,
-   whose floating-point sums must add up in log order to be bit for bit what following gave.
+1. **Replay the order-dependent parts, in log order.** Which facts are live and which gives are acknowledged
+   (a reversed give keeps the flag it had when it was reversed). Gives, nine in ten facts, change nothing
+   themselves: they are kept as columns (`Gives`), and acknowledgements and reversals, in log order, change
+   their flags and note what they add to the time-decayed weight of the give's pair. On SQLite a thread reads
+   the gives from the store's JSON in the database's own code (`read_gives`) while Python reads the other
+   facts; those are applied once the gives are in.
 2. **Aggregate everything else from the final fact rows.** Counts, sums, oldest unacknowledged gives, pair
    spans, counterparts and amounts returned depend only on which facts are live and acknowledged in the
-   end, so each row is computed once, in memory.
+   end, so each row is computed once, in memory, column-wise (`projections/aggregate.py`, numpy). So are the
+   decayed weights: added one by one in log order, so the floating-point sums are bit for bit those of
+   following the log.
 3. **Write each row once, then build the indexes**, and record the view's position, in one transaction: a
-   rebuild that fails leaves the empty view it started from, never a half-built one. Participant and pair
-   rows come from `projections/aggregate.py` (numpy) already in key order; meanwhile a thread writes the
-   gives (on SQLite with one statement that reads them from the store's JSON, in the database's own code)
-   and builds the fact tables' indexes.
+   rebuild that fails leaves the empty view it started from, never a half-built one. One thread (`writer`)
+   does the database's work: the gives (on SQLite with one statement from what `read_gives` read), the
+   indexes, and on SQLite the participant and pair rows, copied from files where this thread bound them
+   meanwhile. Both cores of a small machine work: the database's code runs without Python's lock.
 
-It holds the log's fact rows and the views in memory while it runs (about 2.4 GB at 1.1 million facts;
+It holds the log's fact rows and the views in memory while it runs (about 2.3 GB at 1.1 million facts;
 `bench/views.py` reports it). The property test checks that it gives exactly the rows following gives.
 """
 
@@ -23,13 +28,17 @@ from __future__ import annotations
 
 import gc
 import re
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 from contracts.types import context_key
 from projections.aggregate import aggregate, in_rows
+from projections.influence_pairs import columns
 from projections.reciprocity import (
     CONTEXT_DIMENSIONS,
     DDL,
@@ -43,29 +52,73 @@ from projections.reciprocity import (
 )
 from projections.viewstore import ViewCursor, ViewStore
 from services.domain import FACT_TOPIC
-from services.store import Ledger
+from services.store import Ledger, StoredFact
 
 READ_PAGE_FACTS = 50_000
 INDEX_DDL = [statement for statement in DDL if statement.startswith("CREATE INDEX")]
 INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement in INDEX_DDL]  # type: ignore[union-attr]
 
 # Column positions in the fact rows below, which are lists in the view tables' column order.
-LIVE, ACKNOWLEDGED = 11, 12  # of a give
 INTRO_LIVE = 11
 ACK_LIVE = 6
+NOT_GIVES = tuple(kind for kind in FACT_TOPIC if kind != "give.recorded")
+
+
+class Gives:
+    """The gives, nine in ten facts, as view_gives columns in log order: apart from acknowledging or reversing,
+    which the facts that do it change here, a give's effect is aggregated column-wise (`aggregate.py`)."""
+
+    def __init__(self) -> None:
+        self.columns: list[Any] = [[] for _ in range(len(_columns("view_gives")) - 2)]
+        self.live, self.acknowledged = bytearray(), bytearray()  # each give's flags, 1 or 0
+        self.row: dict[str, int] = {}  # by event id (unique across tenants)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def add(self, values: tuple[Any, ...]) -> None:
+        """One give's columns up to its flags; it starts live and unacknowledged."""
+        self.row[values[1]] = len(self.row)
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+        self.live.append(1)
+        self.acknowledged.append(0)
+
+    def extend(self, columns_: list[list[Any]]) -> None:
+        """Every give at once, as columns (on SQLite, from `read_gives`), to a Gives that has none yet."""
+        self.columns = columns_
+        self.row = dict(zip(columns_[1], range(len(columns_[1])), strict=True))
+        self.live, self.acknowledged = bytearray(b"\x01") * len(self.row), bytearray(len(self.row))
+
+    def before(self, event_id: str, position: int) -> int | None:
+        """The row of the give with this event id if it was recorded before this position."""
+        row = self.row.get(event_id)
+        return row if row is not None and self.columns[2][row] < position else None
+
+    def weight(self, row: int) -> float:
+        return _weight(self.columns[7][row], self.columns[6][row])
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        return zip(*self.columns, self.live, self.acknowledged, strict=True)
+
+    def flags(self) -> list[tuple[str, int, int]]:
+        """(event id, live, acknowledged) of the gives no longer live or now acknowledged."""
+        flags = zip(self.columns[1], self.live, self.acknowledged, strict=True)
+        return [(event_id, live, acked) for event_id, live, acked in flags if not live or acked]
 
 
 class Replay:
     """The whole log's effect on the reciprocity views, built in memory and written once."""
 
     def __init__(self) -> None:
-        self.gives: dict[str, list[Any]] = {}  # by event id (unique across tenants)
-        self.introductions: dict[str, list[Any]] = {}
+        self.gives = Gives()
+        self.introductions: dict[str, list[Any]] = {}  # by event id (unique across tenants)
         self.acknowledgements: dict[str, list[Any]] = {}
         self.touching: set[str] = set()  # acknowledgements whose fact was live when they were recorded
         self.reversed_at: dict[str, int] = {}  # a reversed fact's event id: the reversal's position
-        self.decayed: dict[tuple[str, str, str], list[float]] = {}  # (tenant, a, b): [a→b, b→a]
-        self.tenants: dict[str, int] = {}
+        # What acknowledgements and reversals did to their give's pair's decayed weight: (position, give, weight).
+        self.decayed_changes: list[tuple[int, int, float]] = []
+        self.tenants: dict[str, int] = {}  # each tenant's last position
         self.position = 0
         self._micro: dict[str, int] = {}  # values as sent ("1", "2.5"), in micro-units
         self._context_keys: dict[str, str] = {}  # context values as sent, as compared (context_key)
@@ -75,19 +128,13 @@ class Replay:
     def apply(self, position: int, fact: dict[str, Any]) -> None:
         # Interned: one string object per tenant and person, however many rows name them.
         tenant, event_id, kind, data = sys.intern(fact["tenant"]), fact["event_id"], fact["type"], fact["data"]
-        self.tenants[tenant] = self.position = position
+        self._seen(tenant, position)
         name = sys.intern
         if kind == "give.recorded":
-            keys = self._context(data)
-            giver, receiver = name(data["giver"]), name(data["receiver"])
-            value = self._micro.get(data["value"])
-            if value is None:
-                value = self._micro[data["value"]] = to_micro(data["value"])
-            self.gives[event_id] = [
-                tenant, event_id, position, fact["external_id"], giver, receiver, value, fact["occurred_at"],
-                *keys, 1, 0,
-            ]  # fmt: skip
-            self._add_decayed(tenant, giver, receiver, _weight(fact["occurred_at"], value))
+            self.gives.add((
+                tenant, event_id, position, fact["external_id"], name(data["giver"]), name(data["receiver"]),
+                self._value_micro(data["value"]), fact["occurred_at"], *self._context(data),
+            ))  # fmt: skip
         elif kind == "introduction.made":
             keys = self._context(data)
             a, b = sorted(data["introduced"])
@@ -100,14 +147,38 @@ class Replay:
             self.acknowledgements[event_id] = [
                 tenant, event_id, position, ref, name(data["acknowledger"]), fact["occurred_at"], 1
             ]  # fmt: skip
-            give = self.gives.get(ref)
-            if give is not None and give[LIVE]:
+            give = self.gives.before(ref, position)
+            if give is not None and self.gives.live[give]:
                 self.touching.add(event_id)
-                self._acknowledge(give, +1)
+                self._acknowledge(give, position, +1)
             elif ref in self.introductions and self.introductions[ref][INTRO_LIVE]:
                 self.touching.add(event_id)
         else:
             self._reverse(_ref_event_id(fact), position)
+
+    def add_gives(self, rows: list[tuple[Any, ...]]) -> None:
+        """The gives read by `read_gives`, as `GIVES_LOADED` returns them, before any other fact is applied."""
+        gives = columns(rows, len(self.gives.columns))
+        # One string object per tenant. (Not per person: interning a million names cost more time, 1.5 s, than
+        # it saved; the rows live only while the views are written.)
+        gives[0] = list(map(sys.intern, gives[0]))
+        gives[6] = list(map(self._value_micro, gives[6]))
+        for column in range(8, 8 + len(CONTEXT_DIMENSIONS)):
+            gives[column] = [None if value is None else self._context_key(value) for value in gives[column]]
+        for tenant, position in dict(zip(gives[0], gives[2], strict=True)).items():  # in log order: the last
+            self._seen(tenant, position)
+        self.gives.extend(gives)
+
+    def _seen(self, tenant: str, position: int) -> None:
+        if position > self.tenants.get(tenant, 0):
+            self.tenants[tenant] = position
+        self.position = max(self.position, position)
+
+    def _value_micro(self, value: str) -> int:
+        micro = self._micro.get(value)
+        if micro is None:
+            micro = self._micro[value] = to_micro(value)
+        return micro
 
     def _context(self, data: dict[str, Any]) -> tuple[str | None, ...]:
         context = data.get("context") or {}
@@ -119,24 +190,18 @@ class Replay:
             key = self._context_keys[value] = sys.intern(context_key(value))
         return key
 
-    def _add_decayed(self, tenant: str, giver: str, receiver: str, weight: float) -> None:
-        """As `Page._count_pair` and `Page._acknowledge_give` add them: one addition per fact, in log order."""
-        if giver < receiver:
-            self.decayed.setdefault((tenant, giver, receiver), [0.0, 0.0])[0] += weight
-        else:
-            self.decayed.setdefault((tenant, receiver, giver), [0.0, 0.0])[1] += weight
-
-    def _acknowledge(self, give: list[Any], sign: int) -> None:
-        give[ACKNOWLEDGED] = 1 if sign > 0 else 0
-        self._add_decayed(give[0], give[4], give[5], sign * _weight(give[7], give[6]))
+    def _acknowledge(self, give: int, position: int, sign: int) -> None:
+        """As `Page._acknowledge_give` does: the flag, and the weight once more (or once less) for the pair."""
+        self.gives.acknowledged[give] = 1 if sign > 0 else 0
+        self.decayed_changes.append((position, give, sign * self.gives.weight(give)))
 
     def _reverse(self, ref: str, position: int) -> None:
-        if (give := self.gives.get(ref)) is not None:
-            if give[LIVE]:
+        if (give := self.gives.before(ref, position)) is not None:
+            if self.gives.live[give]:
                 self.reversed_at[ref] = position
-                give[LIVE] = 0
-                weight = -_weight(give[7], give[6]) * (2 if give[ACKNOWLEDGED] else 1)
-                self._add_decayed(give[0], give[4], give[5], weight)
+                self.gives.live[give] = 0
+                weight = -self.gives.weight(give) * (2 if self.gives.acknowledged[give] else 1)
+                self.decayed_changes.append((position, give, weight))
         elif (introduction := self.introductions.get(ref)) is not None:
             if introduction[INTRO_LIVE]:
                 self.reversed_at[ref] = position
@@ -144,31 +209,38 @@ class Replay:
         elif (ack := self.acknowledgements.get(ref)) is not None and ack[ACK_LIVE]:
             self.reversed_at[ref] = position
             ack[ACK_LIVE] = 0
-            give = self.gives.get(ack[3])
-            if give is not None and give[LIVE]:
-                self._acknowledge(give, -1)
+            give = self.gives.before(ack[3], position)
+            if give is not None and self.gives.live[give]:
+                self._acknowledge(give, position, -1)
 
     # 3. written once
 
-    def write(self, cursor: ViewCursor, store: ViewStore, gives_read: bool = False) -> None:
+    def write(
+        self, cursor: ViewCursor, store: ViewStore, gives_read: bool = False, staging: dict[str, Path] | None = None
+    ) -> None:
         """Writes every row, then the indexes. The database builds an index in its own code, without Python's
-        interpreter lock, so a thread builds the fact tables' indexes while this one aggregates: the two cores
-        of a small machine both work. The aggregation does not touch the connection meanwhile.
+        interpreter lock, so a thread (`writer`, the only one that uses the connection from then on) builds
+        the fact tables' indexes while this one aggregates: the two cores of a small machine both work.
 
         On SQLite (`gives_read`: `read_gives` read them from the store's JSON while the log was replayed) that
         thread first writes the gives, nine in ten fact rows, with one statement: also in the database's own
-        code, where binding them from Python took 6 s before the aggregation at a million facts.
+        code, where binding them from Python took 6 s before the aggregation at a million facts. And with
+        `staging` (`staging_files`), this thread binds the participant and pair rows into files of their own
+        while `writer` copies the rows staged before into the views, in SQLite's code, and indexes them.
         """
         for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
             cursor.execute(f"DROP INDEX IF EXISTS {name}")
         fact_tables = ("view_gives", "view_introductions", "view_acknowledgements")
-        from_python = {"view_introductions": self.introductions, "view_acknowledgements": self.acknowledgements}
+        from_python: dict[str, Iterable[Sequence[Any]]] = {
+            "view_introductions": self.introductions.values(),
+            "view_acknowledgements": self.acknowledgements.values(),
+        }
         if not gives_read:
-            from_python["view_gives"] = self.gives
+            from_python["view_gives"] = self.gives.rows()
         else:
             self._stage_gives(cursor)
         for table, rows in from_python.items():
-            cursor.insert(table, _columns(table), rows.values())
+            cursor.insert(table, _columns(table), rows)
 
         def facts_then_indexes() -> None:
             if gives_read:
@@ -178,35 +250,96 @@ class Replay:
                     raise RuntimeError(f"{written} gives written from the store's JSON, {len(self.gives)} replayed")
             _create_indexes(cursor, fact_tables)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-facts") as indexer:
-            indexed = indexer.submit(facts_then_indexes)
+        def rows_then_indexes(table: str, names: list[str], rows: Iterator[tuple[Any, ...]] | None) -> None:
+            if rows is not None:
+                cursor.insert(table, names, rows)
+            else:  # staged
+                cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {table}_staged.rows")
+                written = cursor.execute("SELECT changes()")[0][0]
+                if written != staged_rows[table]:
+                    raise RuntimeError(f"{written} rows of {table} copied from staging, {staged_rows[table]} staged")
+            _create_indexes(cursor, (table,))
+
+        staged_rows: dict[str, int] = {}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-writer") as writer:
+            written = [writer.submit(facts_then_indexes)]
             participants, pairs = aggregate(
-                self.gives, self.introductions, self.acknowledgements, self.touching, self.reversed_at, self.decayed
+                self.gives,
+                self.introductions,
+                self.acknowledgements,
+                self.touching,
+                self.reversed_at,
+                self.decayed_changes,
             )
-            indexed.result()
-        columns = [*_columns("view_participants"), "balance_micro", "changed_position"]
-        cursor.insert("view_participants", columns, in_rows(participants))  # in key order
-        del participants
-        _create_indexes(cursor, ("view_participants",))
-        pair_columns = [*_columns("view_pairs"), "strength_micro", "changed_position"]
-        cursor.insert("view_pairs", pair_columns, in_rows(pairs))
-        del pairs
-        _create_indexes(cursor, ("view_pairs",))
+            tables = {"view_participants": participants, "view_pairs": pairs}
+            del participants, pairs
+            for table in list(tables):
+                rows = tables.pop(table)  # its rows are freed once written
+                if staging is None:
+                    written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], in_rows(rows)))
+                    written[-1].result()  # one table's Python rows at a time
+                else:
+                    staged_rows[table] = _stage(staging[f"{table}_staged"], in_rows(rows))
+                    written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], None))
+                del rows
+            for done in written:
+                done.result()
         cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
         store.record_position(cursor, VIEW, self.position)
 
     def _stage_gives(self, cursor: ViewCursor) -> None:
         """What the gives' rows hold that the store's JSON does not, for GIVES_FROM_READ: values in micro-units,
         context keys, and the gives no longer live or now acknowledged (every other is live, unacknowledged)."""
-        flags = [(g[1], g[LIVE], g[ACKNOWLEDGED]) for g in self.gives.values() if not g[LIVE] or g[ACKNOWLEDGED]]
+        flags = self.gives.flags()
         staged = {
             "replay_values": (("value", "micro"), self._micro.items()),
             "replay_context_keys": (("value", "key"), self._context_keys.items()),
             "replay_flags": (("event_id", "live", "acknowledged"), flags),
         }
-        for table, (columns, rows) in staged.items():
-            cursor.execute(f"CREATE TEMP TABLE {table} ({columns[0]} PRIMARY KEY, {', '.join(columns[1:])})")
-            cursor.insert(f"temp.{table}", columns, list(rows))
+        for table, (names, rows) in staged.items():
+            cursor.execute(f"CREATE TEMP TABLE {table} ({names[0]} PRIMARY KEY, {', '.join(names[1:])})")
+            cursor.insert(f"temp.{table}", names, list(rows))
+
+
+# The columns of the rows `aggregate` gives, per table.
+AGGREGATED = {
+    "view_participants": [*_columns("view_participants"), "balance_micro", "changed_position"],
+    "view_pairs": [*_columns("view_pairs"), "strength_micro", "changed_position"],
+}
+
+
+@contextmanager
+def staging_files(store: ViewStore) -> Iterator[dict[str, Path]]:
+    """Scratch SQLite files beside the views file, one per aggregated table, each with an empty table `rows`,
+    for `Replay.write` to stage rows in from a connection of its own; removed afterwards. They exist before the
+    rebuild's transaction attaches them: a table made after would not be in that connection's schema."""
+    files = {f"{table}_staged": Path(f"{store.path}.{table}.staged") for table in AGGREGATED}
+    try:
+        for table, names in AGGREGATED.items():
+            path = files[f"{table}_staged"]
+            path.unlink(missing_ok=True)  # left by a rebuild that was killed
+            with closing(sqlite3.connect(path)) as connection:
+                connection.execute(f"CREATE TABLE rows ({', '.join(names)})")
+        yield files
+    finally:
+        for path in files.values():
+            path.unlink(missing_ok=True)
+
+
+def _stage(path: Path, rows: Iterator[tuple[Any, ...]]) -> int:
+    """Binds rows into a staging file's table with a connection of its own (no journal: the file is scratch);
+    returns how many."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=OFF")
+        connection.execute("PRAGMA synchronous=OFF")
+        width = len(connection.execute("SELECT * FROM rows LIMIT 0").description)
+        connection.execute("BEGIN")
+        count = connection.executemany(f"INSERT INTO rows VALUES ({', '.join('?' * width)})", rows).rowcount
+        connection.execute("COMMIT")
+        return count
+    finally:
+        connection.close()
 
 
 # The gives as the store's JSON holds them, read by `read_gives` while Python replays the log.
@@ -229,10 +362,17 @@ GIVES_FROM_READ = (
 )
 
 
+# What `Replay.add_gives` takes of them, in view_gives' column order up to the flags.
+GIVES_LOADED = (
+    "SELECT tenant, event_id, position, external_id, giver, receiver, value, occurred_at, "
+    f"{', '.join(CONTEXT_DIMENSIONS)} FROM temp.replay_gives ORDER BY position"
+)
+
+
 def read_gives(cursor: ViewCursor, stored_events: str, last_position: int) -> None:
     """Reads the gives up to a position from the store's table (in a file attached to the transaction) into
     temp.replay_gives, in SQLite's own code: it takes the other core while Python replays the log."""
-    cursor.execute(f"CREATE TEMP TABLE replay_gives (position, {', '.join(GIVES_READ)})")
+    cursor.execute(f"CREATE TEMP TABLE replay_gives (position INTEGER PRIMARY KEY, {', '.join(GIVES_READ)})")
     extracted = ", ".join(f"json_extract(state, '$.fact.{path}')" for path in GIVES_READ.values())
     cursor.execute(
         f"INSERT INTO temp.replay_gives SELECT rowid, {extracted} FROM (SELECT rowid, CAST(state AS TEXT) AS state "
@@ -253,6 +393,20 @@ def _weight(occurred_at: str, value_micro: int) -> float:
     return decay_exponent(occurred_at) * value_micro / MICRO
 
 
+def _read_log(
+    ledger: Ledger, head: int, kinds: tuple[str, ...] | None, on_progress: Callable[[int], None]
+) -> Iterator[StoredFact]:
+    """The log's facts (of these kinds) up to a position, page by page."""
+    after = 0
+    while after < head and (page := ledger.read_log(after, READ_PAGE_FACTS, kinds)):
+        for stored in page:
+            if stored.position > head:
+                return
+            yield stored
+        after = page[-1].position
+        on_progress(after)
+
+
 def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] = lambda position: None) -> int:
     """Builds the reciprocity views of an empty view store from the log up to its head when called; returns the
     facts applied. The caller holds the projector lock and has emptied the views (`ViewStore.reset`)."""
@@ -261,28 +415,29 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
     head = ledger.head_position()
     store_file = None if store.postgres else ledger.sqlite_file
     replayed = Replay()
-    applied = 0
     collecting = gc.isenabled()
     gc.disable()  # millions of rows that live until the end: a collector pass over them finds nothing
     try:
         with (
-            store.bulk_transaction({"ledger": store_file} if store_file else None) as cursor,
+            staging_files(store) if store_file else nullcontext(None) as staging,
+            store.bulk_transaction({"ledger": store_file, **staging} if store_file else None) as cursor,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read") as reader,
         ):
-            if store_file:
+            if store_file:  # the gives come from read_gives; the other facts are read from the log meanwhile
                 stored_events = f"ledger.{ledger.recorder.events_table_name}"
                 gives_read = reader.submit(read_gives, cursor, stored_events, head)
-            while replayed.position < head and (page := ledger.read_log(replayed.position, READ_PAGE_FACTS)):
-                for stored in page:
-                    if stored.position > head:
-                        break
-                    replayed.apply(stored.position, stored.fact)
-                    applied += 1
-                on_progress(replayed.position)
-            if store_file:
+                others = list(_read_log(ledger, head, NOT_GIVES, on_progress))
                 gives_read.result()
+                replayed.add_gives(cursor.execute(GIVES_LOADED))
+                facts: Iterable[StoredFact] = others
+            else:
+                facts = _read_log(ledger, head, None, on_progress)
+            applied = len(replayed.gives)
+            for stored in facts:
+                replayed.apply(stored.position, stored.fact)
+                applied += 1
             if applied:
-                replayed.write(cursor, store, gives_read=bool(store_file))
+                replayed.write(cursor, store, gives_read=bool(store_file), staging=staging)
         if applied:
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
             # after, took minutes instead of a second on 100k pairs until the statistics were fresh.

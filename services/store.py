@@ -33,7 +33,7 @@ from eventsourcing.sqlite import (
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
-from services.domain import FACT_TOPICS
+from services.domain import FACT_TOPIC, FACT_TOPICS
 
 LEDGER_FILE = "ledger.sqlite3"
 SQLITE_LOCK_TIMEOUT_S = 10
@@ -148,19 +148,16 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
 
-    def select_log(self, after: int, limit: int) -> list[StoredFact]:
+    def select_log(self, after: int, limit: int, topics: Sequence[str] = FACT_TOPICS) -> list[StoredFact]:
         """The library's `select_notifications(topics=FACT_TOPICS)`, without its notification objects, whose
         UUIDs and dataclasses cost a third of reading the log."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(self.select_log_statement, (after, *FACT_TOPICS, limit))
-            return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
-
-    @property
-    def select_log_statement(self) -> str:
-        return (
+        statement = (
             f"SELECT rowid, state FROM {self.events_table_name} WHERE rowid > ? "
-            f"AND topic IN ({', '.join('?' * len(FACT_TOPICS))}) ORDER BY rowid LIMIT ?"
+            f"AND topic IN ({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?"
         )
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, (after, *topics, limit))
+            return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
 
     def max_fact_position(self) -> int:
         with self.datastore.transaction(commit=False) as c:
@@ -239,10 +236,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.select_tenant_facts_statement, (tenant, after, limit), prepare=True)
             return [StoredFact(row["notification_id"], fact_from_state(row["state"])) for row in curs.fetchall()]
 
-    def select_log(self, after: int, limit: int) -> list[StoredFact]:
-        notifications = self.select_notifications(
-            start=after, limit=limit, topics=FACT_TOPICS, inclusive_of_start=False
-        )
+    def select_log(self, after: int, limit: int, topics: Sequence[str] = FACT_TOPICS) -> list[StoredFact]:
+        notifications = self.select_notifications(start=after, limit=limit, topics=topics, inclusive_of_start=False)
         return [StoredFact(n.id, fact_from_state(n.state)) for n in notifications]
 
     def max_fact_position(self) -> int:
@@ -277,9 +272,11 @@ class Ledger(Application[UUID]):
         """One tenant's facts after a position, in the store's global order."""
         return self.recorder.select_tenant_facts(tenant, after, limit)
 
-    def read_log(self, after: int, limit: int) -> list[StoredFact]:
-        """Every tenant's facts after a position: what projections and the relay follow."""
-        return self.recorder.select_log(after, limit)
+    def read_log(self, after: int, limit: int, kinds: Iterable[str] | None = None) -> list[StoredFact]:
+        """Every tenant's facts after a position (of these kinds only, if given): what projections and the relay
+        follow."""
+        topics = FACT_TOPICS if kinds is None else tuple(FACT_TOPIC[kind] for kind in kinds)
+        return self.recorder.select_log(after, limit, topics)
 
     def head_position(self) -> int:
         """The position of the newest fact (0 when there is none)."""

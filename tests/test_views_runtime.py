@@ -399,6 +399,49 @@ def test_a_replay_writes_through_a_rollback_journal_only_when_it_has_the_views_f
         ledger.close()
 
 
+def test_a_replay_stages_rows_in_scratch_files_and_leaves_none_behind(sqlite_settings, monkeypatch):
+    """On SQLite a rebuild binds the participant and pair rows into scratch files beside the views file, from
+    which its writer thread copies them. Files that a killed rebuild left are replaced; none are left after a
+    rebuild, done or failed; and a copy that does not hold every staged row fails the rebuild, which then
+    leaves the view empty rather than short."""
+    from projections import replay as replay_module
+
+    ledger = open_ledger(None, sqlite_settings.data_dir)
+    views = open_view_store(None, sqlite_settings.data_dir)
+    staged = [views.path.with_name(f"{views.path.name}.{table}.staged") for table in replay_module.AGGREGATED]
+
+    def rows() -> dict[str, list[tuple]]:  # without changed_position, which depends on how the log was paged
+        tables = ("view_gives", "view_participants", "view_pairs")
+        return {t: sorted(views.read(f"SELECT {', '.join(reciprocity._columns(t))} FROM {t}")) for t in tables}
+
+    try:
+        facts = [received(f) for f in community(150)]
+        FactWriter(ledger).commit(facts)
+        Follower(ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(reciprocity.VIEW)).catch_up()
+        followed = rows()
+        for path in staged:  # as a killed rebuild leaves them: another table, rows in it
+            with sqlite3.connect(path) as leftover:
+                leftover.execute("CREATE TABLE rows (x)")
+                leftover.execute("INSERT INTO rows VALUES (1)")
+
+        views.reset(reciprocity.VIEW, reciprocity.TABLES)
+        assert replay_module.replay(ledger, views) == len(facts)
+        assert rows() == followed and len(followed["view_pairs"]) > 10
+        assert not [path for path in staged if path.exists()]
+
+        real_stage = replay_module._stage
+        monkeypatch.setattr(replay_module, "_stage", lambda path, rows: real_stage(path, rows) + 1)
+        views.reset(reciprocity.VIEW, reciprocity.TABLES)
+        with pytest.raises(RuntimeError, match="rows of view_participants copied from staging"):
+            replay_module.replay(ledger, views)
+        assert views.position(reciprocity.VIEW) == 0
+        assert views.read("SELECT COUNT(*) FROM view_participants") == [(0,)]
+        assert not [path for path in staged if path.exists()]
+    finally:
+        views.close()
+        ledger.close()
+
+
 def test_a_reciprocity_page_commits_while_influence_holds_its_write_lock(sqlite_settings):
     """On SQLite the influence view has a file of its own: its once-a-second rewrite, which takes a write
     lock for as long as it writes, must not hold up the pages (and the KV updates that follow them)."""
