@@ -394,7 +394,6 @@ class ViewStore:
             rollback_journal = leave_wal(connection)
             connection.execute(f"PRAGMA cache_size=-{VIEWS_CACHE_KIB}")
             connection.execute("PRAGMA temp_store=MEMORY")
-            connection.execute("PRAGMA threads=2")
             for schema, path in (attach or {}).items():
                 connection.execute(f"ATTACH DATABASE ? AS {schema}", (str(path),))
             # Deferred: IMMEDIATE would take the write lock of every attached file too (the fact store's,
