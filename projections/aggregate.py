@@ -129,7 +129,8 @@ class Codes:
 
 
 def _decayed(
-    gives: Gives,
+    values: np.ndarray,
+    positions: list[int],
     at_codes: np.ndarray,
     times: Codes,
     from_a: np.ndarray,
@@ -140,11 +141,10 @@ def _decayed(
     acknowledgements and reversals changed at theirs (`replay.Replay`), added in log order one by one, so the
     floating-point sums are bit for bit those of following the log (`Page._count_pair`)."""
     decays = np.array([decay_exponent(at) for at in times.values], np.float64)[at_codes]
-    weights = decays * np.array(gives.columns[6], np.float64) / MICRO  # as `replay._weight` computes them
-    give_pair = pair.rows("give")[: len(gives)]  # each give's pair in scope "" (`in_scopes` lists those first)
+    weights = decays * values.astype(np.float64) / MICRO  # as `replay._weight` computes them
+    give_pair = pair.rows("give")[: len(values)]  # each give's pair in scope "" (`in_scopes` lists those first)
     changed = np.array(changes, dtype=[("position", np.int64), ("give", np.int64), ("weight", np.float64)])
-    positions = np.concatenate((np.array(gives.columns[2], np.int64), changed["position"]))
-    order = np.argsort(positions, kind="stable")
+    order = np.argsort(np.concatenate((np.array(positions, np.int64), changed["position"])), kind="stable")
     rows = np.concatenate((give_pair, give_pair[changed["give"]]))[order]
     forward = np.concatenate((from_a, from_a[changed["give"]]))[order]
     added = np.concatenate((weights, changed["weight"]))[order]
@@ -313,7 +313,8 @@ def aggregate(
         person.changed,
     ]
     pair_strings = [tenants.strings(p_tenant), scopes.strings(p_scope), people.strings(p_a), people.strings(p_b)]
-    decayed_ab, decayed_ba = _decayed(gives, g_at_c, times, g_giver_c < g_receiver_c, pair, decayed_changes)
+    from_a = g_giver_c < g_receiver_c
+    decayed_ab, decayed_ba = _decayed(g_value_a, g_position, g_at_c, times, from_a, pair, decayed_changes)
     last_at[last_at < 0] = NONE
     pair_columns = {
         "ab_count": ab_count, "ab_micro": ab, "ba_count": ba_count, "ba_micro": ba,

@@ -59,6 +59,7 @@ INDEX_DDL = [statement for statement in DDL if statement.startswith("CREATE INDE
 INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement in INDEX_DDL]  # type: ignore[union-attr]
 
 # Column positions in the fact rows below, which are lists in the view tables' column order.
+TENANT, EVENT_ID, POSITION, VALUE_MICRO, OCCURRED_AT = 0, 1, 2, 6, 7  # of a give (`Gives.columns`)
 INTRO_LIVE = 11
 ACK_LIVE = 6
 NOT_GIVES = tuple(kind for kind in FACT_TOPIC if kind != "give.recorded")
@@ -78,7 +79,7 @@ class Gives:
 
     def add(self, values: tuple[Any, ...]) -> None:
         """One give's columns up to its flags; it starts live and unacknowledged."""
-        self.row[values[1]] = len(self.row)
+        self.row[values[EVENT_ID]] = len(self.row)
         for column, value in zip(self.columns, values, strict=True):
             column.append(value)
         self.live.append(1)
@@ -86,24 +87,26 @@ class Gives:
 
     def extend(self, columns_: list[list[Any]]) -> None:
         """Every give at once, as columns (on SQLite, from `read_gives`), to a Gives that has none yet."""
+        if self.row:
+            raise RuntimeError("Gives.extend takes every give at once")
         self.columns = columns_
-        self.row = dict(zip(columns_[1], range(len(columns_[1])), strict=True))
+        self.row = dict(zip(columns_[EVENT_ID], range(len(columns_[EVENT_ID])), strict=True))
         self.live, self.acknowledged = bytearray(b"\x01") * len(self.row), bytearray(len(self.row))
 
     def before(self, event_id: str, position: int) -> int | None:
         """The row of the give with this event id if it was recorded before this position."""
         row = self.row.get(event_id)
-        return row if row is not None and self.columns[2][row] < position else None
+        return row if row is not None and self.columns[POSITION][row] < position else None
 
     def weight(self, row: int) -> float:
-        return _weight(self.columns[7][row], self.columns[6][row])
+        return _weight(self.columns[OCCURRED_AT][row], self.columns[VALUE_MICRO][row])
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
         return zip(*self.columns, self.live, self.acknowledged, strict=True)
 
     def flags(self) -> list[tuple[str, int, int]]:
         """(event id, live, acknowledged) of the gives no longer live or now acknowledged."""
-        flags = zip(self.columns[1], self.live, self.acknowledged, strict=True)
+        flags = zip(self.columns[EVENT_ID], self.live, self.acknowledged, strict=True)
         return [(event_id, live, acked) for event_id, live, acked in flags if not live or acked]
 
 
@@ -161,11 +164,12 @@ class Replay:
         gives = columns(rows, len(self.gives.columns))
         # One string object per tenant. (Not per person: interning a million names cost more time, 1.5 s, than
         # it saved; the rows live only while the views are written.)
-        gives[0] = list(map(sys.intern, gives[0]))
-        gives[6] = list(map(self._value_micro, gives[6]))
-        for column in range(8, 8 + len(CONTEXT_DIMENSIONS)):
+        gives[TENANT] = list(map(sys.intern, gives[TENANT]))
+        gives[VALUE_MICRO] = list(map(self._value_micro, gives[VALUE_MICRO]))
+        for column in range(OCCURRED_AT + 1, OCCURRED_AT + 1 + len(CONTEXT_DIMENSIONS)):
             gives[column] = [None if value is None else self._context_key(value) for value in gives[column]]
-        for tenant, position in dict(zip(gives[0], gives[2], strict=True)).items():  # in log order: the last
+        last_positions = dict(zip(gives[TENANT], gives[POSITION], strict=True))  # in log order: the last wins
+        for tenant, position in last_positions.items():
             self._seen(tenant, position)
         self.gives.extend(gives)
 
