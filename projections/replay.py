@@ -260,11 +260,11 @@ class Replay:
             else:  # staged
                 cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {table}_staged.rows")
                 written = cursor.execute("SELECT changes()")[0][0]
-                if written != staged_rows[table]:
-                    raise RuntimeError(f"{written} rows of {table} copied from staging, {staged_rows[table]} staged")
+                if written != aggregated[table]:
+                    raise RuntimeError(f"{written} rows of {table} copied from staging, {aggregated[table]} aggregated")
             _create_indexes(cursor, (table,))
 
-        staged_rows: dict[str, int] = {}
+        aggregated: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-writer") as writer:
             written = [writer.submit(facts_then_indexes)]
             participants, pairs = aggregate(
@@ -279,11 +279,14 @@ class Replay:
             del participants, pairs
             for table in list(tables):
                 rows = tables.pop(table)  # its rows are freed once written
+                aggregated[table] = len(rows[0])
                 if staging is None:
                     written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], in_rows(rows)))
                     written[-1].result()  # one table's Python rows at a time
                 else:
-                    staged_rows[table] = _stage(staging[f"{table}_staged"], in_rows(rows))
+                    staged = _stage(staging[f"{table}_staged"], in_rows(rows))
+                    if staged != aggregated[table]:
+                        raise RuntimeError(f"{staged} rows of {table} staged, {aggregated[table]} aggregated")
                     written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], None))
                 del rows
             for done in written:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing
 import signal
@@ -402,7 +403,7 @@ def test_a_replay_writes_through_a_rollback_journal_only_when_it_has_the_views_f
 def test_a_replay_stages_rows_in_scratch_files_and_leaves_none_behind(sqlite_settings, monkeypatch):
     """On SQLite a rebuild binds the participant and pair rows into scratch files beside the views file, from
     which its writer thread copies them. Files that a killed rebuild left are replaced; none are left after a
-    rebuild, done or failed; and a copy that does not hold every staged row fails the rebuild, which then
+    rebuild, done or failed; and a staging or a copy short of any aggregated row fails the rebuild, which then
     leaves the view empty rather than short."""
     from projections import replay as replay_module
 
@@ -430,13 +431,18 @@ def test_a_replay_stages_rows_in_scratch_files_and_leaves_none_behind(sqlite_set
         assert not [path for path in staged if path.exists()]
 
         real_stage = replay_module._stage
-        monkeypatch.setattr(replay_module, "_stage", lambda path, rows: real_stage(path, rows) + 1)
-        views.reset(reciprocity.VIEW, reciprocity.TABLES)
-        with pytest.raises(RuntimeError, match="rows of view_participants copied from staging"):
-            replay_module.replay(ledger, views)
-        assert views.position(reciprocity.VIEW) == 0
-        assert views.read("SELECT COUNT(*) FROM view_participants") == [(0,)]
-        assert not [path for path in staged if path.exists()]
+        for lost, message in ((False, "rows of view_participants staged, "), (True, "copied from staging")):
+            # A staging that says it wrote one row more than it did; one that lost a row and does not say so.
+            def stage(path, rows, lost=lost):
+                return real_stage(path, itertools.islice(rows, 1, None) if lost else rows) + 1
+
+            monkeypatch.setattr(replay_module, "_stage", stage)
+            views.reset(reciprocity.VIEW, reciprocity.TABLES)
+            with pytest.raises(RuntimeError, match=message):
+                replay_module.replay(ledger, views)
+            assert views.position(reciprocity.VIEW) == 0
+            assert views.read("SELECT COUNT(*) FROM view_participants") == [(0,)]
+            assert not [path for path in staged if path.exists()]
     finally:
         views.close()
         ledger.close()
