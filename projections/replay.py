@@ -219,19 +219,18 @@ class Replay:
 
     # 3. written once
 
-    def write(
-        self, cursor: ViewCursor, store: ViewStore, gives_read: bool = False, staging: dict[str, Path] | None = None
-    ) -> None:
+    def write(self, cursor: ViewCursor, store: ViewStore, staging: dict[str, Path] | None = None) -> None:
         """Writes every row, then the indexes. The database builds an index in its own code, without Python's
         interpreter lock, so a thread (`writer`, the only one that uses the connection from then on) builds
         the fact tables' indexes while this one aggregates: the two cores of a small machine both work.
 
-        On SQLite (`gives_read`: `read_gives` read them from the store's JSON while the log was replayed) that
-        thread first writes the gives, nine in ten fact rows, with one statement: also in the database's own
-        code, where binding them from Python took 6 s before the aggregation at a million facts. And with
-        `staging` (`staging_files`), this thread binds the participant and pair rows into files of their own
-        while `writer` copies the rows staged before into the views, in SQLite's code, and indexes them.
+        On SQLite (`staging`, from `staging_files`; `read_gives` read the gives from the store's JSON while the
+        log was replayed) that thread first writes the gives, nine in ten fact rows, with one statement: also
+        in the database's own code, where binding them from Python took 6 s before the aggregation at a
+        million facts. Then this thread binds the participant and pair rows into the staging files while
+        `writer` copies the rows staged before into the views, in SQLite's code, and indexes them.
         """
+        gives_read = staging is not None
         for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
             cursor.execute(f"DROP INDEX IF EXISTS {name}")
         fact_tables = ("view_gives", "view_introductions", "view_acknowledgements")
@@ -336,8 +335,7 @@ def staging_files(store: ViewStore) -> Iterator[dict[str, Path]]:
 def _stage(path: Path, rows: Iterator[tuple[Any, ...]]) -> int:
     """Binds rows into a staging file's table with a connection of its own (no journal: the file is scratch);
     returns how many."""
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:
+    with closing(sqlite3.connect(path, isolation_level=None)) as connection:
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
         width = len(connection.execute("SELECT * FROM rows LIMIT 0").description)
@@ -345,8 +343,6 @@ def _stage(path: Path, rows: Iterator[tuple[Any, ...]]) -> int:
         count = connection.executemany(f"INSERT INTO rows VALUES ({', '.join('?' * width)})", rows).rowcount
         connection.execute("COMMIT")
         return count
-    finally:
-        connection.close()
 
 
 # The gives as the store's JSON holds them, read by `read_gives` while Python replays the log.
@@ -444,7 +440,7 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
                 replayed.apply(stored.position, stored.fact)
                 applied += 1
             if applied:
-                replayed.write(cursor, store, gives_read=bool(store_file), staging=staging)
+                replayed.write(cursor, store, staging=staging)
         if applied:
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
             # after, took minutes instead of a second on 100k pairs until the statistics were fresh.
