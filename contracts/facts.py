@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from contracts import json_body
 from contracts.types import (
     ContextText,
     ExternalId,
@@ -107,6 +108,12 @@ Webhook = Annotated[
     Field(discriminator="type"),
 ]
 webhook_adapter: TypeAdapter[Webhook] = TypeAdapter(Webhook)
+
+
+def read_webhook(body: bytes) -> Webhook:
+    """A webhook body as the edge reads it: exact JSON (json_body.JsonBodyError), then the contract
+    (pydantic's ValidationError). Validate Python objects, never JSON text: JSON mode rounds decimals."""
+    return webhook_adapter.validate_python(json_body.parse(body))
 
 
 class Batch(Strict):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts.types import CONTEXT_CHARS_MAX, ParticipantId
+from contracts.types import CONTEXT_CHARS_MAX, Moment, ParticipantId
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1_000
@@ -52,7 +52,7 @@ class BalancesQuery(PageQuery):
 
 class MaintenanceQuery(Query):
     participant: ParticipantId
-    as_of: AwareDatetime | None = None
+    as_of: Moment | None = None
 
 
 class LogQuery(BaseModel):

@@ -1,11 +1,21 @@
 """Constrained scalar types shared by every contract: the words of DESIGN section 1."""
 
+import re
 import unicodedata
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import PydanticCustomError
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -20,7 +30,27 @@ CONTEXT_CHARS_MAX = 100
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 ParticipantId = Annotated[str, StringConstraints(pattern=PARTICIPANT_PATTERN)]
 ExternalId = Annotated[str, StringConstraints(pattern=EXTERNAL_ID_PATTERN)]
-Note = Annotated[str, StringConstraints(max_length=NOTE_CHARS_MAX)]
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)  # no fact of this ledger is older; bounds date arithmetic
+# Line breaks and tabs are text in a note; every other control character (NUL above all: PostgreSQL's text
+# cannot hold it) and lone surrogates (not encodable) are refused in every text field.
+_NOTE_WHITESPACE = frozenset("\t\n\r")
+
+
+def _refuse_control(text: str, allowed: frozenset[str] = frozenset()) -> str:
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs") and char not in allowed:
+            raise PydanticCustomError(
+                "control_character", "must not hold control characters (found {char})", {"char": f"U+{ord(char):04X}"}
+            )
+    return text
+
+
+def _note_text(text: str) -> str:
+    return _refuse_control(text, _NOTE_WHITESPACE)
+
+
+Note = Annotated[str, StringConstraints(max_length=NOTE_CHARS_MAX), AfterValidator(_note_text)]
 
 
 def decimal_text(value: Decimal) -> str:
@@ -33,9 +63,27 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def _exact_decimal(value: object) -> object:
+    """Whole numbers and decimal strings become exact Decimals (the edge parses JSON fractions as Decimal);
+    anything else goes on to the Decimal check, which refuses it by name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, str):
+        if not _DECIMAL_TEXT.fullmatch(value):
+            raise PydanticCustomError("decimal_parsing", "Input should be a valid decimal")
+        return Decimal(value)
+    if not isinstance(value, Decimal):  # a bool, or a float, which lost digits before it got here
+        raise PydanticCustomError("decimal_type", "Input should be a decimal: a JSON number or a string")
+    return value
+
+
 Value = Annotated[
     Decimal,
     Field(gt=0, le=VALUE_MAX, decimal_places=VALUE_DECIMAL_PLACES_MAX, description="A decimal > 0."),
+    BeforeValidator(_exact_decimal),
     PlainSerializer(decimal_text, return_type=str, when_used="json"),
 ]
 
@@ -46,7 +94,7 @@ def _nfc(text: str) -> str:
 
 def _context_text(text: str) -> str:
     # Trim and normalise before the length check, so " x " and "x" are the same context value.
-    text = _nfc(text)
+    text = _nfc(_refuse_control(text))
     if not 1 <= len(text) <= CONTEXT_CHARS_MAX:
         raise PydanticCustomError(
             "context_length", "must be 1 to {max} characters after trimming", {"max": CONTEXT_CHARS_MAX}
@@ -56,7 +104,49 @@ def _context_text(text: str) -> str:
 
 ContextText = Annotated[str, AfterValidator(_context_text)]
 
-Timestamp = Annotated[AwareDatetime, PlainSerializer(utc_text, return_type=str, when_used="json")]
+_LAX_DATETIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def _datetime_text(value: object) -> object:
+    """ISO 8601 text becomes a datetime (JSON has no datetime type); a datetime passes as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return _LAX_DATETIME.validate_python(value)
+    except ValidationError as invalid:
+        first = invalid.errors(include_url=False)[0]
+        raise PydanticCustomError(first["type"], first["msg"]) from None
+
+
+def _in_range(moment: datetime) -> datetime:
+    """From 1900 on, and convertible to UTC: year 9999 at -14:00 is year 10000 in UTC, past datetime's end."""
+    try:
+        in_utc = moment.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or in_utc < EARLIEST:
+        raise PydanticCustomError("datetime_range", "must be between 1900-01-01T00:00:00Z and 9999-12-31T23:59:59Z")
+    return moment
+
+
+FUTURE_MAX = timedelta(minutes=5)  # a fact may say it happened this far ahead of our clock, no further
+
+
+def _not_ahead(moment: datetime) -> datetime:
+    if moment > datetime.now(UTC) + FUTURE_MAX:
+        raise PydanticCustomError("datetime_future", "must be at most 5 minutes ahead of now")
+    return moment
+
+
+# A moment in the ledger's time: from 1900 to 5 minutes ahead (an `as_of` asks about such a moment).
+Moment = Annotated[AwareDatetime, AfterValidator(_in_range), AfterValidator(_not_ahead)]
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_datetime_text),
+    AfterValidator(_in_range),
+    PlainSerializer(utc_text, return_type=str, when_used="json"),
+]
 
 
 def context_key(text: str) -> str:

@@ -10,19 +10,18 @@ That is how "at most once" holds across processes without a read-then-write race
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
 from contracts.facts import Webhook
-from contracts.types import context_key, utc_text
+from contracts.types import FUTURE_MAX, context_key, utc_text
 
 # The namespace of every event id: uuid5(FACT_NAMESPACE, "{tenant}/{source}/{external_id}").
 # Fixed forever; changing it would make every known fact look new.
 FACT_NAMESPACE = UUID("6f2b0d8e-4a51-5c1e-9d3a-52c1e0a4b7f3")
-OCCURRED_AT_FUTURE_MAX = timedelta(minutes=5)
 
 
 def fact_event_id(tenant: str, source: str, external_id: str) -> UUID:
@@ -188,7 +187,7 @@ def record_fact(received: ReceivedFact, recorded_at: str) -> Fact:
     """A new fact, after the rules that need nothing but the fact itself.
 
     `recorded_at` is already text: one transaction records all its facts at one moment."""
-    if received.occurred_at is not None and received.occurred_at > received.received_at + OCCURRED_AT_FUTURE_MAX:
+    if received.occurred_at is not None and received.occurred_at > received.received_at + FUTURE_MAX:
         raise RuleViolation("data.occurred_at", "not_in_future", "occurred_at is more than 5 minutes ahead")
     data = received.data
     _check_fact_rules(received.type, received.source, data)

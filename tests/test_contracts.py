@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from contracts import export
-from contracts.facts import webhook_adapter
+from contracts.facts import read_webhook
 
 
 def test_the_committed_schemas_are_current():
@@ -45,7 +45,7 @@ def test_the_webhook_schema_names_every_fact_type():
 def test_strict_validation_coerces_nothing(data):
     body = json.dumps({"type": "give.recorded", "timestamp": "2026-01-01T00:00:00Z", "data": data})
     with pytest.raises(ValidationError):
-        webhook_adapter.validate_json(body)
+        read_webhook(body.encode())
 
 
 def test_values_arrive_as_numbers_or_strings_and_leave_as_canonical_strings():
@@ -57,7 +57,7 @@ def test_values_arrive_as_numbers_or_strings_and_leave_as_canonical_strings():
                 "data": {"id": "g1", "giver": "ann", "receiver": "bob", "kind": "help", "value": value},
             }
         )
-        assert webhook_adapter.validate_json(body).data.model_dump(mode="json")["value"] == "2.5"
+        assert read_webhook(body.encode()).data.model_dump(mode="json")["value"] == "2.5"
 
 
 def test_the_openapi_document_is_valid_and_describes_every_route():

@@ -6,7 +6,7 @@ from uuid import uuid4
 
 import pytest
 
-from contracts.facts import webhook_adapter
+from contracts.facts import read_webhook
 from contracts.types import utc_text
 from services.domain import (
     AlreadyReversed,
@@ -22,7 +22,7 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def recorded(fact, source="crm", received_at=NOW):
-    webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
+    webhook = read_webhook(json.dumps(envelope(fact)).encode())
     return record_fact(ReceivedFact.from_webhook("acme", source, webhook, received_at), utc_text(NOW))
 
 

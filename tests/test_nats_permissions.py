@@ -78,11 +78,11 @@ async def record(components, senders) -> None:
 def sender_fact(sender, tenant: str):
     from datetime import UTC, datetime
 
-    from contracts.facts import webhook_adapter
+    from contracts.facts import read_webhook
     from services.domain import ReceivedFact
     from tests.helpers import envelope, give
 
-    webhook = webhook_adapter.validate_json(json.dumps(envelope(give(f"{tenant}-g1", "ann", "bob"))))
+    webhook = read_webhook(json.dumps(envelope(give(f"{tenant}-g1", "ann", "bob"))).encode())
     return ReceivedFact.from_webhook(tenant, sender.source, webhook, datetime.now(UTC))
 
 

@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from psycopg.sql import SQL, Identifier
 
-from contracts.facts import webhook_adapter
+from contracts.facts import read_webhook
 from projections import influence_view, reciprocity
 from projections.follower import Follower
 from projections.influence_pairs import PairCache
@@ -116,7 +116,7 @@ def build(example, steps, chunks, page_size, after_chunk=lambda store: None):
         earlier.append(
             {"tenant": tenant, "source": sender, "id": data["id"], "helped": helped, "giver": data.get("giver")}
         )
-        webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
+        webhook = read_webhook(json.dumps(envelope(fact)).encode())
         items.append(ReceivedFact.from_webhook(tenant, sender, webhook, datetime.now(UTC)))
     for start in range(0, len(items), chunks):
         writer.commit(items[start : start + chunks])

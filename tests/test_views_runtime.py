@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.facts import webhook_adapter
+from contracts.facts import read_webhook
 from contracts.types import PARTICIPANT_PATTERN, decimal_text, utc_text
 from projections import influence_view, queries, reciprocity
 from projections.follower import Follower
@@ -44,7 +44,7 @@ START = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 def received(fact, tenant="acme", source="crm"):
-    webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
+    webhook = read_webhook(json.dumps(envelope(fact)).encode())
     return ReceivedFact.from_webhook(tenant, source, webhook, datetime.now(UTC))
 
 

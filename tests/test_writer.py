@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from contracts.facts import webhook_adapter
+from contracts.facts import read_webhook
 from services.domain import ReceivedFact, fact_event_id
 from services.ingest import FactWriter
 from services.settings import Settings
@@ -19,7 +19,7 @@ from tests.helpers import acknowledgement, envelope, give, introduction, reversa
 
 
 def incoming(fact, tenant="acme", source="crm"):
-    webhook = webhook_adapter.validate_json(json.dumps(envelope(fact)))
+    webhook = read_webhook(json.dumps(envelope(fact)).encode())
     return ReceivedFact.from_webhook(tenant, source, webhook, datetime.now(UTC))
 
 

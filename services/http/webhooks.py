@@ -5,15 +5,18 @@ The handlers only check and parse; the group committer records, and answers come
 
 from __future__ import annotations
 
-import json
+import asyncio
+import re
 import time
 from datetime import UTC, datetime
 
 from aiohttp import web
 from pydantic import ValidationError
 
+from contracts import json_body
 from contracts.answers import BatchAnswer, FactAccepted, FactRejected, Problem
-from contracts.facts import Batch, BatchShape, Webhook, webhook_adapter
+from contracts.facts import BATCH_EVENTS_MAX, BatchShape, Webhook, read_webhook, webhook_adapter
+from contracts.types import SLUG_PATTERN
 from services import problems
 from services.bootstrap import Components
 from services.domain import ReceivedFact
@@ -23,13 +26,20 @@ from services.ingest import Outcome, Overloaded, StoreFailed, rejected
 from services.registry import SourceAuth
 from services.signatures import SignatureError, verify
 
+SLUG = re.compile(SLUG_PATTERN)
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+BODY_WAIT_S = 10.0  # for the first byte, and the slack on top of the floor rate
+BODY_BYTES_PER_S_MIN = 64 * 1024
+
 
 async def receive_one(request: web.Request) -> web.StreamResponse:
     components = request.app[COMPONENTS]
     tenant, source, body = await _authentic_body(request, components, components.settings.body_bytes_max)
     received_at = datetime.now(UTC)
     try:
-        webhook = webhook_adapter.validate_json(body)
+        webhook = read_webhook(body)
+    except json_body.JsonBodyError as unreadable:
+        raise problems.ProblemException(problems.malformed_json(str(unreadable))) from None
     except ValidationError as invalid:
         raise problems.ProblemException(_parse_problem(invalid)) from None
     _check_rate(request, components, tenant, source, 1)
@@ -62,7 +72,9 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
     request[LOG_FIELDS] = {"tenant": tenant, "source": source}
     if request.content_length is not None and request.content_length > limit:
         raise problems.ProblemException(_too_large(limit))  # refused before reading any of it
-    auth = components.registry.source(tenant, source)
+    # A name that is no slug names nothing (and "evil\n" would not even be a NATS subject token).
+    slugs = SLUG.fullmatch(tenant) and SLUG.fullmatch(source)
+    auth = components.registry.source(tenant, source) if slugs else None
     if auth is None:
         raise problems.ProblemException(
             problems.problem(404, "unknown-source", "Unknown tenant or source", f"no source {source!r} in {tenant!r}")
@@ -79,25 +91,47 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
 
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None:  # already checked against the limit
-        return await request.read()
+    """The body, at most `limit` bytes, arriving at no less than a floor rate: a sender that trickles its
+    body holds a connection and a buffer, so it is cut off like one that sends too much."""
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 16):
+    deadline = asyncio.get_running_loop().time() + BODY_WAIT_S
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            request.protocol.force_close()
+            raise problems.ProblemException(_too_slow()) from None
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise problems.ProblemException(_too_large(limit))
         chunks.append(chunk)
-    return b"".join(chunks)
+        deadline += len(chunk) / BODY_BYTES_PER_S_MIN
 
 
 def _verify(auth: SourceAuth, request: web.Request, body: bytes) -> None:
     try:
-        verify(auth.keys, request.headers, body, time.time())
+        verify(auth.keys, _signature_headers(request), body, time.time())
     except SignatureError as unproven:
         raise problems.ProblemException(
             problems.problem(401, "bad-signature", "The signature does not prove the sender", str(unproven)),
             {"WWW-Authenticate": 'Signature realm="webhooks"'},
         ) from None
+
+
+def _signature_headers(request: web.Request) -> dict[str, str]:
+    """The three signature headers, which are ASCII by the standard: aiohttp hands other bytes over as
+    surrogates that no encoder takes, so such a header is refused here as unproven."""
+    headers = {}
+    for name in SIGNATURE_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            if not value.isascii():
+                raise SignatureError(f"{name} must be ASCII")
+            headers[name] = value
+    return headers
 
 
 def _check_rate(request: web.Request, components: Components, tenant: str, source: str, facts: int) -> None:
@@ -125,13 +159,16 @@ def _parse_problem(invalid: ValidationError, prefix: str = "") -> Problem:
 
 
 def _parse_batch(body: bytes) -> list[Webhook | Outcome]:
-    """Each item validated on its own: a bad item becomes a rejected outcome and never blocks the others."""
+    """Each item validated on its own: a bad item becomes a rejected outcome and never blocks the others.
+    Reading stops at item 1,001, so a batch of millions of tiny items costs no more than a full one."""
     try:
-        return list(Batch.model_validate_json(body).events)  # the common case: every item is valid
-    except ValidationError as invalid:
-        if problems.is_json_syntax_error(invalid):
-            raise problems.ProblemException(_parse_problem(invalid)) from None
-    raw = json.loads(body)
+        raw = json_body.parse_object_with_list(body, "events", BATCH_EVENTS_MAX)
+    except json_body.JsonBodyError as unreadable:
+        raise problems.ProblemException(problems.malformed_json(str(unreadable))) from None
+    except json_body.TooManyItems:
+        raise problems.ProblemException(
+            problems.rule_broken("events", "too_long", f"at most {BATCH_EVENTS_MAX} items in one batch")
+        ) from None
     try:
         shape = BatchShape.model_validate(raw)
     except ValidationError as invalid:
@@ -139,7 +176,7 @@ def _parse_batch(body: bytes) -> list[Webhook | Outcome]:
     parsed: list[Webhook | Outcome] = []
     for item in shape.events:
         try:
-            parsed.append(webhook_adapter.validate_json(json.dumps(item)))
+            parsed.append(webhook_adapter.validate_python(item))
         except ValidationError as invalid:
             parsed.append(rejected(_parse_problem(invalid)))
     return parsed
@@ -167,6 +204,16 @@ def _count(request: web.Request, components: Components, outcomes: list[Outcome]
     request[OUTCOME] = request_outcome
     request[EVENT_IDS] = [str(o.event_id) for o in outcomes if o.event_id is not None]
     components.metrics.count_facts(outcomes)
+
+
+def _too_slow() -> Problem:
+    return problems.problem(
+        408,
+        "too-slow",
+        "The body arrived too slowly",
+        f"send the body within {BODY_WAIT_S:g} s plus a second per {BODY_BYTES_PER_S_MIN // 1024} KiB",
+        retryable=True,
+    )
 
 
 def _too_large(limit: int) -> Problem:
