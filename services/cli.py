@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _slug(text: str) -> str:
-    if not re.match(SLUG_PATTERN, text):
+    if not re.fullmatch(SLUG_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a slug (lowercase letters, digits and -, max 63)")
     return text
 

@@ -74,6 +74,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.http_errors = Counter(
+            "reciprocity_http_internal_errors_total",
+            "Requests answered 500 because of a fault of ours (each is logged with its request line).",
+            ["route"],
+            registry=self.registry,
+        )
+        self.projection_failures = Counter(
+            "reciprocity_projection_failures_total",
+            "Pages of the log a view failed to apply (each is logged with the failing fact, when found).",
+            ["view"],
+            registry=self.registry,
+        )
         self.view_lag_events = Gauge(
             "reciprocity_view_lag_events",
             "Facts in the log the view does not reflect yet.",

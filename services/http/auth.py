@@ -13,7 +13,9 @@ def require_key(request: web.Request, tenant: str, scope: str) -> None:
     a key of this tenant without the scope."""
     header = request.headers.get("Authorization", "")
     scheme, _, api_key = header.partition(" ")
-    auth = request.app[COMPONENTS].registry.api_key(api_key.strip()) if scheme.lower() == "bearer" else None
+    # Keys are ASCII; aiohttp hands other header bytes over as surrogates, which cannot even be hashed.
+    offered = scheme.lower() == "bearer" and header.isascii()
+    auth = request.app[COMPONENTS].registry.api_key(api_key.strip()) if offered else None
     if auth is None:
         raise problems.ProblemException(
             problems.problem(401, "unauthorized", "A valid API key is required", "send Authorization: Bearer <key>"),

@@ -61,9 +61,17 @@ def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awa
                 ),
                 {k: v for k, v in http_error.headers.items() if k.lower() == "allow"},
             )
+        except Exception as fault:  # a fault of ours: answered like any problem, and logged with its stack
+            response = problem_answer(
+                problems.problem(500, "internal", "Something went wrong on our side", "the fault is logged")
+            )
+            request[OUTCOME] = "internal"
+            request[LOG_FIELDS] = {**request.get(LOG_FIELDS, {}), "error": repr(fault), "exc_info": fault}
         duration_s = time.perf_counter() - started
         resource = request.match_info.route.resource
         route = resource.canonical if resource else "unmatched"
+        if response.status == 500:
+            metrics.http_errors.labels(route=route).inc()
         metrics.observe_request(route, duration_s)
         if request.get(QUERY):
             metrics.observe_query(route, duration_s)
@@ -73,7 +81,7 @@ def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awa
         # aiohttp counts the requests of each connection (a private attribute; the test would notice its loss).
         if getattr(request.protocol, "_request_count", 0) >= REQUESTS_PER_CONNECTION_MAX:
             response.force_close()
-        log.info(
+        (log.error if response.status == 500 else log.info)(
             "request",
             request_id=request_id,
             method=request.method,

@@ -29,6 +29,16 @@ PARTICIPANT = re.compile(PARTICIPANT_PATTERN)
 
 def parse_query(request: web.Request, model: type[Q]) -> Q:
     """The query string through its contract; a 422 names `query.<parameter>` and the rule."""
+    repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+    if repeated:
+        raise problems.ProblemException(
+            problems.problem(
+                400,
+                "repeated-parameter",
+                "A query parameter is given more than once",
+                f"give {', '.join(repeated)} once: each takes one value",
+            )
+        )
     try:
         return model.model_validate(dict(request.query.items()))
     except ValidationError as invalid:
@@ -37,7 +47,7 @@ def parse_query(request: web.Request, model: type[Q]) -> Q:
 
 def path_participant(request: web.Request, name: str = "participant") -> str:
     value = request.match_info[name]
-    if not PARTICIPANT.match(value):
+    if not PARTICIPANT.fullmatch(value):
         error = ProblemError(
             path=f"path.{name}", rule="string_pattern_mismatch", message=f"must match {PARTICIPANT_PATTERN}"
         )
