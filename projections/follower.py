@@ -4,6 +4,12 @@ The library's ProjectionRunner handles one event per transaction and needs a rec
 its SQLite recorder lacks; this follower reads the library's notification log (facts only) in pages
 instead. It wakes up when this process commits, when another process commits (PostgreSQL's NOTIFY on
 every insert, SQLite's data_version), and polls at a bounded interval besides.
+
+A page mixes every tenant's facts, so one fact that a view cannot apply (a poison fact) would hold up every
+tenant if its page were simply tried again. A page that fails for its content is applied in halves down to
+the fact that fails alone; that fact's tenant is quarantined in that view (skipped from then on, its rows left
+as they were at the fact before) and every other tenant moves on. A failure of the database itself (connection
+lost, lock timeout) blames no one: the page is tried again as it is.
 """
 
 from __future__ import annotations
@@ -15,26 +21,103 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 import structlog
+from eventsourcing import persistence
 
+from projections.viewstore import ViewStore
 from services.store import Ledger, StoredFact, postgres_connect
 
 log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 5_000
 POLL_INTERVAL_S = 0.5
+ERROR_CHARS_MAX = 2_000
+# SQLSTATE class 54, "program limit exceeded" (a value too long for an index row, say): an OperationalError
+# to psycopg, yet one a fact's content can cause. Its other OperationalErrors are the server's or the link's.
+PROGRAM_LIMIT_CLASS = "54"
 
 
 class View(Protocol):
     name: str
     tables: tuple[str, ...]
 
-    def process_page(self, page: list[StoredFact]) -> Any: ...
+    def process_page(self, page: list[StoredFact], position: int | None = None) -> Any: ...
+
+
+def transient(failure: BaseException) -> bool:
+    """Whether a failure is the database's state (connection lost, locked, timed out, disk full) rather than
+    the page's content. The library wraps the driver's errors, so the driver's is looked for among the causes.
+    All of SQLite's OperationalErrors count: they are the file's state (a missing table too: a page that
+    can never apply is a fault of ours, retried loudly rather than blamed on every tenant in turn)."""
+    cause: BaseException | None = failure
+    while cause is not None:
+        if isinstance(cause, psycopg.Error):
+            return isinstance(cause, psycopg.OperationalError) and not (cause.sqlstate or "").startswith(
+                PROGRAM_LIMIT_CLASS
+            )
+        if isinstance(cause, sqlite3.Error):
+            return isinstance(cause, sqlite3.OperationalError)
+        cause = cause.__cause__
+    return isinstance(failure, (persistence.OperationalError, OSError))  # a pool timeout, a socket
+
+
+def error_text(failure: BaseException) -> str:
+    """A failure as text any store can hold: the message may quote the very value that failed (a NUL)."""
+    text = f"{type(failure).__name__}: {failure}".encode("utf-8", "backslashreplace").decode()
+    return text.replace("\x00", "\\x00")[:ERROR_CHARS_MAX]
+
+
+@dataclass(frozen=True)
+class ProjectionFailure:
+    """The fact a view could not apply, and so the tenant it skips from there on."""
+
+    view: str
+    tenant: str
+    position: int
+    event_id: str
+    error: str
+    failed_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+QUARANTINE_COLUMNS = "view_name, tenant, position, event_id, error, failed_at"
+
+
+def projection_failures(store: ViewStore) -> list[ProjectionFailure]:
+    """Every view's quarantined tenants, for readiness (any process reads them, projector or not)."""
+    rows = store.read(f"SELECT {QUARANTINE_COLUMNS} FROM view_quarantine ORDER BY view_name, position")
+    return [ProjectionFailure(*row) for row in rows]
+
+
+class Quarantine:
+    """The tenants one view skips, in the views database (`view_quarantine`): a restarted projector skips
+    them too, since applying a tenant's later facts over the gap would make its rows wrong rather than
+    behind. Only a reset of the view (`reciprocity rebuild`) clears them, as it rebuilds every tenant."""
+
+    def __init__(self, store: ViewStore, view: str) -> None:
+        self.store = store
+        self.view = view
+
+    def tenants(self) -> set[str]:
+        rows = self.store.read("SELECT tenant FROM view_quarantine WHERE view_name = ?", (self.view,))
+        return {row[0] for row in rows}
+
+    def add(self, failure: ProjectionFailure) -> None:
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                f"INSERT INTO view_quarantine ({QUARANTINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (view_name, tenant) DO NOTHING",
+                (failure.view, failure.tenant, failure.position, failure.event_id, failure.error, failure.failed_at),
+            )
 
 
 class Follower:
@@ -48,30 +131,77 @@ class Follower:
         *,
         page_facts_max: int = PAGE_FACTS_MAX,
         on_page: Callable[[int, Any], None] = lambda after, applied: None,
+        quarantine: Quarantine | None = None,
+        on_failure: Callable[[str], None] = lambda view: None,
     ) -> None:
+        """Without a `quarantine`, a failed page is the caller's to handle. `on_failure` learns the view's
+        name for every page that failed: tried again, or a fact found that failed alone."""
         self.ledger = ledger
         self.view = view
         self.position = position
         self.page_facts_max = page_facts_max
         self.on_page = on_page
+        self.quarantine = quarantine
+        self.on_failure = on_failure
+        self.skipped: set[str] = set()
         self.caught_up = asyncio.Event()
 
     def catch_up(self, *, pages_max: int | None = None) -> int:
-        """Applies pages until the log is exhausted (or `pages_max` pages); returns the facts applied. After
+        """Applies pages until the log is exhausted (or `pages_max` pages); returns the facts gone through. After
         each page, `on_page` learns the position the page started after and what the view says it changed."""
+        if self.quarantine is not None:
+            self.skipped = self.quarantine.tenants()  # read again: a rebuild meanwhile may have cleared it
         applied = pages = 0
         while pages_max is None or pages < pages_max:
             after = self.position()
             page = self.ledger.read_log(after, self.page_facts_max)
             if not page:
                 break
-            changes = self.view.process_page(page)
+            self._apply(after, page)
             applied += len(page)
             pages += 1
-            self.on_page(after, changes)
             if len(page) < self.page_facts_max:
                 break
         return applied
+
+    def _apply(self, after: int, page: list[StoredFact]) -> None:
+        """Applies `page` (but quarantined tenants' facts) in one transaction, tracking its last position.
+
+        If it fails for its content, its halves are applied, each in a transaction of its own, down to the
+        fact that fails alone: about twice log2(n) transactions find one poison fact among n."""
+        kept = [stored for stored in page if stored.fact["tenant"] not in self.skipped]
+        try:
+            changes = self.view.process_page(kept, page[-1].position)
+        except Exception as failure:
+            if self.quarantine is None or not kept or transient(failure):
+                raise  # (an empty page that fails is no fact's doing)
+            if len(page) > 1:
+                middle = len(page) // 2
+                self._apply(after, page[:middle])
+                self._apply(page[middle - 1].position, page[middle:])
+            else:
+                self._quarantine(after, page[0], failure)
+                self._apply(after, page)  # now without it: the view moves past it
+            return
+        self.on_page(after, changes)  # outside the try: an observer's failure is not the page's
+
+    def _quarantine(self, after: int, stored: StoredFact, failure: Exception) -> None:
+        assert self.quarantine is not None
+        if self.position() != after:  # another process applied this page meanwhile (a lost lock): not the fact
+            raise failure
+        fact = stored.fact
+        found = ProjectionFailure(
+            self.view.name, fact["tenant"], stored.position, fact["event_id"], error_text(failure),
+            datetime.now(UTC).isoformat(timespec="seconds"),
+        )  # fmt: skip
+        self.quarantine.add(found)
+        self.skipped.add(found.tenant)
+        log.error(
+            "projection_failed", view=found.view, tenant=found.tenant, position=found.position,
+            event_id=found.event_id, error=found.error, skipped="this tenant's facts from here on",
+            cleared_by="reciprocity rebuild", exc_info=failure,
+        )  # fmt: skip
+        self.on_failure(self.view.name)
 
     async def follow(self, wakeup: asyncio.Event, executor: Executor, poll_interval_s: float = POLL_INTERVAL_S) -> None:
         """Runs until cancelled: catch up, then sleep until woken or the poll interval ends. Pages run on
@@ -81,8 +211,12 @@ class Follower:
             wakeup.clear()
             try:
                 await loop.run_in_executor(executor, partial(self.catch_up, pages_max=20))
-            except Exception as failure:  # a failed page rolled back whole; try again after a pause
-                log.error("projection_page_failed", view=self.view.name, error=str(failure))
+            except Exception as failure:  # the failed page rolled back whole; try it again after a pause
+                log.error(
+                    "projection_page_failed", view=self.view.name, error=error_text(failure),
+                    transient=transient(failure),
+                )  # fmt: skip
+                self.on_failure(self.view.name)
                 await asyncio.sleep(poll_interval_s)
                 continue
             if self.position() >= self.ledger.head_position():

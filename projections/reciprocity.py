@@ -611,20 +611,23 @@ class ReciprocityProjection:
         self.analyzed_at = 0  # the position and time of the last ANALYZE (PostgreSQL)
         self.analyzed_time = float("-inf")
 
-    def process_page(self, page: list[StoredFact]) -> AppliedPage:
-        """Applies one page of facts; returns what it changed."""
+    def process_page(self, page: list[StoredFact], position: int | None = None) -> AppliedPage:
+        """Applies one page of facts and records the view at `position`, its last fact's unless the
+        follower left facts out of it (a quarantined tenant's: the page may then be empty); returns what
+        it changed."""
+        position = page[-1].position if position is None else position
         with self.store.transaction() as cursor:
             state = Page(cursor)
             state.load(page)
             for stored in page:
                 state.apply(stored)
-            state.save(page[-1].position)
-            self.store.record_position(cursor, VIEW, page[-1].position)
-        if self.store.postgres and self._analyze_due(page[-1].position):
+            state.save(position)
+            self.store.record_position(cursor, VIEW, position)
+        if self.store.postgres and self._analyze_due(position):
             self.store.analyze(TABLES)
-            self.analyzed_at, self.analyzed_time = page[-1].position, time.monotonic()
+            self.analyzed_at, self.analyzed_time = position, time.monotonic()
         balances = [(key[0], key[2], state.participants[key]) for key in state.dirty_participants if not key[1]]
-        return AppliedPage(page[-1].position, balances)
+        return AppliedPage(position, balances)
 
     def _analyze_due(self, position: int) -> bool:
         """After a tenth more facts (and 30 s): a tenant that grew since the last ANALYZE is planned as

@@ -25,7 +25,7 @@ import psycopg
 import structlog
 
 from projections import influence_view, kv, reciprocity
-from projections.follower import Follower
+from projections.follower import Follower, Quarantine, projection_failures
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.viewstore import READER_MMAP_BYTES, ViewStore
@@ -75,7 +75,8 @@ class WorkerLock:
             conn.close()
             return False
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self._path, "a+")  # noqa: SIM115 (held open for as long as we project)
+        # Held open for as long as we project; 0600 like every file of the data directory.
+        handle = open(self._path, "a+", opener=lambda path, flags: os.open(path, flags, 0o600))  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,7 +187,9 @@ class Projections:
         project: bool = True,
         poll_s: float = 0.5,
         reader_mmap_bytes: int = READER_MMAP_BYTES,
+        on_failure: Callable[[str], None] = lambda view: None,
     ) -> None:
+        """`on_failure` learns the view's name for each page that failed (the metric counts them)."""
         self.ledger = ledger
         self.database_url = database_url
         self.store = open_view_store(database_url, data_dir, reader_mmap_bytes)
@@ -208,7 +211,12 @@ class Projections:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
         self._influence_worker = InfluenceWorker(database_url, data_dir)
         self.follower = Follower(
-            ledger, reciprocity.ReciprocityProjection(self.store), self.reciprocity_position, on_page=self._on_page
+            ledger,
+            reciprocity.ReciprocityProjection(self.store),
+            self.reciprocity_position,
+            on_page=self._on_page,
+            quarantine=Quarantine(self.store, reciprocity.VIEW),
+            on_failure=on_failure,
         )
 
     def reciprocity_position(self) -> int:
@@ -266,7 +274,13 @@ class Projections:
             started = time.monotonic()
             try:
                 for tenant in await asyncio.to_thread(self.influence.stale_tenants):
-                    done = await self._influence_worker.recompute(tenant)
+                    try:
+                        done = await self._influence_worker.recompute(tenant)
+                    except BrokenProcessPool:
+                        raise  # the worker died, not the tenant: another starts next interval
+                    except Exception as failure:  # one tenant's failure holds up no other; it is tried again
+                        log.error("influence_recompute_failed", tenant=tenant, error=repr(failure))
+                        continue
                     log.info("influence_recomputed", **done)
                     for listener in self.page_listeners:
                         listener()
@@ -326,6 +340,11 @@ class Projections:
                     seconds = max(0.0, (datetime.now(UTC) - recorded).total_seconds())
             lag[view] = {"events": behind, "seconds": round(seconds, 3), "position": position}
         return lag
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The facts views could not apply, whose tenants they skip (from the views database: whichever
+        process projects, every process reports them)."""
+        return [failure.as_dict() for failure in projection_failures(self.store)]
 
     def influence_position(self) -> int:
         """The influence view reflects the log up to the oldest position among tenants still to recompute."""

@@ -29,6 +29,8 @@ from services.store import (
     postgres_connect,
     postgres_connect_args,
     postgres_params,
+    private_directory,
+    private_sqlite_file,
     schema_lock,
 )
 
@@ -48,6 +50,13 @@ BACKGROUND_READER_MMAP_BYTES = 1 << 28
 # names the schema; on PostgreSQL, which locks rows rather than files, the name is dropped.
 ATTACHED_FILES = {"influence": "influence.sqlite3"}
 _ATTACHED_NAME = re.compile(rf"\b({'|'.join(ATTACHED_FILES)})\.")
+# Tenants a view skips since one of their facts failed it (projections/follower.py). Like the tracking rows,
+# this is every view's bookkeeping, so every store has the table and a view's reset clears its rows.
+QUARANTINE_DDL = (
+    "CREATE TABLE IF NOT EXISTS view_quarantine (view_name TEXT NOT NULL, tenant TEXT NOT NULL,"
+    " position INTEGER NOT NULL, event_id TEXT NOT NULL, error TEXT NOT NULL, failed_at TEXT NOT NULL,"
+    " PRIMARY KEY (view_name, tenant))"
+)
 
 
 def attach_files(connection: sqlite3.Connection, main_file: Path, *pragmas: str) -> None:
@@ -227,8 +236,10 @@ class ViewStore:
             self.tracking: Any = PostgresTrackingRecorder(datastore)
             self.tracking_table = self.tracking.tracking_table_name
         else:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            private_directory(data_dir)
             self.path = data_dir / "views.sqlite3"
+            for file_name in (self.path.name, *ATTACHED_FILES.values()):  # ATTACH would create a file 0644
+                private_sqlite_file(data_dir / file_name)
             datastore = ViewsSQLiteDatastore(str(self.path), lock_timeout=SQLITE_LOCK_TIMEOUT_S)
             self.tracking = SQLiteTrackingRecorder(datastore)
             self.tracking_table = "tracking"
@@ -244,7 +255,7 @@ class ViewStore:
                 if not self.postgres:
                     for table in _moved_tables(ddl):  # left in the main file by a version before the split
                         cursor.execute(f"DROP TABLE IF EXISTS main.{table}")
-                for statement in ddl:
+                for statement in (QUARANTINE_DDL, *ddl):
                     cursor.execute(self._dialect(statement))
 
     def _dialect(self, ddl: str) -> str:
@@ -365,11 +376,12 @@ class ViewStore:
                 cursor.execute(f"ANALYZE {', '.join(tables)}")
 
     def reset(self, view: str, tables: Sequence[str]) -> None:
-        """Empties a view and its tracking, for a rebuild from position 0."""
+        """Empties a view, its tracking and its quarantine, for a rebuild from position 0."""
         with self.transaction() as cursor:
             for table in tables:
                 cursor.execute(f"DELETE FROM {table}")
             cursor.execute(f"DELETE FROM {self.tracking_table} WHERE application_name = ?", (view,))
+            cursor.execute("DELETE FROM view_quarantine WHERE view_name = ?", (view,))
 
     @contextmanager
     def bulk_transaction(self, attach: dict[str, Path] | None = None) -> Iterator[ViewCursor]:

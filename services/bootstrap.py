@@ -119,6 +119,7 @@ async def open_components(
         project="projector" in parts,
         poll_s=POLL_S,
         reader_mmap_bytes=READER_MMAP_BYTES if "query" in parts else BACKGROUND_READER_MMAP_BYTES,
+        on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
     )
     await projections.start()
     bus = None

@@ -21,6 +21,7 @@ from aiohttp import web
 from services.background import BACKGROUND_PARTS
 from services.bootstrap import role_parts
 from services.http.app import create_app
+from services.http.connections import serve_app
 from services.logs import configure_logging
 from services.settings import Settings
 
@@ -41,10 +42,9 @@ def run_http(settings: Settings, app: web.Application, listener: socket.socket |
     # sight, a full collection no longer walks it all in the middle of a request (a p99 outlier).
     gc.freeze()
     address = {"sock": listener} if listener else {"host": settings.http_host, "port": settings.http_port}
-    web.run_app(
+    serve_app(  # web.run_app, with a header timeout and a bound on connections
         app,
         **address,
-        print=None,
         access_log=None,  # our middleware writes one canonical line per request instead
         shutdown_timeout=10,
         loop=uvloop.new_event_loop(),  # a faster event loop; the code is plain asyncio either way

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import re
 import select
 import sys
 import threading
@@ -15,6 +16,55 @@ import structlog
 
 FLUSH_INTERVAL_S = 0.2
 BUFFER_BYTES = 1 << 20  # lines held at most between flushes
+
+# A URL's user information: `user:password@`, or a lone `token@` (NATS takes a token so). The password runs
+# to the last @ before the next URL or space, so one with an unescaped / or @ is hidden whole.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s:/?#@]*)(?P<password>:(?:(?!://)\S)*)?@")
+_SECRET_PARAMETER = re.compile(r"(?i)(?P<name>[?&;][^=&#\s]*(?:password|passwd|pwd|secret|token)[^=&#\s]*=)[^&#\s]*")
+
+
+def redact_url(text: str | None) -> str | None:
+    """`text` with the credentials of every URL in it replaced by ***: `nats://user:***@host`, `?password=***`."""
+    if not text:
+        return text
+    text = _USERINFO.sub(_hide_userinfo, text)
+    return _SECRET_PARAMETER.sub(r"\g<name>***", text)
+
+
+def _hide_userinfo(found: re.Match[str]) -> str:
+    if found["password"] is None:
+        return f"{found['scheme']}***@"
+    return f"{found['scheme']}{found['user']}:***@"
+
+
+_CONTAINERS = (list, tuple, dict)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        # Most values hold no URL at all: two substring checks, and only those that might are rewritten.
+        return redact_url(value) if "://" in value and ("@" in value or "=" in value) else value
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, _CONTAINERS):
+        with contextlib.suppress(TypeError):  # strings only (a batch's event ids): one scan in C, not one a string
+            if "://" not in "".join(value):
+                return value
+        return [_redacted(item) for item in value]
+    return value
+
+
+def redact_credentials(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: no URL credentials in any value, the message and a formatted traceback included
+    (an error quoting a connection URL must not leak its password). Values are replaced in place: it runs for
+    every request line."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            if "://" in value and ("@" in value or "=" in value):
+                event_dict[key] = redact_url(value)
+        elif isinstance(value, _CONTAINERS):
+            event_dict[key] = _redacted(value)
+    return event_dict
 
 
 class BufferedLineLogger:
@@ -98,6 +148,7 @@ def configure_logging(log_format: str | None, level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        redact_credentials,  # after format_exc_info, so a traceback is redacted too
     ]
     if as_json:
         shared = BufferedLineLogger(_stdout_bytes())

@@ -18,7 +18,7 @@ import structlog
 from services.background import WatchedProcess
 from services.http.app import create_app
 from services.http_worker import SOCKET_FD_ENV, http_parts, run_http
-from services.logs import configure_logging
+from services.logs import configure_logging, redact_url
 from services.metrics import forget_process, share_metrics_between_processes
 from services.natsserver import EmbeddedNatsServer, NatsServerError
 from services.settings import Settings
@@ -44,7 +44,7 @@ def serve(settings: Settings) -> None:
             # Emptied first: files left by a serve killed before it could clean up would add to the counts.
             metrics_dir = settings.data_dir / "metrics"
             shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
+            metrics_dir.mkdir(mode=0o700, parents=True)  # like the data directory: this user's alone
             share_metrics_between_processes(metrics_dir)  # before any process makes its metrics
         if settings.role == "all" and settings.background_process:
             children.append(WatchedProcess(settings))
@@ -67,7 +67,7 @@ def serve(settings: Settings) -> None:
             http=f"http://{settings.http_host}:{settings.http_port}",
             http_processes=settings.http_workers,
             store="postgresql" if settings.database_url else f"sqlite under {settings.data_dir}",
-            nats=settings.nats_url,
+            nats=redact_url(settings.nats_url),
         )
         try:
             run_http(settings, create_app(settings, parts=http_parts(settings)), listener)

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.sql import SQL, Identifier
 
-from services.store import postgres_connect, postgres_params, schema_lock, sqlite_connect
+from services.store import postgres_connect, postgres_params, private_directory, schema_lock, sqlite_connect
 
 
 class Database:
@@ -33,8 +33,8 @@ class Database:
 
     def _connect(self) -> Any:
         if self._database_url is None:
-            self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            return sqlite_connect(self._sqlite_path)
+            private_directory(self._sqlite_path.parent)
+            return sqlite_connect(self._sqlite_path)  # which creates or tightens the file 0600
         connection = postgres_connect(self._database_url)
         schema = postgres_params(self._database_url)["schema"]
         connection.execute(SQL("SET search_path TO {}").format(Identifier(schema)))

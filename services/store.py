@@ -7,10 +7,12 @@ as the events, so one tenant's log can be read in order without scanning everybo
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,13 +379,46 @@ def schema_lock(database_url: str | None) -> Iterator[None]:
 def open_ledger(database_url: str | None, data_dir: Path) -> Ledger:
     """The store, created on first use (tables, and the PostgreSQL schema the URL names)."""
     if not database_url:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(data_dir)
+        private_sqlite_file(data_dir / LEDGER_FILE)
     with schema_lock(database_url):
         return Ledger(env=ledger_env(database_url, data_dir))
 
 
+# The data directory and its SQLite files are this user's alone: the registry holds the sources' webhook
+# secrets, the store every fact.
+PRIVATE_DIRECTORY_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_directory(path: Path) -> None:
+    """Creates the directory 0700, or takes group and others' access from one that exists."""
+    path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    with suppress(PermissionError):  # a mount point we do not own (Kubernetes' fsGroup) keeps its owner's mode
+        _tighten(path)
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Creates the SQLite file 0600 before SQLite does (SQLite gives its -wal, -shm and -journal files the
+    main file's mode), or tightens an existing one and its side files to 0600."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    # An existing file only by name: closing a descriptor of it would drop this process's SQLite locks on it.
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
+        with suppress(FileNotFoundError):
+            _tighten(file)
+
+
+def _tighten(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        path.chmod(mode & 0o700)
+
+
 def sqlite_connect(path: Path) -> sqlite3.Connection:
     """A durable connection for our own small SQLite files (registry, views)."""
+    private_sqlite_file(path)
     connection = sqlite3.connect(path, timeout=SQLITE_LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")

@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+from collections import Counter
+from typing import Any
 
 from aiohttp import web
 
 from contracts.openapi import openapi_document
+from services.bootstrap import Components
 from services.http.keys import COMPONENTS
+from services.metrics import SHARED_DIR_ENV
 
 READY_TIMEOUT_S = 2.0
 
@@ -20,7 +25,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready when the store answers and ingest is running; lag and NATS are reported, never a reason to
-    take ingest out of service."""
+    take ingest out of service. A fact a view could not apply (its tenant is skipped since) is listed under
+    `views.failures`; on the projector role, whose work that is, it also makes the process not ready."""
     components = request.app[COMPONENTS]
     body: dict[str, object] = {"role": components.settings.role}
     if components.committer is not None:
@@ -34,13 +40,21 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "unavailable", **body}, status=503)
     components.metrics.log_head.set(head)
     body.update(store="ok", head_position=head)
+    failures: list[dict[str, Any]] = []
     try:
-        lag = await asyncio.wait_for(asyncio.to_thread(components.projections.lag), READY_TIMEOUT_S)
-        body["views"] = {"projecting": components.projections.projecting, **lag}
+        lag, failures = await asyncio.wait_for(asyncio.to_thread(_views_report, components), READY_TIMEOUT_S)
+        body["views"] = {"projecting": components.projections.projecting, **lag, "failures": failures}
     except Exception as failure:  # reported, never a reason to take ingest out of service
         body["views"] = f"unavailable: {type(failure).__name__}"
     ready = components.committer is None or components.committer.running
+    if failures and components.settings.role == "projector":
+        ready = False
+        body["reason"] = "a view skips a tenant since one of its facts failed (views.failures; rebuild clears it)"
     return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
+
+
+def _views_report(components: Components) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    return components.projections.lag(), components.projections.failures()
 
 
 @functools.cache
@@ -59,6 +73,22 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         components.metrics.log_head.set(await asyncio.to_thread(components.ledger.head_position))
         if components.bus is None or components.bus.relay is None:  # another process relays: its report
             components.metrics.relay_position.set(await asyncio.to_thread(components.projections.relay_position))
+        await asyncio.to_thread(_count_background_failures, components)
     except Exception:
         pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def _count_background_failures(components: Components) -> None:
+    """serve projects in its background process, whose metrics nobody scrapes unless serve shares them
+    between processes: there, the facts it quarantined are counted here from the views database instead.
+    Only a rebuild clears them, and it runs while serve is stopped, so this count starts afresh after one."""
+    projects_elsewhere = components.settings.role == "all" and not components.projections.project
+    if not projects_elsewhere or os.environ.get(SHARED_DIR_ENV):
+        return
+    recorded = Counter(failure["view"] for failure in components.projections.failures())
+    counter = components.metrics.projection_failures
+    counted = {s.labels["view"]: s.value for s in counter.collect()[0].samples if s.name.endswith("_total")}
+    for view, count in recorded.items():
+        if count > counted.get(view, 0):
+            counter.labels(view=view).inc(count - counted.get(view, 0))
