@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts.types import CONTEXT_CHARS_MAX, Moment, ParticipantId
+from contracts.types import ContextFilter, Moment, ParticipantId
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1_000
@@ -32,9 +32,9 @@ class PageQuery(Query):
 
 class BalancesQuery(PageQuery):
     order: Literal["balance", "given", "received"] = "balance"
-    location: str | None = Field(default=None, alias="context.location", min_length=1, max_length=CONTEXT_CHARS_MAX)
-    activity: str | None = Field(default=None, alias="context.activity", min_length=1, max_length=CONTEXT_CHARS_MAX)
-    subject: str | None = Field(default=None, alias="context.subject", min_length=1, max_length=CONTEXT_CHARS_MAX)
+    location: ContextFilter | None = Field(default=None, alias="context.location")
+    activity: ContextFilter | None = Field(default=None, alias="context.activity")
+    subject: ContextFilter | None = Field(default=None, alias="context.subject")
 
     @model_validator(mode="after")
     def _one_context_at_most(self) -> BalancesQuery:

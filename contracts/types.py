@@ -50,7 +50,20 @@ def _note_text(text: str) -> str:
     return _refuse(_NOTE_CONTROL, text)
 
 
-Note = Annotated[str, StringConstraints(max_length=NOTE_CHARS_MAX), AfterValidator(_note_text)]
+# The same rules as JSON Schema patterns, so the published schemas state what the validators enforce.
+NO_CONTROL_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+NOTE_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+_TEXT_CHAR = "[^\\u0000-\\u001f\\u007f-\\u009f]"
+CONTEXT_PATTERN = f"^{_TEXT_CHAR}*[^\\s\\u0000-\\u001f\\u007f-\\u009f]{_TEXT_CHAR}*$"  # one visible character at least
+VALUE_TEXT_PATTERN = "^[0-9]+(\\.[0-9]{1,6})?$"
+YEAR_1900_ON_PATTERN = "^(19|[2-9][0-9])[0-9]{2}-"
+
+Note = Annotated[
+    str,
+    StringConstraints(max_length=NOTE_CHARS_MAX),
+    AfterValidator(_note_text),
+    Field(json_schema_extra={"pattern": NOTE_PATTERN}),
+]
 
 
 def decimal_text(value: Decimal) -> str:
@@ -63,7 +76,7 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?")  # places past 6 are left to the decimal_places rule
 
 
 def _exact_decimal(value: object) -> object:
@@ -85,6 +98,7 @@ Value = Annotated[
     Field(gt=0, le=VALUE_MAX, decimal_places=VALUE_DECIMAL_PLACES_MAX, description="A decimal > 0."),
     BeforeValidator(_exact_decimal),
     PlainSerializer(decimal_text, return_type=str, when_used="json"),
+    Field(json_schema_extra={"pattern": VALUE_TEXT_PATTERN}),  # applies to the string form only
 ]
 
 
@@ -102,7 +116,16 @@ def _context_text(text: str) -> str:
     return text
 
 
-ContextText = Annotated[str, AfterValidator(_context_text)]
+ContextText = Annotated[
+    str,
+    AfterValidator(_context_text),
+    Field(json_schema_extra={"pattern": CONTEXT_PATTERN, "minLength": 1}),
+]
+
+# A context filter of the read API: compared like a context value, so it holds no control character either.
+ContextFilter = Annotated[
+    str, StringConstraints(min_length=1, max_length=CONTEXT_CHARS_MAX, pattern=NO_CONTROL_PATTERN)
+]
 
 _LAX_DATETIME: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
@@ -146,6 +169,7 @@ Timestamp = Annotated[
     BeforeValidator(_datetime_text),
     AfterValidator(_in_range),
     PlainSerializer(utc_text, return_type=str, when_used="json"),
+    Field(json_schema_extra={"pattern": YEAR_1900_ON_PATTERN}),
 ]
 
 

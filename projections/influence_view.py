@@ -288,7 +288,7 @@ def _indices(index: dict[str, int], ids: list[str]) -> np.ndarray:
 
 
 def _rank_of(key: list) -> int:
-    if len(key) != 1 or not isinstance(key[0], int):
+    if len(key) != 1 or type(key[0]) is not int or not 0 <= key[0] < 2**63:
         raise CursorError("not a cursor of this list")
     return key[0]
 

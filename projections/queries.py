@@ -6,12 +6,13 @@ import asyncio
 import base64
 import json
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from contracts.types import utc_text
+from contracts.types import PARTICIPANT_PATTERN, utc_text
 from contracts.views import (
     Balance,
     BalancesPage,
@@ -34,6 +35,7 @@ from projections.viewstore import ViewStore
 ORDERS = {"balance": "balance_micro", "given": "given_micro", "received": "received_micro"}
 DORMANT_AFTER = timedelta(days=90)
 THANKS_PENDING_AFTER = timedelta(days=14)
+PARTICIPANT = re.compile(PARTICIPANT_PATTERN)
 
 
 class CursorError(ValueError):
@@ -289,9 +291,14 @@ class BalanceLookups:
 
 
 def _balance_key(key: list[Any]) -> tuple[int, str]:
-    if len(key) != 2 or not isinstance(key[0], int) or not isinstance(key[1], str):
+    # A cursor comes back from a client: each part is checked as strictly as the store column it meets.
+    if len(key) != 2 or not _int64(key[0]) or not isinstance(key[1], str) or not PARTICIPANT.fullmatch(key[1]):
         raise CursorError("not a cursor of this list")
     return key[0], key[1]
+
+
+def _int64(value: Any) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63  # bool is an int, but no cursor holds one
 
 
 def encode_cursor(*key: Any) -> str:
