@@ -38,13 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import CONTENT_LENGTH, give_body, signed_requests
 from bench.views import views_caught_up, wait_until
+from ledger.facts import ReceivedFact, fact_event_id
+from ledger.group_commit import FactWriter
+from ledger.store import open_ledger
+from projections.nats_bus import STREAM, connect, ensure_stream
 from projections.relay import Relay
-from services.bus import STREAM, connect, ensure_stream
-from services.domain import ReceivedFact, fact_event_id
-from services.ingest import FactWriter
 from services.natsserver import EmbeddedNatsServer
 from services.settings import Settings
-from services.store import open_ledger
 from tests.processes import Server, cli_json, free_port
 
 TENANT, SOURCE = "bench", "crm"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ledger.signatures import secret_key, sign
 from services.settings import Settings
-from services.signatures import secret_key, sign
 from tests.processes import Server, cli_json
 
 ITEMS = 2_700_000

@@ -34,8 +34,8 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ledger.signatures import secret_key, sign
 from services.settings import Settings
-from services.signatures import secret_key, sign
 from tests.processes import Server, cli_json
 
 CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")

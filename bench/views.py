@@ -48,18 +48,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import DEFAULT_DATABASE_URL, _result, drive, give_body, measure, signed_requests
 from contracts.types import utc_text
+from ledger.facts import ReceivedFact, fact_event_id
+from ledger.group_commit import FactWriter
+from ledger.store import Ledger, open_ledger
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
+from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
 from projections.reciprocity import TABLES, VIEW, ReciprocityProjection
 from projections.relay import stream_position
 from projections.runtime import open_view_store
 from projections.viewstore import ViewStore
-from services.bus import BUCKETS
-from services.domain import ReceivedFact, fact_event_id
-from services.ingest import FactWriter
 from services.settings import Settings
-from services.store import Ledger, open_ledger
 from tests.processes import Server, cli_json
 
 TENANT, SMALL_TENANT, SOURCE = "bench", "pairs", "crm"

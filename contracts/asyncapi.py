@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from contracts.answers import LoggedFact
-from contracts.bus import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
 from contracts.facts import FACT_TYPES
+from contracts.nats_requests import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
 from contracts.types import PARTICIPANT_PATTERN, SLUG_PATTERN
 from contracts.views import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
 

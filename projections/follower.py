@@ -31,8 +31,8 @@ import psycopg
 import structlog
 from eventsourcing import persistence
 
+from ledger.store import Ledger, StoredFact, postgres_connect
 from projections.viewstore import ViewStore
-from services.store import Ledger, StoredFact, postgres_connect
 
 log = structlog.get_logger(__name__)
 

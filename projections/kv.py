@@ -1,7 +1,7 @@
 """Views in JetStream key-value buckets: changed rows follow the projection, page by page.
 
 Every view row records the position of the page that last changed it. The writer keeps, per bucket, the
-position up to which it has written and writes the rows changed since, pipelined (services/publisher.py),
+position up to which it has written and writes the rows changed since, pipelined (projections/publisher.py),
 waiting for the acks before it advances. Balances, the bucket most watched, take a shorter way when they
 can: the projector hands each committed page's changed balances over (`offer`), and when that page starts
 where the bucket was written up to, they go out as they are, without reading the rows back (three thread
@@ -33,11 +33,11 @@ from nats.aio.client import Client
 
 from projections import reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
+from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
+from projections.publisher import AckedPublisher, Message
 from projections.queries import balance_json, pair_answer
 from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, AppliedPage, PairRow, ParticipantRow
 from projections.viewstore import ViewStore
-from services.bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
-from services.publisher import AckedPublisher, Message
 
 log = structlog.get_logger(__name__)
 

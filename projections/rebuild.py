@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ledger.store import open_ledger
 from projections import influence_view, reciprocity
 from projections.influence_view import InfluenceView
 from projections.kv import forget_written
+from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
 from projections.replay import replay
 from projections.runtime import WorkerLock, open_view_store
-from services.bus import BUCKETS
-from services.store import open_ledger
 
 VIEWS = ("reciprocity", "influence")
 

@@ -17,9 +17,9 @@ from operator import attrgetter
 from typing import Any
 
 from contracts.types import context_key
+from ledger.facts import fact_event_id
+from ledger.store import StoredFact
 from projections.viewstore import ViewCursor, ViewStore
-from services.domain import fact_event_id
-from services.store import StoredFact
 
 VIEW = "reciprocity"
 ANALYZE_FACTS_MIN = 5_000

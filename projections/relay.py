@@ -5,7 +5,7 @@ publishes them pipelined, each message carrying its event id (`Nats-Msg-Id`), it
 the previous message's id as `Nats-Expected-Last-Msg-Id`: if one publish in the pipeline fails, every
 later one is refused by the server instead of leaving a gap. So only a page's last message asks for an
 ack: when it is acknowledged, the whole page is stored, in order. The relay waits for it before it records
-its position, reading the next page meanwhile (services/publisher.py).
+its position, reading the next page meanwhile (projections/publisher.py).
 After any failure or restart it realigns from the stream's last message (its `Reciprocity-Position`),
 so nothing is missing and nothing is published twice, even long after the duplicate window. The first
 message after aligning expects the stream's last sequence (`Nats-Expected-Last-Sequence`) rather than its
@@ -27,7 +27,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from services.bus import (
+from ledger.store import Ledger, StoredFact
+from projections.nats_bus import (
     EXPECTED_LAST_MSG_ID_HEADER,
     EXPECTED_LAST_SEQUENCE_HEADER,
     MSG_ID_HEADER,
@@ -35,8 +36,7 @@ from services.bus import (
     STREAM,
     event_subject,
 )
-from services.publisher import AckedPublisher, Message
-from services.store import Ledger, StoredFact
+from projections.publisher import AckedPublisher, Message
 
 log = structlog.get_logger(__name__)
 

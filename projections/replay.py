@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from contracts.types import context_key
+from ledger.facts import FACT_TOPIC
+from ledger.store import Ledger, StoredFact
 from projections.aggregate import aggregate, in_rows
 from projections.influence_pairs import columns
 from projections.reciprocity import (
@@ -51,8 +53,6 @@ from projections.reciprocity import (
     to_micro,
 )
 from projections.viewstore import ViewCursor, ViewStore
-from services.domain import FACT_TOPIC
-from services.store import Ledger, StoredFact
 
 READ_PAGE_FACTS = 50_000
 INDEX_DDL = [statement for statement in DDL if statement.startswith("CREATE INDEX")]

@@ -24,13 +24,13 @@ from typing import Any
 import psycopg
 import structlog
 
+from ledger.child_process import die_with_parent
+from ledger.store import Ledger, postgres_connect, postgres_params
 from projections import influence_view, kv, reciprocity
 from projections.follower import Follower, Quarantine, projection_failures
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.viewstore import READER_MMAP_BYTES, ViewStore
-from services.natsserver import die_with_parent
-from services.store import Ledger, postgres_connect, postgres_params
 
 log = structlog.get_logger(__name__)
 

@@ -24,7 +24,7 @@ from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteCursor, SQLiteTrack
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Identifier
 
-from services.store import (
+from ledger.store import (
     PooledSQLiteDatastore,
     postgres_connect,
     postgres_connect_args,

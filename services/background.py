@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import structlog
 
+from ledger.child_process import die_with_parent
 from services.bootstrap import open_components
 from services.logs import configure_logging
-from services.natsserver import die_with_parent
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -11,17 +11,17 @@ from functools import partial
 
 import structlog
 
+from ledger.group_commit import FactWriter, GroupCommitter, ThreadWriter
+from ledger.registry import KeyAuth, Registry, RegistrySnapshot, SourceAuth
+from ledger.sql import Database
+from ledger.store import LEDGER_FILE, Ledger, open_ledger
 from projections.follower import PostgresNotifications, watch_sqlite_commits
 from projections.runtime import Projections
 from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
-from services.bus_workers import BusWorkers
-from services.ingest import FactWriter, GroupCommitter, ThreadWriter
 from services.metrics import Metrics
+from services.nats_workers import BusWorkers
 from services.ratelimit import RateLimiter
-from services.registry import KeyAuth, Registry, RegistrySnapshot, SourceAuth
 from services.settings import Settings
-from services.sql import Database
-from services.store import LEDGER_FILE, Ledger, open_ledger
 
 log = structlog.get_logger(__name__)
 

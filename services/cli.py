@@ -22,13 +22,13 @@ from typing import Any
 
 from contracts import export
 from contracts.types import SLUG_PATTERN
+from ledger.registry import SCOPES, Registry, RegistryError
+from ledger.signatures import secret_key, sign
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
 from services.bootstrap import ROLES, open_registry
 from services.demo import run_demo
-from services.registry import SCOPES, Registry, RegistryError
 from services.serve import serve
 from services.settings import Settings, SettingsError
-from services.signatures import secret_key, sign
 from services.tail import DurableOfAnotherTenant, run_tail
 
 EXIT_USAGE = 2

@@ -29,10 +29,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from ledger.signatures import secret_key, sign
 from services.bootstrap import open_registry
 from services.http.app import create_app
 from services.settings import Settings
-from services.signatures import secret_key, sign
 
 TENANT = "demo-community"
 MEETUP = "meetup-app"  # records what happens in person: talks, sparring, introductions at events

@@ -16,10 +16,10 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
-from contracts.bus import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
+from contracts.nats_requests import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
 from contracts.types import utc_text
+from projections.nats_bus import QUERY_ENDPOINTS, SERVICE_NAME
 from projections.runtime import Projections
-from services.bus import QUERY_ENDPOINTS, SERVICE_NAME
 
 VERSION = "1.0.0"
 

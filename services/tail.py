@@ -15,7 +15,7 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from services.bus import POSITION_HEADER, STREAM
+from projections.nats_bus import POSITION_HEADER, STREAM
 
 FETCH_BATCH = 100
 FETCH_WAIT_S = 1.0

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.signatures import secret_key, sign
+from contracts.facts import read_webhook
+from ledger.facts import ReceivedFact
+from ledger.signatures import secret_key, sign
 
 Fact = tuple[str, dict[str, Any]]
 
@@ -71,3 +74,60 @@ class Sender:
 
     def read_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.read_key}"}
+
+
+# Shared by tests in several folders.
+PROBLEM = "application/problem+json"
+COMMUNITY_START = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+async def problem_of(response, status: int) -> dict:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM
+    body = await response.json()
+    assert body["status"] == status and body["type"] and body["title"] and body["detail"]
+    return body
+
+
+async def post_all(client, facts) -> int:
+    """Posts facts in order; returns the position of the last one."""
+    position = 0
+    for fact in facts:
+        response = await client.sender.post(client, fact)
+        assert response.status in (200, 201), await response.text()
+        position = (await response.json())["position"]
+    return position
+
+
+def received(fact, tenant="acme", source="crm"):
+    webhook = read_webhook(json.dumps(envelope(fact)).encode())
+    return ReceivedFact.from_webhook(tenant, source, webhook, datetime.now(UTC))
+
+
+def at(minutes: int) -> str:
+    return (COMMUNITY_START + timedelta(minutes=minutes)).isoformat()
+
+
+def community(n_facts: int = 400) -> list:
+    """Background activity: 40 people giving, introducing, thanking and sometimes reversing."""
+    people = [f"p{i:02d}" for i in range(40)]
+    facts = []
+    for n in range(n_facts):
+        giver, receiver = people[(n * 7) % 40], people[(n * 11 + 3) % 40]
+        if giver == receiver:
+            continue
+        facts.append(give(f"g{n}", giver, receiver, value=str(1 + n % 5), occurred_at=at(n)))
+        if n % 3 == 0:
+            facts.append(acknowledgement(f"a{n}", receiver, f"g{n}", occurred_at=at(n + 1)))
+        if n % 17 == 0:
+            facts.append(introduction(f"i{n}", giver, receiver, people[(n + 5) % 40], occurred_at=at(n)))
+        if n % 29 == 0:
+            facts.append(reversal(f"r{n}", f"g{n}"))
+    return facts
+
+
+async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
+        await asyncio.sleep(0.1)

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from contracts.types import context_key, decimal_text
-from services.domain import fact_event_id
+from ledger.facts import fact_event_id
 
 
 def _money(value: Decimal) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services import problems
+from contracts import problems
 from services.http.keys import COMPONENTS
 
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from services import problems
+from contracts import problems
 from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME, QUERY
 from services.http.responses import problem_answer
 from services.metrics import Metrics

@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from contracts import problems
 from contracts.answers import ProblemError
 from contracts.queries import MIN_POSITION_WAIT_S, BalancesQuery, MaintenanceQuery, PageQuery, Query
 from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
 from projections.queries import CursorError
-from services import problems
 from services.http.auth import require_key
 from services.http.keys import COMPONENTS, QUERY
 from services.http.responses import json_answer

@@ -13,18 +13,17 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import ValidationError
 
-from contracts import json_body
+from contracts import json_body, problems
 from contracts.answers import BatchAnswer, FactAccepted, FactRejected, Problem
 from contracts.facts import BATCH_EVENTS_MAX, BatchShape, Webhook, read_webhook, webhook_adapter
 from contracts.types import SLUG_PATTERN
-from services import problems
+from ledger.facts import ReceivedFact
+from ledger.group_commit import Outcome, Overloaded, StoreFailed, rejected
+from ledger.registry import SourceAuth
+from ledger.signatures import SignatureError, verify
 from services.bootstrap import Components
-from services.domain import ReceivedFact
 from services.http.keys import COMPONENTS, EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME
 from services.http.responses import json_answer, problem_answer
-from services.ingest import Outcome, Overloaded, StoreFailed, rejected
-from services.registry import SourceAuth
-from services.signatures import SignatureError, verify
 
 SLUG = re.compile(SLUG_PATTERN)
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")

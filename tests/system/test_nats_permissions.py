@@ -14,8 +14,8 @@ from nats.js.api import ConsumerConfig
 from services.bootstrap import open_components
 from services.natsserver import EmbeddedNatsServer
 from tests.conftest import make_sender
+from tests.helpers import until
 from tests.processes import free_port
-from tests.test_nats import until
 
 SERVICE_PASSWORD = "service-secret"
 ACME_PASSWORD = "acme-secret"
@@ -79,7 +79,7 @@ def sender_fact(sender, tenant: str):
     from datetime import UTC, datetime
 
     from contracts.facts import read_webhook
-    from services.domain import ReceivedFact
+    from ledger.facts import ReceivedFact
     from tests.helpers import envelope, give
 
     webhook = read_webhook(json.dumps(envelope(give(f"{tenant}-g1", "ann", "bob"))).encode())

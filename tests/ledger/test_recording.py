@@ -11,10 +11,10 @@ import psycopg
 import pytest
 
 from contracts.facts import read_webhook
-from services.domain import ReceivedFact, fact_event_id
-from services.ingest import FactWriter
+from ledger.facts import ReceivedFact, fact_event_id
+from ledger.group_commit import FactWriter
+from ledger.store import open_ledger, schema_lock
 from services.settings import Settings
-from services.store import open_ledger, schema_lock
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
 
 

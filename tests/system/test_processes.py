@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.store import open_ledger
+from ledger.store import open_ledger
 from tests.helpers import Sender, envelope, give
 from tests.processes import Server, cli, cli_json
 

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.sql import SQL, Identifier
 
-from services.store import postgres_connect, postgres_params, private_directory, schema_lock, sqlite_connect
+from ledger.store import postgres_connect, postgres_params, private_directory, schema_lock, sqlite_connect
 
 
 class Database:

@@ -9,17 +9,7 @@ import time
 import pytest
 
 from services.bootstrap import open_registry
-from tests.helpers import Sender, acknowledgement, envelope, give, introduction, reversal
-
-PROBLEM = "application/problem+json"
-
-
-async def problem_of(response, status: int) -> dict:
-    assert response.status == status, await response.text()
-    assert response.content_type == PROBLEM
-    body = await response.json()
-    assert body["status"] == status and body["type"] and body["title"] and body["detail"]
-    return body
+from tests.helpers import Sender, acknowledgement, envelope, give, introduction, problem_of, reversal
 
 
 async def test_a_new_fact_is_201_and_the_same_fact_again_is_200_duplicate(client):

@@ -12,8 +12,6 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
-from services.logs import redact_url
-
 log = structlog.get_logger(__name__)
 
 STREAM = "RECIPROCITY_EVENTS"
@@ -67,9 +65,8 @@ async def connect(url: str, name: str, on_state: Callable[[bool], None] = lambda
                 error_cb=error,
             )
         except (TimeoutError, OSError, nats.errors.Error) as failure:
-            log.warning(
-                "nats_unreachable", connection=name, url=redact_url(url), error=str(failure) or type(failure).__name__
-            )
+            # The log processor takes any password out of the URL (services/logs.py).
+            log.warning("nats_unreachable", connection=name, url=url, error=str(failure) or type(failure).__name__)
             await asyncio.sleep(CONNECT_RETRY_S)
             continue
         on_state(True)

@@ -10,20 +10,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import nats
 import pytest
 
+from ledger.group_commit import FactWriter
+from ledger.store import StoredFact, open_ledger
 from projections import reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.kv import KvWriter
-from projections.queries import ReciprocityQueries
-from projections.relay import Relay, stream_position
-from projections.runtime import open_view_store
-from services.bootstrap import open_components
-from services.bus import (
+from projections.nats_bus import (
     BUCKET_BALANCES,
     EXPECTED_LAST_MSG_ID_HEADER,
     EXPECTED_LAST_SEQUENCE_HEADER,
@@ -35,16 +32,16 @@ from services.bus import (
     ensure_stream,
     event_subject,
 )
+from projections.publisher import AckedPublisher, Message, PublishRefused
+from projections.queries import ReciprocityQueries
+from projections.relay import Relay, stream_position
+from projections.runtime import open_view_store
+from services.bootstrap import open_components
 from services.http.app import create_app
-from services.ingest import FactWriter
 from services.natsserver import EmbeddedNatsServer
-from services.publisher import AckedPublisher, Message, PublishRefused
-from services.store import StoredFact, open_ledger
 from tests.conftest import make_sender
-from tests.helpers import acknowledgement, give, introduction
+from tests.helpers import acknowledgement, community, give, introduction, post_all, received, until
 from tests.processes import environment, free_port
-from tests.test_http_views import post_all
-from tests.test_views_runtime import community, received
 
 DUPLICATE_WINDOW_S = 1.0
 
@@ -101,13 +98,6 @@ def log_ids(settings) -> list[str]:
         ledger.close()
 
 
-async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
-        await asyncio.sleep(0.1)
-
-
 async def stream_equals_log(settings, timeout_s: float = 20.0) -> None:
     expected = await asyncio.to_thread(log_ids, settings)
 
@@ -134,8 +124,8 @@ RELAY_PROCESS = """
 import asyncio, sys
 from pathlib import Path
 from projections.relay import Relay
-from services.bus import connect, ensure_stream
-from services.store import open_ledger
+from projections.nats_bus import connect, ensure_stream
+from ledger.store import open_ledger
 
 async def main():
     ledger = open_ledger(sys.argv[2] or None, Path(sys.argv[1]))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.signatures import SignatureError, new_secret, secret_key, sign, verify
+from ledger.signatures import SignatureError, new_secret, secret_key, sign, verify
 
 # The test vector published with the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 from psycopg.sql import SQL, Identifier
 
 from contracts.facts import read_webhook
+from ledger.facts import ReceivedFact
+from ledger.group_commit import FactWriter
+from ledger.store import open_ledger
 from projections import influence_view, reciprocity
 from projections.follower import Follower
 from projections.influence_pairs import PairCache
@@ -23,9 +26,6 @@ from projections.queries import ReciprocityQueries
 from projections.reciprocity import DDL, TABLES, VIEW, ReciprocityProjection
 from projections.replay import replay
 from projections.viewstore import ViewStore
-from services.domain import ReceivedFact
-from services.ingest import FactWriter
-from services.store import open_ledger
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
 from tests.reference import reference_views
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from decimal import Decimal
 from itertools import pairwise
 
@@ -21,35 +21,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.facts import read_webhook
 from contracts.types import PARTICIPANT_PATTERN, decimal_text, utc_text
+from ledger.facts import fact_event_id
+from ledger.group_commit import FactWriter
+from ledger.store import open_ledger
 from projections import influence_view, queries, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.kv import KvWriter
+from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
 from projections.rebuild import rebuild
 from projections.runtime import InfluenceWorker, open_view_store
 from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
 from services.background import BACKGROUND_PARTS
 from services.bootstrap import open_components
-from services.bus import BUCKETS
-from services.domain import ReceivedFact, fact_event_id
-from services.ingest import FactWriter
-from services.store import open_ledger
-from tests.helpers import acknowledgement, envelope, give, introduction, reversal
+from tests.helpers import acknowledgement, at, community, give, introduction, received, reversal
 from tests.processes import cli, cli_json, environment
-
-START = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-def received(fact, tenant="acme", source="crm"):
-    webhook = read_webhook(json.dumps(envelope(fact)).encode())
-    return ReceivedFact.from_webhook(tenant, source, webhook, datetime.now(UTC))
-
-
-def at(minutes: int) -> str:
-    return (START + timedelta(minutes=minutes)).isoformat()
 
 
 @pytest.fixture
@@ -70,24 +58,6 @@ def project(ledger, views, page_facts_max=500):
     for tenant in influence.stale_tenants():
         influence.recompute(tenant)
     return influence
-
-
-def community(n_facts: int = 400) -> list:
-    """Background activity: 40 people giving, introducing, thanking and sometimes reversing."""
-    people = [f"p{i:02d}" for i in range(40)]
-    facts = []
-    for n in range(n_facts):
-        giver, receiver = people[(n * 7) % 40], people[(n * 11 + 3) % 40]
-        if giver == receiver:
-            continue
-        facts.append(give(f"g{n}", giver, receiver, value=str(1 + n % 5), occurred_at=at(n)))
-        if n % 3 == 0:
-            facts.append(acknowledgement(f"a{n}", receiver, f"g{n}", occurred_at=at(n + 1)))
-        if n % 17 == 0:
-            facts.append(introduction(f"i{n}", giver, receiver, people[(n + 5) % 40], occurred_at=at(n)))
-        if n % 29 == 0:
-            facts.append(reversal(f"r{n}", f"g{n}"))
-    return facts
 
 
 def test_contributions_json_reads_back_as_the_contributions_and_is_the_same_for_the_same_amounts():
@@ -190,7 +160,7 @@ from pathlib import Path
 from projections import reciprocity
 from projections.follower import Follower
 from projections.runtime import InfluenceWorker, open_view_store
-from services.store import open_ledger
+from ledger.store import open_ledger
 url = sys.argv[2] or None
 ledger, views = open_ledger(url, Path(sys.argv[1])), open_view_store(url, Path(sys.argv[1]))
 print("started", flush=True)
@@ -261,9 +231,9 @@ async def test_a_worker_whose_lock_was_lost_stops_and_one_process_holds_it_again
     """On PostgreSQL a worker lock is an advisory lock of the session that took it. When that session dies,
     another process may take the lock, so the worker that held it stops; then whichever process takes the
     lock first works, and only that one."""
+    from ledger.store import postgres_connect
     from projections.runtime import WorkerLock
-    from services.bus_workers import run_while_holding
-    from services.store import postgres_connect
+    from services.nats_workers import run_while_holding
 
     first, second = (WorkerLock(postgres_schema_url, tmp_path, "relay") for _ in range(2))
     starts: list[float] = []
@@ -306,7 +276,7 @@ async def test_concurrent_balance_reads_on_postgresql_go_out_together_and_each_g
     statement that fails fails its requests only, and the next read opens a new connection."""
     import psycopg
 
-    from services.store import postgres_connect
+    from ledger.store import postgres_connect
 
     ledger, views = open_ledger(postgres_schema_url, tmp_path), open_view_store(postgres_schema_url, tmp_path)
     try:

@@ -10,8 +10,7 @@ import pytest
 import structlog.testing
 
 from services.cli import main as cli_main
-from tests.helpers import envelope, give, introduction, reversal
-from tests.test_http_webhooks import problem_of
+from tests.helpers import envelope, give, introduction, problem_of, reversal
 
 
 async def recorded_events(client) -> list[dict]:

@@ -8,7 +8,7 @@ import pytest
 
 from contracts.facts import read_webhook
 from contracts.types import utc_text
-from services.domain import (
+from ledger.facts import (
     AlreadyReversed,
     ReceivedFact,
     RuleViolation,

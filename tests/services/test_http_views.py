@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from tests.conftest import make_sender
-from tests.helpers import acknowledgement, give, introduction, reversal
+from tests.helpers import acknowledgement, give, introduction, post_all, reversal
 
 VIEW_ROUTES = [
     "/v1/tenants/{t}/participants/ann/balance",
@@ -17,16 +17,6 @@ VIEW_ROUTES = [
     "/v1/tenants/{t}/participants/ann/influence",
     "/v1/tenants/{t}/maintenance?participant=ann",
 ]
-
-
-async def post_all(client, facts) -> int:
-    """Posts facts in order; returns the position of the last one."""
-    position = 0
-    for fact in facts:
-        response = await client.sender.post(client, fact)
-        assert response.status in (200, 201), await response.text()
-        position = (await response.json())["position"]
-    return position
 
 
 async def get(client, path: str, status: int = 200):

@@ -12,8 +12,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from services.signatures import new_secret, secret_key
-from services.sql import Cursor, Database
+from ledger.signatures import new_secret, secret_key
+from ledger.sql import Cursor, Database
 
 SCOPES = ("read", "ingest", "admin")
 API_KEY_PREFIX = "rk_"

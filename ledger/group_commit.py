@@ -22,10 +22,10 @@ import structlog
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from contracts import problems
 from contracts.answers import Problem
 from contracts.types import utc_text
-from services import problems
-from services.domain import (
+from ledger.facts import (
     Acknowledgement,
     AlreadyReversed,
     Fact,
@@ -36,7 +36,7 @@ from services.domain import (
     ref_event_id,
     same_fact,
 )
-from services.store import Ledger
+from ledger.store import Ledger
 
 log = structlog.get_logger(__name__)
 

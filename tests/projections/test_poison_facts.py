@@ -21,16 +21,16 @@ from eventsourcing import persistence
 from structlog.testing import capture_logs
 
 from contracts.facts import webhook_adapter
+from ledger.facts import ReceivedFact
+from ledger.group_commit import FactWriter
+from ledger.store import open_ledger
 from projections import reciprocity, viewstore
 from projections.follower import Follower, Quarantine, projection_failures, transient
 from projections.runtime import open_view_store
 from services.background import BACKGROUND_PARTS
 from services.bootstrap import open_components
-from services.domain import ReceivedFact
 from services.http.app import create_app
-from services.ingest import FactWriter
 from services.metrics import SHARED_DIR_ENV
-from services.store import open_ledger
 from tests.helpers import envelope, give
 from tests.processes import cli_json
 

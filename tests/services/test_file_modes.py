@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from ledger.store import LEDGER_FILE, open_ledger
 from services.bootstrap import open_components, open_registry
 from services.http.app import create_app
-from services.store import LEDGER_FILE, open_ledger
 from tests.conftest import make_sender
 from tests.helpers import give
 

@@ -81,7 +81,7 @@ async def test_the_service_serves_its_openapi_document(client):
 
 def test_the_asyncapi_document_names_the_contracted_subjects_and_is_current():
     from contracts.asyncapi import asyncapi_document
-    from services import bus
+    from projections import nats_bus as bus
 
     document = asyncapi_document()
     addresses = {channel["address"] for channel in document["channels"].values()}

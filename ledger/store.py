@@ -35,7 +35,7 @@ from eventsourcing.sqlite import (
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
-from services.domain import FACT_TOPIC, FACT_TOPICS
+from ledger.facts import FACT_TOPIC, FACT_TOPICS
 
 LEDGER_FILE = "ledger.sqlite3"
 SQLITE_LOCK_TIMEOUT_S = 10
