@@ -26,11 +26,11 @@ import structlog
 from ledger.child_process import die_with_parent
 from services.bootstrap import open_components
 from services.logs import configure_logging
+from services.roles import background_parts
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-BACKGROUND_PARTS = frozenset({"projector", "relay"})
 RESTART_PAUSE_S = 1.0
 
 
@@ -39,7 +39,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    components = await open_components(settings, parts=BACKGROUND_PARTS)
+    components = await open_components(settings, parts=background_parts(settings.role, True))
     try:
         await stop.wait()
     finally:

@@ -21,6 +21,7 @@ from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTE
 from services.metrics import Metrics
 from services.nats_workers import BusWorkers
 from services.ratelimit import RateLimiter
+from services.roles import role_parts
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -59,14 +60,8 @@ class RegistryCache:
             log.info("registry_reloaded", version=self.snapshot.version)
 
 
-ROLES = ("all", "ingest", "query", "projector", "relay")
-PARTS = frozenset({"ingest", "query", "projector", "relay"})
 COMMIT_WATCH_S = 0.01  # how often a process that does not write the SQLite store checks for commits
 POLL_S = 0.5  # followers poll besides being woken, in case a wake-up was missed
-
-
-def role_parts(role: str) -> frozenset[str]:
-    return PARTS if role == "all" else frozenset({role})
 
 
 @dataclass

@@ -25,13 +25,14 @@ from contracts.types import SLUG_PATTERN
 from ledger.registry import SCOPES, Registry, RegistryError
 from ledger.signatures import secret_key, sign
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
-from services.bootstrap import ROLES, open_registry
+from services.bootstrap import open_registry
 from services.demo import run_demo
 from services.serve import serve
-from services.settings import Settings, SettingsError
+from services.settings import Settings, SettingsError, env_name
 from services.tail import DurableOfAnotherTenant, run_tail
 
 EXIT_USAGE = 2
+COMMON_SETTINGS = ("data_dir", "database_url")  # flags of every command
 EXIT_FAILED = 1
 
 
@@ -73,12 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the service (HTTP on 127.0.0.1:8080)")
-    serve.add_argument("--http-host", help="RECIPROCITY_HTTP_HOST (127.0.0.1)")
-    serve.add_argument("--http-port", type=int, help="RECIPROCITY_HTTP_PORT (8080)")
-    serve.add_argument("--log-format", choices=["json", "console"], help="RECIPROCITY_LOG_FORMAT (by TTY)")
-    serve.add_argument("--role", choices=ROLES, help="RECIPROCITY_ROLE: one part only, for Kubernetes (all)")
-    serve.add_argument("--nats-url", help="RECIPROCITY_NATS_URL (an embedded nats-server when unset)")
-    serve.add_argument("--nats-port", type=int, help="RECIPROCITY_NATS_PORT: the embedded server's port (4222)")
+    for name, field in Settings.model_fields.items():
+        if name not in COMMON_SETTINGS:  # every setting is a flag of serve, checked by Settings like the variable
+            default = "unset" if field.default is None else field.default
+            serve.add_argument(f"--{name.replace('_', '-')}", help=f"{env_name(name)}: {field.description} ({default})")
     serve.set_defaults(run=_serve)
 
     tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
@@ -162,11 +161,8 @@ def _slug(text: str) -> str:
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("data_dir", "database_url", "http_host", "http_port", "log_format", "role", "nats_url", "nats_port")
-    overrides = {name: getattr(args, name, None) for name in names}
-    if overrides["data_dir"] is not None:
-        overrides["data_dir"] = Path(overrides["data_dir"])
-    return overrides
+    # Flags arrive as text, as the variables do: Settings parses and checks both the same way.
+    return {name: getattr(args, name, None) for name in Settings.model_fields}
 
 
 # --- commands -----------------------------------------------------------------------------------------

@@ -18,22 +18,13 @@ import socket
 import uvloop
 from aiohttp import web
 
-from services.background import BACKGROUND_PARTS
-from services.bootstrap import role_parts
 from services.http.app import create_app
 from services.http.connections import serve_app
 from services.logs import configure_logging
+from services.roles import http_parts
 from services.settings import Settings
 
 SOCKET_FD_ENV = "RECIPROCITY_HTTP_SOCKET_FD"
-
-
-def http_parts(settings: Settings) -> frozenset[str]:
-    """What serve's HTTP processes run: the role's parts, less what its background process runs."""
-    parts = role_parts(settings.role)
-    if settings.role == "all" and settings.background_process:
-        parts = parts - BACKGROUND_PARTS
-    return parts
 
 
 def run_http(settings: Settings, app: web.Application, listener: socket.socket | None) -> None:
@@ -55,7 +46,7 @@ def main() -> None:
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
     listener = socket.socket(fileno=int(os.environ[SOCKET_FD_ENV]))
-    run_http(settings, create_app(settings, parts=http_parts(settings)), listener)
+    run_http(settings, create_app(settings, parts=http_parts(settings.role, settings.background_process)), listener)
 
 
 if __name__ == "__main__":

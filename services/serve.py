@@ -17,10 +17,11 @@ import structlog
 
 from services.background import WatchedProcess
 from services.http.app import create_app
-from services.http_worker import SOCKET_FD_ENV, http_parts, run_http
+from services.http_worker import SOCKET_FD_ENV, run_http
 from services.logs import configure_logging, redact_url
 from services.metrics import forget_process, share_metrics_between_processes
 from services.natsserver import EmbeddedNatsServer, NatsServerError
+from services.roles import ROLES, http_parts
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,7 +47,7 @@ def serve(settings: Settings) -> None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
             metrics_dir.mkdir(mode=0o700, parents=True)  # like the data directory: this user's alone
             share_metrics_between_processes(metrics_dir)  # before any process makes its metrics
-        if settings.role == "all" and settings.background_process:
+        if ROLES[settings.role].background and settings.background_process:
             children.append(WatchedProcess(settings))
         for _ in range(settings.http_workers - 1):
             assert listener is not None
@@ -70,7 +71,9 @@ def serve(settings: Settings) -> None:
             nats=redact_url(settings.nats_url),
         )
         try:
-            run_http(settings, create_app(settings, parts=http_parts(settings)), listener)
+            run_http(
+                settings, create_app(settings, parts=http_parts(settings.role, settings.background_process)), listener
+            )
         except OSError as failure:
             if failure.errno == errno.EADDRINUSE:
                 _port_taken(settings)

@@ -1,103 +1,114 @@
-"""Settings, built once from the environment (a flag of the same name may override), frozen, validated."""
+"""Settings, built once from the environment (a `serve` flag of the same name overrides), frozen, validated.
+
+Every field is the variable RECIPROCITY_<NAME> and the flag --<name-with-dashes>; an invalid value stops
+start-up with a message that names the variable.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.roles import ROLES, RoleName
+
+ENV_PREFIX = "RECIPROCITY_"
 
 
 class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path = Path("data")
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    database_url: str | None = None
-    nats_url: str | None = None
-    nats_port: int = 4222
-    role: str = "all"  # all, ingest, query, projector or relay (roles other than all need PostgreSQL and NATS)
-    background_process: bool = True  # serve's projector and relay in a second process (the other core)
-    http_workers: int = 1  # processes answering HTTP on serve's port (serve itself and the others)
-    nats_duplicate_window_s: float = 120.0  # JetStream's deduplication window for the event stream
-    log_format: str | None = None  # "json" or "console"; by TTY when unset
-    log_level: str = "info"
-    # Group commit: how many facts one transaction may hold, and how long it may wait for more.
-    commit_batch_facts_max: int = 2_000
-    commit_wait_ms: float = 0.0
-    commit_queue_facts_max: int = 50_000
-    group_commit: bool = True  # off only to measure what group commit gains
-    body_bytes_max: int = 1 << 20
-    batch_body_bytes_max: int = 8 << 20
-    signature_tolerance_s: int = 300
-    secret_grace_s: int = 24 * 3600
-    registry_refresh_s: float = 0.25
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    data_dir: Path = Field(Path("data"), description="where the SQLite files and the embedded NATS store live")
+    http_host: str = Field("127.0.0.1", description="the address HTTP listens on")
+    http_port: int = Field(8080, ge=0, le=65535, description="the HTTP port")
+    database_url: str | None = Field(
+        None, pattern=r"^postgres(ql)?://", description="postgresql://... (SQLite under data_dir when unset)"
+    )
+    nats_url: str | None = Field(None, description="NATS server(s) (an embedded nats-server when unset)")
+    nats_port: int = Field(4222, ge=0, le=65535, description="the embedded nats-server's port")
+    role: RoleName = Field("all", description="all, or one part for Kubernetes: ingest, query, projector, relay")
+    background_process: bool = Field(True, description="serve's projector and relay in a second process")
+    http_workers: int = Field(1, ge=1, le=64, description="processes answering HTTP on serve's port")
+    nats_duplicate_window_s: float = Field(120.0, gt=0, description="JetStream's deduplication window")
+    log_format: Literal["json", "console"] | None = Field(None, description="json or console (by TTY when unset)")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="the lowest level logged"
+    )
+    commit_batch_facts_max: int = Field(2_000, ge=1_000, description="facts one transaction may hold (>= a batch)")
+    commit_wait_ms: float = Field(0.0, ge=0, description="how long a transaction may wait for more facts")
+    commit_queue_facts_max: int = Field(50_000, ge=1, description="facts waiting to commit before ingest is 503")
+    group_commit: bool = Field(True, description="off only to measure what group commit gains")
+    body_bytes_max: int = Field(1 << 20, ge=1, description="the largest single webhook body")
+    batch_body_bytes_max: int = Field(8 << 20, ge=1, description="the largest batch body")
+    signature_tolerance_s: int = Field(300, ge=1, description="how far a webhook-timestamp may be off our clock")
+    secret_grace_s: int = Field(24 * 3600, ge=0, description="how long a rotated-out source secret keeps working")
+    registry_refresh_s: float = Field(0.25, gt=0, description="how often a process looks for registry changes")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            name = f"RECIPROCITY_{spec.name.upper()}"
-            raw = environ.get(name)
-            if raw is None or raw == "":
-                continue
-            values[spec.name] = _parse(name, spec.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.check()
-        return settings
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *args: Any, **kwargs: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the caller passes: from_env hands over its explicit mapping, and Settings(...) in a test
+        # or a benchmark never picks up the environment of whoever runs it.
+        return (init_settings,)
 
-    def check(self) -> None:
-        if self.log_format not in (None, "json", "console"):
-            raise SettingsError("RECIPROCITY_LOG_FORMAT must be json or console")
-        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
-            raise SettingsError("RECIPROCITY_DATABASE_URL must be a postgresql:// URL (unset means SQLite)")
-        for name in ("http_port", "nats_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise SettingsError(f"RECIPROCITY_{name.upper()} must be a TCP port (0-65535)")
-        if self.role not in ("all", "ingest", "query", "projector", "relay"):
-            raise SettingsError("RECIPROCITY_ROLE must be all, ingest, query, projector or relay")
-        if self.role != "all" and not (self.database_url and self.nats_url):
-            raise SettingsError(
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
+
+    @model_validator(mode="after")
+    def _shared_roles_share_a_store(self) -> Settings:
+        if ROLES[self.role].shares_store and not (self.database_url and self.nats_url):
+            raise ValueError(
                 f"--role {self.role} shares its store and bus with other pods: set RECIPROCITY_DATABASE_URL "
                 "(postgresql://...) and RECIPROCITY_NATS_URL"
             )
-        if not 1 <= self.http_workers <= 64:
-            raise SettingsError("RECIPROCITY_HTTP_WORKERS must be between 1 and 64")
-        if self.commit_batch_facts_max < 1000:
-            raise SettingsError("RECIPROCITY_COMMIT_BATCH_FACTS_MAX must hold a full batch (>= 1000)")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """From RECIPROCITY_* variables (empty ones count as unset), then flags given as `overrides`."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(env_name(name))
+            if raw:
+                values[name] = raw
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        try:
+            return cls(**values)
+        except ValidationError as invalid:
+            raise SettingsError(_explain(invalid)) from None
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        return self.model_copy(update=changes)
 
     def as_env(self) -> dict[str, str]:
         """The environment that gives these settings back through from_env (for a child process)."""
         return {
-            f"RECIPROCITY_{spec.name.upper()}": str(getattr(self, spec.name)).lower()
-            if isinstance(getattr(self, spec.name), bool)
-            else str(getattr(self, spec.name))
-            for spec in fields(self)
-            if getattr(self, spec.name) is not None
+            env_name(name): str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
         }
 
 
-def _parse(name: str, kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    try:
-        if "bool" in kind:
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes", "on")
-        if "int" in kind:
-            return int(raw)
-        if "float" in kind:
-            return float(raw)
-        if "Path" in kind:
-            return Path(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
-    return raw
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _explain(invalid: ValidationError) -> str:
+    problems = []
+    for error in invalid.errors(include_url=False):
+        where = env_name(str(error["loc"][0])) if error["loc"] else "settings"
+        # A URL may hold a password: its value is never repeated.
+        shown = error["loc"] and not str(error["loc"][0]).endswith("_url") and not isinstance(error["input"], dict)
+        given = f"={error['input']!r}" if shown else ""
+        problems.append(f"{where}{given}: {error['msg']}")
+    return "; ".join(problems)

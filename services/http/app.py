@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.bootstrap import Components, open_components, role_parts
+from services.bootstrap import Components, open_components
 from services.http import events, ops, views, webhooks
 from services.http.keys import COMPONENTS
 from services.http.middleware import request_middleware
 from services.metrics import Metrics
+from services.roles import role_parts
 from services.settings import Settings
 
 

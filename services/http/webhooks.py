@@ -85,7 +85,7 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
             )
         )
     body = await _read_bounded(request, limit)
-    _verify(auth, request, body)
+    _verify(auth, request, body, components.settings.signature_tolerance_s)
     return tenant, source, body
 
 
@@ -110,9 +110,9 @@ async def _read_bounded(request: web.Request, limit: int) -> bytes:
         deadline += len(chunk) / BODY_BYTES_PER_S_MIN
 
 
-def _verify(auth: SourceAuth, request: web.Request, body: bytes) -> None:
+def _verify(auth: SourceAuth, request: web.Request, body: bytes, tolerance_s: float) -> None:
     try:
-        verify(auth.keys, _signature_headers(request), body, time.time())
+        verify(auth.keys, _signature_headers(request), body, time.time(), tolerance_s)
     except SignatureError as unproven:
         raise problems.ProblemException(
             problems.problem(401, "bad-signature", "The signature does not prove the sender", str(unproven)),

@@ -27,10 +27,10 @@ from ledger.store import open_ledger
 from projections import reciprocity, viewstore
 from projections.follower import Follower, Quarantine, projection_failures, transient
 from projections.runtime import open_view_store
-from services.background import BACKGROUND_PARTS
 from services.bootstrap import open_components
 from services.http.app import create_app
 from services.metrics import SHARED_DIR_ENV
+from services.roles import background_parts
 from tests.helpers import envelope, give
 from tests.processes import cli_json
 
@@ -332,7 +332,7 @@ async def test_under_serve_the_http_process_reports_what_the_background_process_
     """serve projects in its background process, whose metrics no scrape reaches (one HTTP process): its
     HTTP process finds the failure in the views database, for /readyz and for the metric."""
     monkeypatch.delenv(SHARED_DIR_ENV, raising=False)
-    background = await open_components(settings, parts=BACKGROUND_PARTS)
+    background = await open_components(settings, parts=background_parts("all", True))
     http = await open_components(settings, parts=frozenset({"ingest", "query"}))
     try:
         assert not http.projections.project

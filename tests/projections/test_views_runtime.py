@@ -34,8 +34,8 @@ from projections.queries import ReciprocityQueries
 from projections.rebuild import rebuild
 from projections.runtime import InfluenceWorker, open_view_store
 from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
-from services.background import BACKGROUND_PARTS
 from services.bootstrap import open_components
+from services.roles import background_parts
 from tests.helpers import acknowledgement, at, community, give, introduction, received, reversal
 from tests.processes import cli, cli_json, environment
 
@@ -462,7 +462,7 @@ def test_influence_tables_left_in_the_main_views_file_by_an_older_version_are_dr
 async def test_a_process_that_answers_no_queries_maps_less_of_the_views_file(sqlite_settings):
     """serve's background process read through the whole view after a rebuild, and every page it touched
     stayed mapped and counted in its resident memory; the processes that answer queries map 1 GiB."""
-    background = await open_components(sqlite_settings, parts=BACKGROUND_PARTS)
+    background = await open_components(sqlite_settings, parts=background_parts("all", True))
     http = await open_components(sqlite_settings, parts=frozenset({"ingest", "query"}))
     try:
         for components, mapped in ((background, BACKGROUND_READER_MMAP_BYTES), (http, READER_MMAP_BYTES)):
