@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from contracts import json_body
 from contracts.answers import BatchAnswer, FactAccepted, Problem
 from contracts.facts import read_webhook, webhook_adapter
-from services.signatures import SignatureError, secret_key, sign, verify
+from ledger.signatures import SignatureError, secret_key, sign, verify
 from tests.helpers import Sender, give
 
 SEED = int(os.environ.get("RECIPROCITY_FUZZ_SEED", "16"))  # another seed explores other mutations

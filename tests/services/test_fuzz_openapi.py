@@ -29,11 +29,11 @@ from schemathesis.core.parameters import ParameterLocation
 from contracts import json_body
 from contracts.answers import Problem
 from contracts.facts import read_webhook, webhook_adapter
+from ledger.signatures import secret_key, sign
 from services.bootstrap import open_components
 from services.http import views
 from services.http.app import create_app
 from services.settings import Settings
-from services.signatures import secret_key, sign
 from tests.conftest import make_sender
 from tests.helpers import Sender, acknowledgement, envelope, give, introduction
 
