@@ -22,7 +22,6 @@ from contracts.types import (
 BATCH_EVENTS_MAX = 1_000
 
 FACT_TYPES = ("give.recorded", "introduction.made", "acknowledgement.recorded", "reversal.recorded")
-GIVE_KINDS = ("knowledge", "help", "time", "referral", "endorsement", "other")
 
 
 class Strict(BaseModel):

@@ -234,9 +234,6 @@ class ThreadWriter:
         self.writer = writer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fact-writer")
 
-    async def start(self) -> None:
-        pass
-
     async def commit(self, items: list[ReceivedFact]) -> list[Outcome]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.commit, items)
 
@@ -293,7 +290,6 @@ class GroupCommitter:
         return self._task is not None and not self._task.done() and not self._closing
 
     async def start(self) -> None:
-        await self.writer.start()
         self._task = asyncio.create_task(self._run(), name="group-committer")
 
     async def close(self) -> None:

@@ -55,7 +55,9 @@ def verify(
     except ValueError:
         raise SignatureError("webhook-timestamp must be whole seconds since the epoch") from None
     if abs(now_s - timestamp) > tolerance_s:
-        raise SignatureError(f"webhook-timestamp is more than {tolerance_s:g} s off; refusing a possible replay")
+        raise SignatureError(
+            f"webhook-timestamp is more than {tolerance_s / 60:g} minutes off; refusing a possible replay"
+        )
     offered = [part.removeprefix("v1,") for part in signature_header.split(" ") if part.startswith("v1,")]
     if not offered or len(offered) > SIGNATURES_MAX:
         raise SignatureError("webhook-signature holds no v1 signature (or too many)")

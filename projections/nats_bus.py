@@ -34,10 +34,6 @@ def event_subject(tenant: str, fact_type: str) -> str:
     return f"reciprocity.events.{tenant}.{fact_type.replace('.', '_')}"
 
 
-def query_subject(tenant: str, endpoint: str) -> str:
-    return f"reciprocity.query.{tenant}.{endpoint}"
-
-
 async def connect(url: str, name: str, on_state: Callable[[bool], None] = lambda up: None) -> Client:
     """Connects, retrying until the server answers; afterwards the client reconnects by itself."""
 

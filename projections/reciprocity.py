@@ -63,8 +63,6 @@ DDL = (
     # changed_position: the page that last changed a row, so the KV writer can follow changes by position.
     # It and every pair query read scope "" only, so their indexes hold those rows only: the per-context rows
     # (half the pairs, nine in ten participant rows at a million facts) were written to them for nothing.
-    # (Full-scope indexes of an earlier version, by their names then, are dropped.)
-    "DROP INDEX IF EXISTS view_participants_changed",
     "CREATE INDEX IF NOT EXISTS view_participants_changed_overall ON view_participants (changed_position)"
     " WHERE scope = ''",
     "CREATE INDEX IF NOT EXISTS view_participants_balance ON view_participants"
@@ -78,9 +76,6 @@ DDL = (
     " ba_micro INTEGER NOT NULL, strength_micro INTEGER NOT NULL, first_at TEXT, last_at TEXT,"
     " decayed_ab REAL NOT NULL, decayed_ba REAL NOT NULL, changed_position INTEGER NOT NULL,"
     " PRIMARY KEY (tenant, scope, a, b))",
-    "DROP INDEX IF EXISTS view_pairs_changed",
-    "DROP INDEX IF EXISTS view_pairs_strength",
-    "DROP INDEX IF EXISTS view_pairs_b",
     "CREATE INDEX IF NOT EXISTS view_pairs_changed_overall ON view_pairs (changed_position) WHERE scope = ''",
     "CREATE INDEX IF NOT EXISTS view_pairs_strength_overall ON view_pairs (tenant, strength_micro DESC)"
     " WHERE scope = ''",
