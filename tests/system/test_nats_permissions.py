@@ -24,7 +24,7 @@ ACME_PASSWORD = "acme-secret"
 def documented_user() -> str:
     """Tenant acme's user entry exactly as README "Tenant isolation on NATS" shows it (nats-server reads it
     as it is), with a password: the test proves the documented set, not a copy that could drift from it."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### Tenant isolation on NATS")[1]
     entry = section.split("```")[1].strip()
     assert entry.startswith("{user: acme,") and 'password: "..."' in entry, entry
