@@ -227,8 +227,8 @@ def _conflict_persisted_problem() -> Problem:
 class ThreadWriter:
     """The writer on one thread of this process, so the event loop keeps serving while it commits.
 
-    (A writer in a process of its own was measured too: pickling batches across cost as much as the
-    interpreter-lock contention it saved.)"""
+    (Not a process of its own: every batch would be pickled across, which costs about what sharing the
+    interpreter lock does; docs/performance.md.)"""
 
     def __init__(self, writer: FactWriter) -> None:
         self.writer = writer

@@ -152,7 +152,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def select_log(self, after: int, limit: int, topics: Sequence[str] = FACT_TOPICS) -> list[StoredFact]:
         """The library's `select_notifications(topics=FACT_TOPICS)`, without its notification objects, whose
-        UUIDs and dataclasses cost a third of reading the log."""
+        UUIDs and dataclasses are much of the cost of reading the log."""
         statement = (
             f"SELECT rowid, state FROM {self.events_table_name} WHERE rowid > ? "
             f"AND topic IN ({', '.join('?' * len(topics))}) ORDER BY rowid LIMIT ?"

@@ -1,1 +1,1 @@
-"""Projection workers: views built from the store's ordered log."""
+"""Everything built from the store's ordered log: the views, their queries and rebuild, the NATS relay and KV."""

@@ -256,8 +256,8 @@ class PostgresNotifications:
 
 async def watch_sqlite_commits(path: Path, wake: Callable[[], None], interval_s: float) -> None:
     """Wakes followers when another process commits to a SQLite file. `PRAGMA data_version` on an idle
-    connection of our own changes exactly then and costs microseconds, so checking it often is cheap where
-    reading the log at every tick would keep a core a fifth busy on an idle service."""
+    connection of our own changes exactly then and reads no table, so it can be checked often; reading the
+    log at every tick would keep an idle service busy."""
     connection = sqlite3.connect(path, isolation_level=None)  # never writes; holds no transaction open
     try:
         seen = connection.execute("PRAGMA data_version").fetchone()[0]

@@ -1,7 +1,7 @@
 """A tenant's pairs as numpy columns for the influence recompute, kept between recomputes.
 
 Reading a tenant's million pair rows makes two million Python strings, which cost most of a recompute
-(about 3 of 4.5 seconds at 850k pairs). The influence worker recomputes the same tenants over and over, so it
+(docs/performance.md). The influence worker recomputes the same tenants over and over, so it
 keeps each large tenant's pairs as columns and reads only the rows changed since (`changed_position`, which
 every page that changes a pair sets). Participants are numbered by slot, in the order they were first seen;
 the graph needs them in id order, which `in_id_order` derives each time from the tenant's sorted participants.
@@ -18,7 +18,7 @@ import numpy as np
 PAIR_COLUMNS = "a, b, decayed_ab, decayed_ba, strength_micro, last_at"
 SLOT_BITS = 32  # a pair's key: a's slot above, b's below
 CACHED_PAIRS_MAX = 3_000_000  # all tenants together: about 60 bytes each, so under 200 MB
-TENANT_PAIRS_MIN = 20_000  # a smaller tenant reads all its pairs in well under 0.1 s: not kept
+TENANT_PAIRS_MIN = 20_000  # a smaller tenant reads all its pairs quickly: not worth the memory
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,8 @@ class InfluenceView:
         }
 
     def _keep_written(self, tenant: str, position: int, stored: StoredRows) -> None:
-        """Keeps what is now stored for a tenant whose pairs are kept too (a large one: reading its rows back
-        costs about a second); forgets tenants whose pairs were let go."""
+        """Keeps what is now stored for a tenant whose pairs are kept too (a large one, whose rows are slow
+        to read back); forgets tenants whose pairs were let go."""
         for gone in [t for t in self._written if t not in self.pairs]:
             del self._written[gone]
         if tenant in self.pairs:

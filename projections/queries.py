@@ -79,7 +79,7 @@ def balance_answer(participant: str, row: ParticipantRow, position: int) -> Bala
 
 def balance_json(participant: str, row: ParticipantRow, position: int) -> bytes:
     """balance_answer's JSON, byte for byte, without building and validating the model: the most frequent
-    answer, by HTTP and into the KV bucket, where the model cost a tenth of the work (a test compares them)."""
+    answer, by HTTP and into the KV bucket, where that work would be spent on every one (a test compares them)."""
     return orjson.dumps(balance_fields(participant, row, position))
 
 
@@ -248,7 +248,7 @@ class BalanceLookups:
     flight go out together in the next one, on the loop's connection (ViewStore.read_async). Under load a
     request then costs a share of one round trip instead of a whole one (on a small machine its system calls
     cost more than the lookup); a request that comes alone goes out at once. One statement in flight per
-    process measured faster than two or four, and with a lower p99."""
+    process: more in flight did not help (docs/performance.md)."""
 
     def __init__(self, store: ViewStore) -> None:
         self.store = store

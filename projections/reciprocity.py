@@ -62,7 +62,7 @@ DDL = (
     " changed_position INTEGER NOT NULL, PRIMARY KEY (tenant, scope, participant))",
     # changed_position: the page that last changed a row, so the KV writer can follow changes by position.
     # It and every pair query read scope "" only, so their indexes hold those rows only: the per-context rows
-    # (half the pairs, nine in ten participant rows at a million facts) were written to them for nothing.
+    # (most participant rows) would be written to them for nothing.
     "CREATE INDEX IF NOT EXISTS view_participants_changed_overall ON view_participants (changed_position)"
     " WHERE scope = ''",
     "CREATE INDEX IF NOT EXISTS view_participants_balance ON view_participants"

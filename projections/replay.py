@@ -4,7 +4,7 @@ Following the log page by page reads and rewrites the rows each page touches, wi
 and again. A rebuild starts from empty views and owns them, so it can do less:
 
 1. **Replay the order-dependent parts, in log order.** Which facts are live and which gives are acknowledged
-   (a reversed give keeps the flag it had when it was reversed). Gives, nine in ten facts, change nothing
+   (a reversed give keeps the flag it had when it was reversed). Gives, most of the facts, change nothing
    themselves: they are kept as columns (`Gives`), and acknowledgements and reversals, in log order, change
    their flags and note what they add to the time-decayed weight of the give's pair. On SQLite a thread reads
    the gives from the store's JSON in the database's own code (`read_gives`) while Python reads the other
@@ -20,8 +20,9 @@ and again. A rebuild starts from empty views and owns them, so it can do less:
    indexes, and on SQLite the participant and pair rows, copied from files where this thread bound them
    meanwhile. Both cores of a small machine work: the database's code runs without Python's lock.
 
-It holds the log's fact rows and the views in memory while it runs (about 2.3 GB at 1.1 million facts;
-`bench/views.py` reports it). The property test checks that it gives exactly the rows following gives.
+It holds the log's fact rows and the views in memory while it runs, so its peak memory grows with the log
+(`bench/views.py` reports it; docs/performance.md). The property test checks that it gives exactly the rows
+following gives.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ class Replay:
     def add_gives(self, rows: list[tuple[Any, ...]]) -> None:
         """The gives read by `read_gives`, as `GIVES_LOADED` returns them, before any other fact is applied."""
         gives = columns(rows, len(self.gives.columns))
-        # One string object per tenant. (Not per person: interning a million names cost more time, 1.5 s, than
-        # it saved; the rows live only while the views are written.)
+        # One string object per tenant. (Not per person: interning every name costs more time than it saves;
+        # the rows live only while the views are written.)
         gives[TENANT] = list(map(sys.intern, gives[TENANT]))
         gives[VALUE_MICRO] = list(map(self._value_micro, gives[VALUE_MICRO]))
         for column in range(OCCURRED_AT + 1, OCCURRED_AT + 1 + len(CONTEXT_DIMENSIONS)):
@@ -225,9 +226,9 @@ class Replay:
         the fact tables' indexes while this one aggregates: the two cores of a small machine both work.
 
         On SQLite (`staging`, from `staging_files`; `read_gives` read the gives from the store's JSON while the
-        log was replayed) that thread first writes the gives, nine in ten fact rows, with one statement: also
-        in the database's own code, where binding them from Python took 6 s before the aggregation at a
-        million facts. Then this thread binds the participant and pair rows into the staging files while
+        log was replayed) that thread first writes the gives, most of the fact rows, with one statement: also
+        in the database's own code, rather than bound from Python while the aggregation waits. Then this
+        thread binds the participant and pair rows into the staging files while
         `writer` copies the rows staged before into the views, in SQLite's code, and indexes them.
         """
         gives_read = staging is not None
@@ -443,7 +444,7 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
                 replayed.write(cursor, store, staging=staging)
         if applied:
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
-            # after, took minutes instead of a second on 100k pairs until the statistics were fresh.
+            # after, would run on those plans, far slower, until the statistics were fresh.
             store.analyze(TABLES)
     finally:
         if collecting:

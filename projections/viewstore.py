@@ -41,8 +41,8 @@ READER_CACHE_KIB = 16 * 1024  # per reading thread
 # Readers map the file: a page already in the OS cache is read without a system call (they are dear in VMs).
 READER_MMAP_BYTES = 1 << 30
 # ...except in a process that answers no queries (serve's background process): its readers go through the
-# whole view after a rebuild (the KV writer), and every page they touched stayed mapped, counted in its
-# resident memory (780 MB of its 986 MiB at a million facts). Beyond this, pages are read with a system call.
+# whole view after a rebuild (the KV writer), and every page they touched would stay mapped, counted in its
+# resident memory. Beyond this, pages are read with a system call.
 BACKGROUND_READER_MMAP_BYTES = 1 << 28
 # On SQLite the influence view has a file of its own, attached to every connection as schema `influence`:
 # it is rewritten about once a second, and SQLite has one writer per file, so in the main file that
@@ -111,7 +111,7 @@ class ViewCursor:
         if postgres:
             raw.row_factory = tuple_row  # the library's connections make dicts, which merge same-named columns
         else:
-            raw.sqlite_cursor.row_factory = None  # plain tuples: a sqlite3.Row costs a third more per row read
+            raw.sqlite_cursor.row_factory = None  # plain tuples: a sqlite3.Row costs more per row read
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self._postgres else statement
@@ -141,8 +141,8 @@ class ViewCursor:
     ) -> None:
         """Inserts `rows`, or updates the other columns of the row with the same key.
 
-        PostgreSQL gets the rows by COPY into a temporary table and one INSERT ... SELECT: as 100k statements
-        of one row each they cost it twice the time. SQLite runs in-process, where executemany is as quick.
+        PostgreSQL gets the rows by COPY into a temporary table and one INSERT ... SELECT, not a statement
+        per row, each executed apart. SQLite runs in-process, where executemany is as quick.
         """
         if not rows:
             return
@@ -389,7 +389,7 @@ class ViewStore:
 
         On SQLite it runs with a rollback journal instead of the WAL when no other connection has the file
         open: pages of tables built from empty go to the file once, where the WAL takes every page and its
-        checkpoint copies each again (a gigabyte at a million facts: 4 to 5 s of the rebuild). The
+        checkpoint copies each again (a share of the rebuild's time that grows with the views). The
         store's own connections close for it and reopen when next needed; the file is in WAL mode again
         afterwards (or, after a crash, as soon as a connection opens it). With another connection open the
         transaction goes through the WAL like any other. `attach` names other SQLite files to read from in it.

@@ -1,1 +1,1 @@
-"""reciprocity-ledger: the service (domain, store, ingest, HTTP edge and command line)."""
+"""Running the service: settings, roles, wiring, the HTTP edge, the NATS query service, the command line."""

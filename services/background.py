@@ -103,8 +103,8 @@ class WatchedProcess:
 
 
 def main() -> None:
-    # The influence recompute is CPU-bound Python on a thread; the default 5 ms interpreter switch interval
-    # would let it hold up every page and KV write behind it for that long, many times a second.
+    # Pages are applied by CPU-bound Python on a thread beside the event loop that relays and writes KV; with
+    # the default 5 ms interpreter switch interval the loop would wait that long for the lock, again and again.
     sys.setswitchinterval(0.0005)
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)

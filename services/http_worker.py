@@ -1,7 +1,7 @@
 """An extra HTTP process of `reciprocity serve` (RECIPROCITY_HTTP_WORKERS > 1).
 
-One interpreter answers a few thousand requests a second on one core; serve's other processes leave the
-second core mostly idle under a read load. So serve binds the listening socket once and hands it to these
+One interpreter answers HTTP on one core at most, and under a read load serve's other processes leave the
+other cores mostly idle. So serve binds the listening socket once and hands it to these
 workers, which accept connections from the same socket and answer ingest and queries exactly as serve's
 own HTTP does: the same store, the same views, the same NATS. Their Prometheus metrics go to a directory
 serve shares with them, so any of them answers /metrics for all (services/metrics.py).
@@ -30,7 +30,7 @@ SOCKET_FD_ENV = "RECIPROCITY_HTTP_SOCKET_FD"
 def run_http(settings: Settings, app: web.Application, listener: socket.socket | None) -> None:
     """serve's and the workers' HTTP loop: on the shared socket when there is one."""
     # What start-up made (modules, contracts, the app) lives as long as the process: out of the collector's
-    # sight, a full collection no longer walks it all in the middle of a request (a p99 outlier).
+    # sight, a full collection no longer walks it all in the middle of a request.
     gc.freeze()
     address = {"sock": listener} if listener else {"host": settings.http_host, "port": settings.http_port}
     serve_app(  # web.run_app, with a header timeout and a bound on connections

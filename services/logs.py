@@ -97,7 +97,7 @@ class BufferedLineLogger:
     def flush(self) -> None:
         """Writes the lines held so far. The writes happen outside the lock that `msg` takes: a flush of a
         fifth of a second's lines is dozens of writes, and the event loop logging meanwhile must not wait
-        for them (it did: a stall of milliseconds five times a second, in the query latency's p99)."""
+        for them: every request logged during a flush would be held up."""
         with self._writing:
             with self._lock:
                 lines, self._lines, self._size = self._lines, [], 0

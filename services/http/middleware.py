@@ -21,9 +21,8 @@ log = structlog.get_logger("reciprocity.http")
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A keep-alive connection is closed after this many requests (nginx's keepalive_requests default), and the
 # client connects again. serve's HTTP processes accept from one socket, whichever is idle first: a client's
-# pool of connections, opened at once, lands unevenly (23 of 32 in one process was seen), and the busier
-# process answers those with a third more latency for as long as they live. Reconnecting lets the less busy
-# process take them over.
+# pool of connections, opened at once, can land unevenly, and the busier process answers its share more
+# slowly for as long as those connections live. Reconnecting lets the less busy process take some over.
 REQUESTS_PER_CONNECTION_MAX = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

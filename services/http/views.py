@@ -81,7 +81,7 @@ async def _prepare(request: web.Request, model: type[Q], view: str = "reciprocit
 
 
 async def _read(request: web.Request, function: Callable[..., Any], *args: Any) -> Any:
-    """A view read: on SQLite a local point read takes microseconds, less than a thread hop would cost;
+    """A view read: on SQLite a local point read costs less than a thread hop would;
     on PostgreSQL the round trip runs on a worker thread."""
     if request.app[COMPONENTS].settings.database_url:
         return await asyncio.to_thread(function, *args)
