@@ -15,6 +15,9 @@ import psycopg
 import pytest
 from psycopg.sql import SQL, Identifier
 
+from ledger.store import Ledger, open_ledger
+from projections.runtime import open_view_store
+from projections.viewstore import ViewStore
 from services.bootstrap import Components, open_components, open_registry
 from services.http.app import create_app
 from services.settings import Settings
@@ -79,6 +82,16 @@ def make_sender(settings: Settings, tenant: str, source: str) -> Sender:
     finally:
         registry.db.close()
     return Sender(tenant=tenant, source=source, secret=secret, read_key=read_key)
+
+
+@pytest.fixture
+def stores(settings: Settings) -> Iterator[tuple[Ledger, ViewStore]]:
+    """The store and the views database of `settings`, opened directly (no service around them)."""
+    ledger = open_ledger(settings.database_url, settings.data_dir)
+    views = open_view_store(settings.database_url, settings.data_dir)
+    yield ledger, views
+    views.close()
+    ledger.close()
 
 
 @pytest.fixture

@@ -91,15 +91,6 @@ def tenant_rows(views, tenant: str) -> dict:
     }  # fmt: skip
 
 
-@pytest.fixture
-def stores(settings):
-    ledger = open_ledger(settings.database_url, settings.data_dir)
-    views = open_view_store(settings.database_url, settings.data_dir)
-    yield ledger, views
-    views.close()
-    ledger.close()
-
-
 def follower(ledger, views, page_facts_max=16, on_failure=lambda view: None) -> Follower:
     return Follower(
         ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(VIEW),

@@ -40,15 +40,6 @@ from tests.helpers import acknowledgement, at, community, give, introduction, re
 from tests.processes import cli, cli_json, environment
 
 
-@pytest.fixture
-def stores(settings):
-    ledger = open_ledger(settings.database_url, settings.data_dir)
-    views = open_view_store(settings.database_url, settings.data_dir)
-    yield ledger, views
-    views.close()
-    ledger.close()
-
-
 def project(ledger, views, page_facts_max=500):
     Follower(
         ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(reciprocity.VIEW),
