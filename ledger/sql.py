@@ -1,7 +1,7 @@
 """A small synchronous SQL helper for our own ordinary tables (registry, views), on SQLite or PostgreSQL.
 
 The fact log itself is the eventsourcing library's; this is only for tables beside it. SQL is written
-with `?` placeholders and translated for psycopg; statements here never contain a literal `?`.
+with `?` placeholders, which the dialect translates (ledger/dialect.py).
 """
 
 from __future__ import annotations
@@ -14,34 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.sql import SQL, Identifier
 
-from ledger.store import postgres_connect, postgres_params, private_directory, schema_lock, sqlite_connect
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect, private_directory, sqlite_connect
+from ledger.dialect import Dialect, dialect_of
+from ledger.locks import schema_lock
 
 
 class Database:
     """One connection, used by one thread at a time, with transactions that commit durably."""
 
-    dialect: str
+    dialect: Dialect
 
-    def __init__(self, database_url: str | None, sqlite_path: Path) -> None:
+    def __init__(self, database_url: str | None, sqlite_path: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
         self._lock = threading.RLock()
         self._database_url = database_url
         self._sqlite_path = sqlite_path
-        self.dialect = "postgresql" if database_url else "sqlite"
+        self._limits = limits
+        self.dialect = dialect_of(database_url)
         self._connection: Any = None
 
     def _connect(self) -> Any:
         if self._database_url is None:
             private_directory(self._sqlite_path.parent)
-            return sqlite_connect(self._sqlite_path)  # which creates or tightens the file 0600
-        connection = postgres_connect(self._database_url)
-        schema = postgres_params(self._database_url)["schema"]
-        connection.execute(SQL("SET search_path TO {}").format(Identifier(schema)))
-        return connection
-
-    def _sql(self, statement: str) -> str:
-        return statement if self.dialect == "sqlite" else statement.replace("?", "%s")
+            return sqlite_connect(self._sqlite_path, self._limits)  # which creates or tightens the file 0600
+        return postgres_connect(self._database_url, self._limits)
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
@@ -49,7 +45,7 @@ class Database:
         with self._lock:
             connection = self._ensure()
             try:
-                connection.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+                connection.execute(self.dialect.begin_write)
                 yield Cursor(self, connection)
                 connection.execute("COMMIT")
             except BaseException:
@@ -58,11 +54,11 @@ class Database:
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._ensure().execute(self._sql(statement), params).fetchall()
+            return self._ensure().execute(self.dialect.sql(statement), params).fetchall()
 
     def create(self, statements: Sequence[str]) -> None:
         """Creates tables (and the schema) if missing; safe when several processes start at once."""
-        with schema_lock(self._database_url), self.transaction() as cursor:
+        with schema_lock(self._database_url, self._limits), self.transaction() as cursor:
             for statement in statements:
                 cursor.execute(statement)
 
@@ -90,13 +86,13 @@ class Cursor:
         self._connection = connection
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cursor = self._connection.execute(self._database._sql(statement), params)
+        cursor = self._connection.execute(self._database.dialect.sql(statement), params)
         return cursor.fetchall() if cursor.description else []
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        sql = self._database._sql(statement)
-        if self._database.dialect == "sqlite":
+        sql = self._database.dialect.sql(statement)
+        if not self._database.dialect.postgres:
             self._connection.executemany(sql, rows)
-        else:
+        else:  # a psycopg connection has no executemany of its own
             with self._connection.cursor() as cursor:
                 cursor.executemany(sql, rows)

@@ -7,20 +7,13 @@ as the events, so one tenant's log can be read in order without scanning everybo
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import stat
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 from uuid import UUID
 
 import orjson
-import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
@@ -35,10 +28,17 @@ from eventsourcing.sqlite import (
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
+from ledger.connections import (
+    DEFAULT_LIMITS,
+    ConnectionLimits,
+    postgres_pool_args,
+    private_directory,
+    private_sqlite_file,
+)
 from ledger.facts import FACT_TOPIC, FACT_TOPICS
+from ledger.locks import schema_lock
 
 LEDGER_FILE = "ledger.sqlite3"
-SQLITE_LOCK_TIMEOUT_S = 10
 IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
 
@@ -292,7 +292,7 @@ class Ledger(Application[UUID]):
         return None
 
 
-def ledger_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
+def ledger_env(database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> dict[str, str]:
     """The library's environment for our store: SQLite under the data dir, or PostgreSQL by URL."""
     common = {"AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_MAX)}
     if not database_url:
@@ -300,126 +300,19 @@ def ledger_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
             **common,
             "PERSISTENCE_MODULE": f"{__name__}:LedgerSQLiteFactory",
             "SQLITE_DBNAME": str(data_dir / LEDGER_FILE),
-            "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_S),
+            "SQLITE_LOCK_TIMEOUT": str(limits.whole_lock_timeout_s),
         }
-    pg = postgres_params(database_url)
     return {
         **common,
         "PERSISTENCE_MODULE": f"{__name__}:LedgerPostgresFactory",
-        "POSTGRES_DBNAME": pg["dbname"],
-        "POSTGRES_HOST": pg["host"],
-        "POSTGRES_PORT": pg["port"],
-        "POSTGRES_USER": pg["user"],
-        "POSTGRES_PASSWORD": pg["password"],
-        "POSTGRES_SCHEMA": pg["schema"],
-        "POSTGRES_POOL_SIZE": "4",
-        "POSTGRES_MAX_OVERFLOW": "8",
-        "POSTGRES_CONNECT_TIMEOUT": "5",
-        "POSTGRES_LOCK_TIMEOUT": "10",
+        **{f"POSTGRES_{name.upper()}": str(value) for name, value in postgres_pool_args(database_url, limits).items()},
     }
 
 
-def postgres_params(database_url: str) -> dict[str, str]:
-    """`postgresql://user:password@host:port/dbname?schema=name` as separate connection parameters."""
-    url = urlparse(database_url)
-    if url.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"RECIPROCITY_DATABASE_URL must start with postgresql:// (got {url.scheme}://)")
-    query = parse_qs(url.query)
-    return {
-        "dbname": unquote(url.path.lstrip("/")) or "postgres",
-        "host": url.hostname or "127.0.0.1",
-        "port": str(url.port or 5432),
-        "user": unquote(url.username or "postgres"),
-        "password": unquote(url.password or ""),
-        "schema": query.get("schema", ["public"])[0],
-    }
-
-
-def postgres_connect_args(database_url: str) -> dict[str, Any]:
-    """Our plain PostgreSQL connections' arguments (autocommit), for psycopg's sync or async connect."""
-    pg = postgres_params(database_url)
-    return {
-        "dbname": pg["dbname"],
-        "host": pg["host"],
-        "port": pg["port"],
-        "user": pg["user"],
-        "password": pg["password"],
-        "autocommit": True,
-        "connect_timeout": 5,
-    }
-
-
-def postgres_connect(database_url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(**postgres_connect_args(database_url))
-
-
-# Held while tables are created: PostgreSQL refuses concurrent DDL on the same objects ("tuple concurrently
-# updated"), and several pods or processes may start at the same moment. The key is per schema: a store that
-# waits for its own tables (say, behind a long rebuild) must never hold up the stores in other schemas.
-SCHEMA_LOCK_KEY_BASE = 0x7265_6369_7072_0000  # "recipr", plus a checksum of the schema
-
-
-@contextmanager
-def schema_lock(database_url: str | None) -> Iterator[None]:
-    """Serialises table creation across processes on PostgreSQL (SQLite serialises it by itself)."""
-    if not database_url:
-        yield
-        return
-    schema = postgres_params(database_url)["schema"]
-    key = SCHEMA_LOCK_KEY_BASE + zlib.crc32(schema.encode())
-    with postgres_connect(database_url) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-
-
-def open_ledger(database_url: str | None, data_dir: Path) -> Ledger:
+def open_ledger(database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> Ledger:
     """The store, created on first use (tables, and the PostgreSQL schema the URL names)."""
     if not database_url:
         private_directory(data_dir)
         private_sqlite_file(data_dir / LEDGER_FILE)
-    with schema_lock(database_url):
-        return Ledger(env=ledger_env(database_url, data_dir))
-
-
-# The data directory and its SQLite files are this user's alone: the registry holds the sources' webhook
-# secrets, the store every fact.
-PRIVATE_DIRECTORY_MODE = 0o700
-PRIVATE_FILE_MODE = 0o600
-SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-def private_directory(path: Path) -> None:
-    """Creates the directory 0700, or takes group and others' access from one that exists."""
-    path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
-    with suppress(PermissionError):  # a mount point we do not own (Kubernetes' fsGroup) keeps its owner's mode
-        _tighten(path)
-
-
-def private_sqlite_file(path: Path) -> None:
-    """Creates the SQLite file 0600 before SQLite does (SQLite gives its -wal, -shm and -journal files the
-    main file's mode), or tightens an existing one and its side files to 0600."""
-    with suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE))
-    # An existing file only by name: closing a descriptor of it would drop this process's SQLite locks on it.
-    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
-        with suppress(FileNotFoundError):
-            _tighten(file)
-
-
-def _tighten(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        path.chmod(mode & 0o700)
-
-
-def sqlite_connect(path: Path) -> sqlite3.Connection:
-    """A durable connection for our own small SQLite files (registry, views)."""
-    private_sqlite_file(path)
-    connection = sqlite3.connect(path, timeout=SQLITE_LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    return connection
+    with schema_lock(database_url, limits):
+        return Ledger(env=ledger_env(database_url, data_dir, limits))

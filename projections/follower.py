@@ -31,7 +31,8 @@ import psycopg
 import structlog
 from eventsourcing import persistence
 
-from ledger.store import Ledger, StoredFact, postgres_connect
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect
+from ledger.store import Ledger, StoredFact
 from projections.viewstore import ViewStore
 
 log = structlog.get_logger(__name__)
@@ -228,8 +229,11 @@ class Follower:
 class PostgresNotifications:
     """Wakes followers when any process inserts into the store (the library NOTIFYs on each insert)."""
 
-    def __init__(self, database_url: str, channel: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, database_url: str, channel: str, wake: Callable[[], None], limits: ConnectionLimits = DEFAULT_LIMITS
+    ) -> None:
         self._database_url = database_url
+        self._limits = limits
         self._channel = channel
         self._wake = wake
         self._stop = threading.Event()
@@ -244,7 +248,7 @@ class PostgresNotifications:
     def _listen(self) -> None:
         while not self._stop.is_set():
             try:
-                with postgres_connect(self._database_url) as conn:
+                with postgres_connect(self._database_url, self._limits) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
+from ledger.locks import WorkerLock
 from ledger.store import open_ledger
 from projections import influence_view, reciprocity
 from projections.influence_view import InfluenceView
@@ -18,7 +20,7 @@ from projections.kv import forget_written
 from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
 from projections.replay import replay
-from projections.runtime import WorkerLock, open_view_store
+from projections.runtime import open_view_store
 
 VIEWS = ("reciprocity", "influence")
 
@@ -27,15 +29,18 @@ class RebuildRefused(Exception):
     """Another process holds the projector lock."""
 
 
-def rebuild(database_url: str | None, data_dir: Path, view: str | None, wait_s: float) -> dict[str, Any]:
-    lock = WorkerLock(database_url, data_dir, "projector")
+def rebuild(
+    database_url: str | None, data_dir: Path, view: str | None, wait_s: float,
+    limits: ConnectionLimits = DEFAULT_LIMITS,
+) -> dict[str, Any]:  # fmt: skip
+    lock = WorkerLock(database_url, data_dir, "projector", limits)
     if not lock.acquire(wait_s):
         raise RebuildRefused(
             f"another process projects (a running `reciprocity serve`?) and held the lock for {wait_s:g} s; "
             "stop it first, or rebuild in a standby deployment"
         )
-    ledger = open_ledger(database_url, data_dir)
-    store = open_view_store(database_url, data_dir)
+    ledger = open_ledger(database_url, data_dir, limits)
+    store = open_view_store(database_url, data_dir, limits=limits)
     try:
         started = time.perf_counter()
         applied = 0

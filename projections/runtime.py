@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import multiprocessing
 import os
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -21,11 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.store import Ledger, postgres_connect, postgres_params
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
+from ledger.locks import WorkerLock
+from ledger.store import Ledger
 from projections import influence_view, kv, reciprocity
 from projections.follower import Follower, Quarantine, projection_failures
 from projections.influence_view import InfluenceView
@@ -38,7 +37,6 @@ VIEWS = (reciprocity.VIEW, influence_view.VIEW)
 INFLUENCE_INTERVAL_S = 1.0  # at most once a second...
 INFLUENCE_DUTY_MAX = 0.2  # ...and never more than a fifth of the time: a big tenant is recomputed less often
 STANDBY_RETRY_S = 2.0
-LOCK_KEY_BASE = 0x7265_6369_7000  # plus a checksum of schema and job: one holder per store and job
 
 
 # Where the relay says how far it got, for metrics and readiness in every process (it realigns from the
@@ -47,73 +45,12 @@ RELAY_DDL = ("CREATE TABLE IF NOT EXISTS view_relay (stream TEXT PRIMARY KEY, po
 RELAY_RECORD_INTERVAL_S = 1.0
 
 
-def open_view_store(database_url: str | None, data_dir: Path, reader_mmap_bytes: int = READER_MMAP_BYTES) -> ViewStore:
+def open_view_store(
+    database_url: str | None, data_dir: Path, reader_mmap_bytes: int = READER_MMAP_BYTES,
+    limits: ConnectionLimits = DEFAULT_LIMITS,
+) -> ViewStore:  # fmt: skip
     ddl = (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL, *kv.DDL)
-    return ViewStore(database_url, data_dir, ddl, reader_mmap_bytes)
-
-
-class WorkerLock:
-    """Held by the one process that does a singular job (projecting, relaying) for one store; others stand
-    by. `reciprocity rebuild` takes the projector's."""
-
-    def __init__(self, database_url: str | None, data_dir: Path, name: str = "projector") -> None:
-        self._database_url = database_url
-        self._name = name
-        self._path = data_dir / f"{name}.lock"
-        self._held: Any = None
-
-    def try_acquire(self) -> bool:
-        if self._held is not None:
-            return True
-        if self._database_url:
-            conn = postgres_connect(self._database_url)
-            schema = postgres_params(self._database_url)["schema"]
-            key = LOCK_KEY_BASE + zlib.crc32(f"{schema}/{self._name}".encode())
-            if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-                self._held = conn
-                return True
-            conn.close()
-            return False
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # Held open for as long as we project; 0600 like every file of the data directory.
-        handle = open(self._path, "a+", opener=lambda path, flags: os.open(path, flags, 0o600))  # noqa: SIM115
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self._held = handle
-        return True
-
-    def acquire(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not self.try_acquire():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-        return True
-
-    def still_held(self) -> bool:
-        """Whether the lock is still ours. A PostgreSQL advisory lock lives as long as the session that took
-        it: when that connection dies (a restarted server, a dropped network) the lock is gone and another
-        process may take it, so the holder must notice and stop. A file lock lasts until released."""
-        if self._held is None:
-            return False
-        if not self._database_url:
-            return True
-        try:
-            self._held.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
-                self._held.close()
-            self._held = None
-            return False
-
-    def release(self) -> None:
-        if self._held is not None:
-            self._held.close()  # closing the session or the file releases the lock
-            self._held = None
+    return ViewStore(database_url, data_dir, ddl, reader_mmap_bytes, limits)
 
 
 class InfluenceWorker:
@@ -123,8 +60,8 @@ class InfluenceWorker:
     own (on SQLite the influence file, so no page waits for it), dies with its parent, and is started
     again when it dies."""
 
-    def __init__(self, database_url: str | None, data_dir: Path) -> None:
-        self._args = (os.getpid(), database_url, str(data_dir))
+    def __init__(self, database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
+        self._args = (os.getpid(), database_url, str(data_dir), limits)
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -157,12 +94,12 @@ class InfluenceWorker:
 _worker_influence: InfluenceView | None = None  # in the worker process
 
 
-def _start_influence_worker(parent: int, database_url: str | None, data_dir: str) -> None:
+def _start_influence_worker(parent: int, database_url: str | None, data_dir: str, limits: ConnectionLimits) -> None:
     global _worker_influence
     die_with_parent()
     if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
         os._exit(1)
-    store = open_view_store(database_url, Path(data_dir))
+    store = open_view_store(database_url, Path(data_dir), limits=limits)
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 
 
@@ -187,15 +124,16 @@ class Projections:
         project: bool = True,
         poll_s: float = 0.5,
         reader_mmap_bytes: int = READER_MMAP_BYTES,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
         on_failure: Callable[[str], None] = lambda view: None,
     ) -> None:
         """`on_failure` learns the view's name for each page that failed (the metric counts them)."""
         self.ledger = ledger
         self.database_url = database_url
-        self.store = open_view_store(database_url, data_dir, reader_mmap_bytes)
+        self.store = open_view_store(database_url, data_dir, reader_mmap_bytes, limits)
         self.queries = ReciprocityQueries(self.store)
         self.influence = InfluenceView(self.store, self.queries)  # answers; recomputes run in a worker process
-        self.lock = WorkerLock(database_url, data_dir, "projector")
+        self.lock = WorkerLock(database_url, data_dir, "projector", limits)
         self.project = project
         self.poll_s = poll_s
         self.projecting = False
@@ -209,7 +147,7 @@ class Projections:
         # Pages on a thread; influence recomputes in a process of its own (see InfluenceWorker). Closing waits
         # for the work in flight on both.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
-        self._influence_worker = InfluenceWorker(database_url, data_dir)
+        self._influence_worker = InfluenceWorker(database_url, data_dir, limits)
         self.follower = Follower(
             ledger,
             reciprocity.ReciprocityProjection(self.store),

@@ -12,29 +12,30 @@ import contextlib
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from eventsourcing.persistence import Tracking
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteCursor, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
-from psycopg.sql import SQL, Identifier
 
-from ledger.store import (
-    PooledSQLiteDatastore,
+from ledger.connections import (
+    DEFAULT_LIMITS,
+    ConnectionLimits,
     postgres_connect,
-    postgres_connect_args,
-    postgres_params,
+    postgres_connect_async,
+    postgres_pool,
     private_directory,
     private_sqlite_file,
-    schema_lock,
 )
+from ledger.dialect import SQLITE, Dialect, dialect_of
+from ledger.locks import schema_lock
+from ledger.store import PooledSQLiteDatastore
 
-SQLITE_LOCK_TIMEOUT_S = 30
 KEYS_PER_QUERY = 500
 VIEWS_CACHE_KIB = 64 * 1024  # per connection
 READER_CACHE_KIB = 16 * 1024  # per reading thread
@@ -88,43 +89,27 @@ class ViewsSQLiteDatastore(PooledSQLiteDatastore):
     pool_class = ViewsSQLiteConnectionPool
 
 
-class SchemaPostgresDatastore(PostgresDatastore):
-    """The library's datastore with its schema on the search path, so view SQL needs no qualified names."""
-
-    def after_connect_func(self) -> Callable[[Any], None]:
-        configure = super().after_connect_func()
-        search_path = SQL("SET search_path TO {}").format(Identifier(self.schema))
-
-        def after_connect(conn: Any) -> None:
-            configure(conn)
-            conn.cursor().execute(search_path)
-
-        return after_connect
-
-
 class ViewCursor:
     """The library's cursor, with `?` placeholders and rows that unpack like tuples on both stores."""
 
-    def __init__(self, raw: Any, postgres: bool) -> None:
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
         self.raw = raw
-        self._postgres = postgres
-        if postgres:
+        self.dialect = dialect
+        self._postgres = dialect.postgres
+        if self._postgres:
             raw.row_factory = tuple_row  # the library's connections make dicts, which merge same-named columns
         else:
             raw.sqlite_cursor.row_factory = None  # plain tuples: a sqlite3.Row costs more per row read
 
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s") if self._postgres else statement
-
     def execute(self, statement: str, params: Sequence[Any] = ()) -> list[Any]:
-        self.raw.execute(self._sql(statement), params)
+        self.raw.execute(self.dialect.sql(statement), params)
         if self._postgres and self.raw.description is None:
             return []  # psycopg refuses to fetch from a statement that returns no rows
         return self.raw.fetchall()
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            self.raw.executemany(self._sql(statement), rows)
+            self.raw.executemany(self.dialect.sql(statement), rows)
 
     def insert(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Inserts many new rows: by COPY on PostgreSQL, by one prepared statement on SQLite."""
@@ -193,12 +178,13 @@ class ViewCursor:
 def leave_wal(connection: sqlite3.Connection) -> bool:
     """Switches the views file to a rollback journal (durable: synchronous=FULL) and says whether it did.
     SQLite refuses while another connection has the file open; then it stays in WAL mode."""
+    busy_timeout_ms = connection.execute("PRAGMA busy_timeout").fetchone()[0]
     connection.execute("PRAGMA busy_timeout=0")  # a refusal comes at once rather than after a wait
     try:
         rollback_journal = connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
     except sqlite3.OperationalError:  # "database is locked": another connection has it open
         rollback_journal = False
-    connection.execute(f"PRAGMA busy_timeout={SQLITE_LOCK_TIMEOUT_S * 1000}")
+    connection.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     connection.execute(f"PRAGMA synchronous={'FULL' if rollback_journal else 'NORMAL'}")
     return rollback_journal
 
@@ -214,25 +200,16 @@ class ViewStore:
     """The views database and the library's tracking recorder on it."""
 
     def __init__(
-        self, database_url: str | None, data_dir: Path, ddl: Sequence[str], reader_mmap_bytes: int = READER_MMAP_BYTES
-    ) -> None:
-        self.postgres = bool(database_url)
+        self, database_url: str | None, data_dir: Path, ddl: Sequence[str], reader_mmap_bytes: int = READER_MMAP_BYTES,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
+    ) -> None:  # fmt: skip
+        self.dialect = dialect_of(database_url)
+        self.postgres = self.dialect.postgres
         self.reader_mmap_bytes = reader_mmap_bytes
+        self.limits = limits
         self._database_url = database_url or ""
         if database_url:
-            pg = postgres_params(database_url)
-            self._schema = pg["schema"]
-            datastore: Any = SchemaPostgresDatastore(
-                dbname=pg["dbname"],
-                host=pg["host"],
-                port=pg["port"],
-                user=pg["user"],
-                password=pg["password"],
-                schema=pg["schema"],
-                pool_size=4,
-                max_overflow=8,
-                connect_timeout=5,
-            )
+            datastore: Any = postgres_pool(database_url, limits)
             self.tracking: Any = PostgresTrackingRecorder(datastore)
             self.tracking_table = self.tracking.tracking_table_name
         else:
@@ -240,7 +217,7 @@ class ViewStore:
             self.path = data_dir / "views.sqlite3"
             for file_name in (self.path.name, *ATTACHED_FILES.values()):  # ATTACH would create a file 0644
                 private_sqlite_file(data_dir / file_name)
-            datastore = ViewsSQLiteDatastore(str(self.path), lock_timeout=SQLITE_LOCK_TIMEOUT_S)
+            datastore = ViewsSQLiteDatastore(str(self.path), lock_timeout=limits.lock_timeout_s)
             self.tracking = SQLiteTrackingRecorder(datastore)
             self.tracking_table = "tracking"
         self.datastore = datastore
@@ -256,19 +233,16 @@ class ViewStore:
                     for table in _moved_tables(ddl):  # left in the main file by a version before the split
                         cursor.execute(f"DROP TABLE IF EXISTS main.{table}")
                 for statement in (QUARANTINE_DDL, *ddl):
-                    cursor.execute(self._dialect(statement))
+                    cursor.execute(self._ddl(statement))
 
-    def _dialect(self, ddl: str) -> str:
-        if not self.postgres:
-            return ddl
-        # Ids order by byte value (DESIGN section 1): the "C" collation, not the database's locale.
-        ddl = _ATTACHED_NAME.sub("", ddl)
-        return ddl.replace("INTEGER", "BIGINT").replace("REAL", "DOUBLE PRECISION").replace("TEXT", 'TEXT COLLATE "C"')
+    def _ddl(self, statement: str) -> str:
+        # PostgreSQL keeps every view in the store's schema: the attached files' schema names are SQLite's.
+        return self.dialect.ddl(_ATTACHED_NAME.sub("", statement) if self.postgres else statement)
 
     @contextmanager
     def transaction(self, *, commit: bool = True) -> Iterator[ViewCursor]:
         with self.datastore.transaction(commit=commit) as raw:
-            yield ViewCursor(raw, self.postgres)
+            yield ViewCursor(raw, self.dialect)
 
     @contextmanager
     def snapshot(self) -> Iterator[ViewCursor]:
@@ -288,7 +262,7 @@ class ViewStore:
         try:
             if self.postgres:
                 with reader.cursor() as cursor:
-                    cursor.execute(statement.replace("?", "%s"), params)
+                    cursor.execute(self.dialect.sql(statement), params)
                     return cursor.fetchall() if cursor.description else []
             return reader.execute(statement, params).fetchall()
         except (sqlite3.OperationalError, psycopg.OperationalError):
@@ -307,7 +281,7 @@ class ViewStore:
             self._async_reader, self._async_reader_loop = connection, loop
         try:
             async with connection.cursor() as cursor:
-                await cursor.execute(statement.replace("?", "%s"), params)
+                await cursor.execute(self.dialect.sql(statement), params)
                 return await cursor.fetchall() if cursor.description else []
         except BaseException:
             if self._async_reader is connection:
@@ -316,11 +290,7 @@ class ViewStore:
             raise
 
     async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
-        connection = await psycopg.AsyncConnection.connect(
-            **postgres_connect_args(self._database_url), row_factory=tuple_row
-        )
-        await connection.execute(SQL("SET search_path TO {}").format(Identifier(self._schema)))
-        return connection
+        return await postgres_connect_async(self._database_url, self.limits, row_factory=tuple_row)
 
     async def aclose(self) -> None:
         """Closes the event loop's connection (`read_async`), then everything else."""
@@ -333,11 +303,10 @@ class ViewStore:
         connection = getattr(self._readers, "connection", None)
         if connection is None:
             if self.postgres:
-                connection = postgres_connect(self._database_url)
-                connection.execute(SQL("SET search_path TO {}").format(Identifier(self._schema)))
+                connection = postgres_connect(self._database_url, self.limits)
             else:
                 connection = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=SQLITE_LOCK_TIMEOUT_S
+                    self.path, isolation_level=None, check_same_thread=False, timeout=self.limits.lock_timeout_s
                 )
                 connection.execute("PRAGMA query_only=ON")
                 connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
@@ -400,7 +369,9 @@ class ViewStore:
             return
         self._close_readers()
         self.datastore.renew_pool()
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.limits.lock_timeout_s
+        )
         rollback_journal = False
         try:
             rollback_journal = leave_wal(connection)
@@ -413,7 +384,7 @@ class ViewStore:
             # write, and an attached file is only read.
             connection.execute("BEGIN")
             try:
-                yield ViewCursor(SQLiteCursor(connection.cursor()), postgres=False)
+                yield ViewCursor(SQLiteCursor(connection.cursor()), SQLITE)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise

@@ -12,11 +12,12 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from ledger.locks import WorkerLock
 from ledger.store import Ledger
 from projections.kv import KvWriter
 from projections.nats_bus import BUCKETS, connect, ensure_buckets, ensure_stream, until_cancelled, until_done
 from projections.relay import Relay
-from projections.runtime import Projections, WorkerLock
+from projections.runtime import Projections
 from services.metrics import Metrics
 from services.micro import QueryService
 from services.settings import Settings

@@ -13,7 +13,8 @@ import pytest
 from contracts.facts import read_webhook
 from ledger.facts import ReceivedFact, fact_event_id
 from ledger.group_commit import FactWriter
-from ledger.store import open_ledger, schema_lock
+from ledger.locks import schema_lock
+from ledger.store import open_ledger
 from services.settings import Settings
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
 

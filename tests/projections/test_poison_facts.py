@@ -21,10 +21,11 @@ from eventsourcing import persistence
 from structlog.testing import capture_logs
 
 from contracts.facts import webhook_adapter
+from ledger.connections import ConnectionLimits
 from ledger.facts import ReceivedFact
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
-from projections import reciprocity, viewstore
+from projections import reciprocity
 from projections.follower import Follower, Quarantine, projection_failures, transient
 from projections.runtime import open_view_store
 from services.bootstrap import open_components
@@ -198,9 +199,8 @@ def test_transient_failures_are_classed_apart_from_a_facts_content():
 
 
 def test_a_locked_views_database_is_retried_and_blames_no_tenant(sqlite_settings, monkeypatch):
-    monkeypatch.setattr(viewstore, "SQLITE_LOCK_TIMEOUT_S", 0.2)
     ledger = open_ledger(None, sqlite_settings.data_dir)
-    views = open_view_store(None, sqlite_settings.data_dir)
+    views = open_view_store(None, sqlite_settings.data_dir, limits=ConnectionLimits(lock_timeout_s=0.2))
     blocker = sqlite3.connect(views.path, isolation_level=None)
     try:
         FactWriter(ledger).commit([received(give(f"g{i}", "ann", "bob"), t) for i in range(3) for t in ("a", "b")])

@@ -206,7 +206,7 @@ def test_the_rebuild_command_rebuilds_every_view(settings, stores):
 
 
 def test_the_rebuild_command_refuses_while_another_process_projects(settings):
-    from projections.runtime import WorkerLock
+    from ledger.locks import WorkerLock
 
     holder = WorkerLock(settings.database_url, settings.data_dir, "projector")
     assert holder.try_acquire()
@@ -222,8 +222,8 @@ async def test_a_worker_whose_lock_was_lost_stops_and_one_process_holds_it_again
     """On PostgreSQL a worker lock is an advisory lock of the session that took it. When that session dies,
     another process may take the lock, so the worker that held it stops; then whichever process takes the
     lock first works, and only that one."""
-    from ledger.store import postgres_connect
-    from projections.runtime import WorkerLock
+    from ledger.connections import postgres_connect
+    from ledger.locks import WorkerLock
     from services.nats_workers import run_while_holding
 
     first, second = (WorkerLock(postgres_schema_url, tmp_path, "relay") for _ in range(2))
@@ -267,7 +267,7 @@ async def test_concurrent_balance_reads_on_postgresql_go_out_together_and_each_g
     statement that fails fails its requests only, and the next read opens a new connection."""
     import psycopg
 
-    from ledger.store import postgres_connect
+    from ledger.connections import postgres_connect
 
     ledger, views = open_ledger(postgres_schema_url, tmp_path), open_view_store(postgres_schema_url, tmp_path)
     try:

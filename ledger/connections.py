@@ -1,0 +1,180 @@
+"""Every connection to the store's database is made here: SQLite files, PostgreSQL connections and the
+pools of the eventsourcing library's datastores, within the limits the settings give.
+
+A process holds two PostgreSQL pools (the store's and the views') plus a few plain connections (the
+registry, a reader per thread, the locks it holds, LISTEN); pool size and overflow are what an operator
+turns down when many processes share one server's connections.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import psycopg
+from eventsourcing.postgres import PostgresDatastore
+from psycopg.sql import SQL, Identifier
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many connections a pool keeps and may add, and how long one waits to connect or for a lock
+    (RECIPROCITY_PG_POOL_SIZE, _PG_MAX_OVERFLOW, _PG_CONNECT_TIMEOUT_S, _LOCK_TIMEOUT_S)."""
+
+    pool_size: int = 4
+    max_overflow: int = 8
+    connect_timeout_s: int = 5
+    # How long a writer waits for another's lock before it fails: SQLite's busy timeout, PostgreSQL's
+    # lock_timeout on the store's table lock. Bounded, so a stuck writer fails the others rather than
+    # holding them forever (the follower retries a page that failed so).
+    lock_timeout_s: float = 10
+
+    @property
+    def whole_lock_timeout_s(self) -> int:
+        """The lock timeout for the library's recorders, which take whole seconds (rounded up: never 0,
+        which would mean no limit)."""
+        return max(1, math.ceil(self.lock_timeout_s))
+
+
+DEFAULT_LIMITS = ConnectionLimits()
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+def postgres_params(database_url: str) -> dict[str, str]:
+    """`postgresql://user:password@host:port/dbname?schema=name` as separate connection parameters."""
+    url = urlparse(database_url)
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"RECIPROCITY_DATABASE_URL must start with postgresql:// (got {url.scheme}://)")
+    query = parse_qs(url.query)
+    return {
+        "dbname": unquote(url.path.lstrip("/")) or "postgres",
+        "host": url.hostname or "127.0.0.1",
+        "port": str(url.port or 5432),
+        "user": unquote(url.username or "postgres"),
+        "password": unquote(url.password or ""),
+        "schema": query.get("schema", ["public"])[0],
+    }
+
+
+def postgres_pool_args(database_url: str, limits: ConnectionLimits) -> dict[str, Any]:
+    """The arguments of the library's PostgresDatastore (and, upper-cased after POSTGRES_, its environment)."""
+    return {
+        **postgres_params(database_url),
+        "pool_size": limits.pool_size,
+        "max_overflow": limits.max_overflow,
+        "connect_timeout": limits.connect_timeout_s,  # the library waits this long for a pooled connection too
+        "lock_timeout": limits.whole_lock_timeout_s,
+    }
+
+
+class SchemaPostgresDatastore(PostgresDatastore):
+    """The library's datastore with its schema on the search path, so our SQL needs no qualified names."""
+
+    def after_connect_func(self) -> Callable[[Any], None]:
+        configure = super().after_connect_func()
+        search_path = _search_path(self.schema)
+
+        def after_connect(conn: Any) -> None:
+            configure(conn)
+            conn.cursor().execute(search_path)
+
+        return after_connect
+
+
+def postgres_pool(database_url: str, limits: ConnectionLimits = DEFAULT_LIMITS) -> SchemaPostgresDatastore:
+    """The views' pool of PostgreSQL connections (the store's is the library's own, made by the library from
+    the same arguments in `ledger_env`)."""
+    return SchemaPostgresDatastore(**postgres_pool_args(database_url, limits))
+
+
+def _postgres_connect_args(database_url: str, limits: ConnectionLimits) -> dict[str, Any]:
+    pg = postgres_params(database_url)
+    return {
+        "dbname": pg["dbname"],
+        "host": pg["host"],
+        "port": pg["port"],
+        "user": pg["user"],
+        "password": pg["password"],
+        "autocommit": True,
+        "connect_timeout": limits.connect_timeout_s,
+    }
+
+
+def _search_path(schema: str) -> SQL:
+    return SQL("SET search_path TO {}").format(Identifier(schema))
+
+
+def postgres_connect(database_url: str, limits: ConnectionLimits = DEFAULT_LIMITS) -> psycopg.Connection[Any]:
+    """A plain connection in autocommit, outside any pool, with the URL's schema on its search path."""
+    connection = psycopg.connect(**_postgres_connect_args(database_url, limits))
+    try:
+        connection.execute(_search_path(postgres_params(database_url)["schema"]))
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+async def postgres_connect_async(
+    database_url: str, limits: ConnectionLimits = DEFAULT_LIMITS, **options: Any
+) -> psycopg.AsyncConnection[Any]:
+    """`postgres_connect` for the event loop; `options` are psycopg's (a row factory)."""
+    connection = await psycopg.AsyncConnection.connect(**_postgres_connect_args(database_url, limits), **options)
+    try:
+        await connection.execute(_search_path(postgres_params(database_url)["schema"]))
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+# --- SQLite -------------------------------------------------------------------------------------------
+
+# The data directory and its SQLite files are this user's alone: the registry holds the sources' webhook
+# secrets, the store every fact.
+PRIVATE_DIRECTORY_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def sqlite_connect(path: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> sqlite3.Connection:
+    """A durable connection for our own small SQLite files (registry), in autocommit."""
+    private_sqlite_file(path)
+    connection = sqlite3.connect(path, timeout=limits.lock_timeout_s, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+def private_directory(path: Path) -> None:
+    """Creates the directory 0700, or takes group and others' access from one that exists."""
+    path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    with suppress(PermissionError):  # a mount point we do not own (Kubernetes' fsGroup) keeps its owner's mode
+        _tighten(path)
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Creates the SQLite file 0600 before SQLite does (SQLite gives its -wal, -shm and -journal files the
+    main file's mode), or tightens an existing one and its side files to 0600."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    # An existing file only by name: closing a descriptor of it would drop this process's SQLite locks on it.
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SQLITE_SIDE_FILES)):
+        with suppress(FileNotFoundError):
+            _tighten(file)
+
+
+def _tighten(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        path.chmod(mode & 0o700)
