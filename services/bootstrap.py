@@ -28,7 +28,8 @@ log = structlog.get_logger(__name__)
 
 
 def open_registry(settings: Settings) -> Registry:
-    return Registry(Database(settings.database_url, settings.data_dir / "registry.sqlite3"))
+    database = Database(settings.database_url, settings.data_dir / "registry.sqlite3", settings.connection_limits())
+    return Registry(database)
 
 
 class RegistryCache:
@@ -102,7 +103,8 @@ async def open_components(
     """The parts of `settings.role` (or those given): ingest commits facts, query answers over HTTP and the
     micro service, projector builds the views and writes KV, relay publishes the stream."""
     parts = parts or role_parts(settings.role)
-    ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir)
+    limits = settings.connection_limits()
+    ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir, limits)
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
     # Followers are woken by our own commits, by PostgreSQL's NOTIFY, or by SQLite's commit watch.
@@ -114,6 +116,7 @@ async def open_components(
         project="projector" in parts,
         poll_s=POLL_S,
         reader_mmap_bytes=READER_MMAP_BYTES if "query" in parts else BACKGROUND_READER_MMAP_BYTES,
+        limits=limits,
         on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
     )
     await projections.start()
@@ -146,7 +149,10 @@ async def open_components(
     if settings.database_url and parts & {"projector", "relay"}:
         loop = asyncio.get_running_loop()
         notifications = PostgresNotifications(
-            settings.database_url, "stored_events", lambda: loop.call_soon_threadsafe(_wake, projections, bus)
+            settings.database_url,
+            "stored_events",
+            lambda: loop.call_soon_threadsafe(_wake, projections, bus),
+            limits,
         )
         notifications.start()
     tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]

@@ -271,7 +271,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     try:
-        return rebuild(settings.database_url, settings.data_dir, args.view, args.wait_s)
+        return rebuild(settings.database_url, settings.data_dir, args.view, args.wait_s, settings.connection_limits())
     except RebuildRefused as refused:
         raise CommandError(str(refused)) from None
 

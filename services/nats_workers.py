@@ -48,7 +48,7 @@ class BusWorkers:
         self.metrics = metrics
         self.relay = Relay(ledger, on_position=self._relayed, poll_s=poll_s) if relay else None
         self.kv = kv
-        self.relay_lock = WorkerLock(settings.database_url, settings.data_dir, "relay")
+        self.relay_lock = WorkerLock(settings.database_url, settings.data_dir, "relay", settings.connection_limits())
         self.query = query
         self.connected = False
         self.relay_wakeup = asyncio.Event()

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
 from services.roles import ROLES, RoleName
 
 ENV_PREFIX = "RECIPROCITY_"
@@ -50,6 +51,20 @@ class Settings(BaseSettings):
     signature_tolerance_s: int = Field(300, ge=1, description="how far a webhook-timestamp may be off our clock")
     secret_grace_s: int = Field(24 * 3600, ge=0, description="how long a rotated-out source secret keeps working")
     registry_refresh_s: float = Field(0.25, gt=0, description="how often a process looks for registry changes")
+    # A process has two PostgreSQL pools (store and views) besides a few plain connections: processes times
+    # 2 x (size + overflow) must stay under the server's max_connections (100 by default).
+    pg_pool_size: int = Field(
+        DEFAULT_LIMITS.pool_size, ge=1, description="PostgreSQL connections each of a process's two pools keeps open"
+    )
+    pg_max_overflow: int = Field(
+        DEFAULT_LIMITS.max_overflow, ge=0, description="connections each pool may open beyond its size under load"
+    )
+    pg_connect_timeout_s: int = Field(
+        DEFAULT_LIMITS.connect_timeout_s, ge=1, description="how long to wait for a PostgreSQL connection"
+    )
+    lock_timeout_s: int = Field(
+        int(DEFAULT_LIMITS.lock_timeout_s), ge=1, description="how long a write waits for another's lock, then fails"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -86,6 +101,15 @@ class Settings(BaseSettings):
             return cls(**values)
         except ValidationError as invalid:
             raise SettingsError(_explain(invalid)) from None
+
+    def connection_limits(self) -> ConnectionLimits:
+        """What the store, views, registry and locks open their connections with."""
+        return ConnectionLimits(
+            pool_size=self.pg_pool_size,
+            max_overflow=self.pg_max_overflow,
+            connect_timeout_s=self.pg_connect_timeout_s,
+            lock_timeout_s=self.lock_timeout_s,
+        )
 
     def with_(self, **changes: Any) -> Settings:
         return self.model_copy(update=changes)
