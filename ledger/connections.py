@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
 from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
 
@@ -154,6 +155,40 @@ def sqlite_connect(path: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> sql
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     return connection
+
+
+class DurableSQLiteConnectionPool(SQLiteConnectionPool):
+    """The library's pool, with every connection made durable: a commit is on disk when it returns."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        raw = connection._sqlite_conn
+        raw.execute("PRAGMA synchronous=FULL")
+        level = raw.execute("PRAGMA synchronous").fetchone()[0]
+        if level < 2:  # 2 is FULL, 3 is EXTRA
+            raise RuntimeError(f"SQLite refused synchronous=FULL (got {level}); commits would not be durable")
+        return connection
+
+
+class PooledSQLiteDatastore(SQLiteDatastore):
+    """The library's SQLite datastore with a connection pool of our own, which sets up each connection."""
+
+    pool_class: type[SQLiteConnectionPool] = SQLiteConnectionPool
+
+    def __init__(self, db_name: str, **kwargs: Any) -> None:
+        super().__init__(db_name, **kwargs)
+        self._pool_args = {"db_name": db_name, "lock_timeout": kwargs.get("lock_timeout")}
+        self.pool.close()  # never used: replaced before any connection was made
+        self.pool = self.pool_class(**self._pool_args)
+
+    def renew_pool(self) -> None:
+        """Closes the pool's connections; the next transaction opens a new one."""
+        self.pool.close()
+        self.pool = self.pool_class(**self._pool_args)
+
+
+class DurableSQLiteDatastore(PooledSQLiteDatastore):
+    pool_class = DurableSQLiteConnectionPool
 
 
 def private_directory(path: Path) -> None:

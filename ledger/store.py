@@ -17,20 +17,14 @@ import orjson
 from eventsourcing.application import Application
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
-from eventsourcing.sqlite import (
-    SQLiteApplicationRecorder,
-    SQLiteConnection,
-    SQLiteConnectionPool,
-    SQLiteCursor,
-    SQLiteDatastore,
-    SQLiteFactory,
-)
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
 from ledger.connections import (
     DEFAULT_LIMITS,
     ConnectionLimits,
+    DurableSQLiteDatastore,
     postgres_pool_args,
     private_directory,
     private_sqlite_file,
@@ -76,40 +70,6 @@ def _index_rows(
 
 
 # --- SQLite -------------------------------------------------------------------------------------------
-
-
-class DurableSQLiteConnectionPool(SQLiteConnectionPool):
-    """The library's pool, with every connection made durable: a commit is on disk when it returns."""
-
-    def _create_connection(self) -> SQLiteConnection:
-        connection = super()._create_connection()
-        raw = connection._sqlite_conn
-        raw.execute("PRAGMA synchronous=FULL")
-        level = raw.execute("PRAGMA synchronous").fetchone()[0]
-        if level < 2:  # 2 is FULL, 3 is EXTRA
-            raise RuntimeError(f"SQLite refused synchronous=FULL (got {level}); commits would not be durable")
-        return connection
-
-
-class PooledSQLiteDatastore(SQLiteDatastore):
-    """The library's SQLite datastore with a connection pool of our own, which sets up each connection."""
-
-    pool_class: type[SQLiteConnectionPool] = SQLiteConnectionPool
-
-    def __init__(self, db_name: str, **kwargs: Any) -> None:
-        super().__init__(db_name, **kwargs)
-        self._pool_args = {"db_name": db_name, "lock_timeout": kwargs.get("lock_timeout")}
-        self.pool.close()  # never used: replaced before any connection was made
-        self.pool = self.pool_class(**self._pool_args)
-
-    def renew_pool(self) -> None:
-        """Closes the pool's connections; the next transaction opens a new one."""
-        self.pool.close()
-        self.pool = self.pool_class(**self._pool_args)
-
-
-class DurableSQLiteDatastore(PooledSQLiteDatastore):
-    pool_class = DurableSQLiteConnectionPool
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):

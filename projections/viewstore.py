@@ -26,6 +26,7 @@ from psycopg.rows import tuple_row
 from ledger.connections import (
     DEFAULT_LIMITS,
     ConnectionLimits,
+    PooledSQLiteDatastore,
     postgres_connect,
     postgres_connect_async,
     postgres_pool,
@@ -34,7 +35,6 @@ from ledger.connections import (
 )
 from ledger.dialect import SQLITE, Dialect, dialect_of
 from ledger.locks import schema_lock
-from ledger.store import PooledSQLiteDatastore
 
 KEYS_PER_QUERY = 500
 VIEWS_CACHE_KIB = 64 * 1024  # per connection
