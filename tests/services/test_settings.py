@@ -34,6 +34,10 @@ def test_variables_are_parsed_by_type():
         ("RECIPROCITY_GROUP_COMMIT", "maybe"),
         ("RECIPROCITY_COMMIT_BATCH_FACTS_MAX", "999"),
         ("RECIPROCITY_DATABASE_URL", "mysql://root:hunter2@db/x"),
+        ("RECIPROCITY_PG_POOL_SIZE", "0"),
+        ("RECIPROCITY_PG_MAX_OVERFLOW", "-1"),
+        ("RECIPROCITY_PG_CONNECT_TIMEOUT_S", "0"),
+        ("RECIPROCITY_LOCK_TIMEOUT_S", "0.5"),
     ],
 )
 def test_an_invalid_value_names_its_variable(variable, value):
