@@ -23,7 +23,7 @@ class Dialect:
 
     @property
     def postgres(self) -> bool:
-        return self is POSTGRESQL
+        return self.name == "postgresql"
 
     def sql(self, statement: str) -> str:
         """A statement written with `?` placeholders, in this dialect's."""
