@@ -170,6 +170,16 @@ class ImageServer:
     def in_container(self, *command: str) -> subprocess.CompletedProcess[str]:
         return _run("podman", "exec", self.name, *command, check=False)
 
+    def get_when(self, path: str, sender: Sender, position: int) -> dict[str, Any]:
+        """The answer once the view has followed the log to `position` (views follow a moment later)."""
+        deadline = time.monotonic() + 30
+        status, answer = self.request("GET", path, None, sender.read_headers())
+        while not (status == 200 and answer["position"] >= position) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status, answer = self.request("GET", path, None, sender.read_headers())
+        assert status == 200 and answer["position"] >= position, (status, answer, self.logs())
+        return answer
+
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
@@ -199,13 +209,11 @@ def test_serve_from_the_image_records_a_signed_fact_and_answers_its_balance(serv
     assert status == 201, (answer, server.logs())
     assert answer["status"] == "recorded"
 
-    path, deadline = "/v1/tenants/acme/participants/ann/balance", time.monotonic() + 30
-    status, balance = server.request("GET", path, None, sender.read_headers())
-    while not (status == 200 and balance["position"] >= answer["position"]) and time.monotonic() < deadline:
-        time.sleep(0.2)  # the views follow the log a moment later
-        status, balance = server.request("GET", path, None, sender.read_headers())
-    assert status == 200, (balance, server.logs())
+    balance = server.get_when("/v1/tenants/acme/participants/ann/balance", sender, answer["position"])
     assert (balance["given"], balance["balance"]) == ({"count": 1, "value": "3"}, "3")
+    # Influence is computed with numpy and scipy, in a process of its own: their wheels work in the image.
+    influence = server.get_when("/v1/tenants/acme/participants/bob/influence", sender, answer["position"])
+    assert influence["score"] > 0 and influence["rank"] >= 1
 
 
 def test_serve_runs_as_uid_10001_on_a_read_only_root(server: ImageServer) -> None:
