@@ -110,9 +110,16 @@ def base_image(podman: None, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def image(base_image: str) -> str:
+    previous = _image_id(IMAGE)
     _run("podman", "build", "--quiet", "--isolation=chroot", f"--build-arg=BASE={base_image}", f"--tag={IMAGE}",
          "--file", str(REPOSITORY / "Containerfile"), str(REPOSITORY), timeout_s=900)  # fmt: skip
+    if previous and previous != _image_id(IMAGE):  # the last run's, untagged now: its venv is 250 MB of layer
+        _run("podman", "image", "rm", previous, check=False)
     return IMAGE
+
+
+def _image_id(name: str) -> str:
+    return _run("podman", "image", "inspect", "--format={{.Id}}", name, check=False).stdout.strip()
 
 
 @pytest.fixture
