@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class CommandError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('reciprocity-ledger')}")
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
