@@ -31,7 +31,7 @@ from services.bootstrap import open_components
 from services.http.app import create_app
 from services.metrics import SHARED_DIR_ENV
 from services.roles import background_parts
-from tests.helpers import envelope, give
+from tests.helpers import envelope, give, view_columns
 from tests.processes import cli_json
 
 VIEW = reciprocity.VIEW
@@ -84,7 +84,7 @@ def tenant_rows(views, tenant: str) -> dict:
     tables = ("view_gives", "view_introductions", "view_acknowledgements", "view_participants", "view_pairs")
     return {
         table: sorted(
-            map(tuple, views.read(f"SELECT {', '.join(reciprocity._columns(table))} FROM {table} WHERE tenant = ?",
+            map(tuple, views.read(f"SELECT {', '.join(view_columns(views, table))} FROM {table} WHERE tenant = ?",
                                   (tenant,)))
         )
         for table in tables
