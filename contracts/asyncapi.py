@@ -12,7 +12,7 @@ from contracts.answers import LoggedFact
 from contracts.facts import FACT_TYPES
 from contracts.nats_requests import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
 from contracts.types import PARTICIPANT_PATTERN, SLUG_PATTERN
-from contracts.views import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
 
 REF = "#/components/schemas/{model}"
 PAYLOADS: list[type[BaseModel]] = [

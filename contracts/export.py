@@ -19,7 +19,7 @@ from contracts.answers import BatchAnswer, EventsPage, FactAccepted, LoggedFact,
 from contracts.asyncapi import asyncapi_document
 from contracts.facts import Batch, Webhook
 from contracts.openapi import openapi_document
-from contracts.views import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 OPENAPI_FILE = "openapi.json"

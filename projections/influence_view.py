@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from contracts.views import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
+from contracts.view_answers import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
 from projections.influence import InfluenceGraph, influence_table
 from projections.influence_pairs import PairCache, columns
 from projections.queries import CursorError, ReciprocityQueries, decode_cursor, encode_cursor
