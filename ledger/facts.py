@@ -18,8 +18,8 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import register_topic
 
-from contracts.facts import Webhook
 from contracts.types import FUTURE_MAX, context_key, utc_text
+from contracts.webhook_bodies import Webhook
 
 # The namespace of every event id: uuid5(FACT_NAMESPACE, "{tenant}/{source}/{external_id}").
 # Fixed forever; changing it would make every known fact look new.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 from ledger.facts import ReceivedFact
 from ledger.signatures import secret_key, sign
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 from ledger.facts import ReceivedFact, fact_event_id
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger, schema_lock

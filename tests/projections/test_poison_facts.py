@@ -20,7 +20,7 @@ import pytest
 from eventsourcing import persistence
 from structlog.testing import capture_logs
 
-from contracts.facts import webhook_adapter
+from contracts.webhook_bodies import webhook_adapter
 from ledger.facts import ReceivedFact
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
