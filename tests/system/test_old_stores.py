@@ -1,8 +1,8 @@
 """Stores written by an earlier release open and answer the same, as they are and after a rebuild.
 
 tests/fixtures/store_457f0f2/ holds a SQLite data directory (`data_dir/`) that commit 457f0f2 wrote through
-its CLI and webhooks, and every answer its read API gave (`answers.json`); make_store_fixture.py beside it
-made both. PostgreSQL stores are not covered here.
+its CLI and webhooks, and every answer its read API gave (`answers.json`); store_457f0f2_postgres/ holds the
+same community written to PostgreSQL, as pg_dump gave it. make_store_fixture.py beside them made both.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from services.settings import Settings
@@ -21,15 +22,24 @@ from tests.processes import Server, cli_json
 
 pytestmark = pytest.mark.slow
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "store_457f0f2"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+DUMPED_SCHEMA = "fixture_457f0f2"  # the schema make_store_fixture.py wrote to and pg_dump named
 
 
-@pytest.fixture
-def old_store(tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
-    """A copy of the old data directory (the server writes to it) and what the old release answered."""
-    shutil.copytree(FIXTURE / "data_dir", tmp_path / "data")
-    recorded = json.loads((FIXTURE / "answers.json").read_text())
-    return Settings(data_dir=tmp_path / "data"), recorded
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings, dict[str, Any]]:
+    """A copy of the old store (the server writes to it) and what the old release answered."""
+    if request.param == "sqlite":
+        fixture, database_url = FIXTURES / "store_457f0f2", None
+        shutil.copytree(fixture / "data_dir", tmp_path / "data")
+    else:
+        fixture, database_url = FIXTURES / "store_457f0f2_postgres", request.getfixturevalue("postgres_schema_url")
+        schema = urllib.parse.parse_qs(urllib.parse.urlsplit(database_url).query)["schema"][0]
+        dump = (fixture / "postgres.sql").read_text().replace(DUMPED_SCHEMA, schema)
+        with psycopg.connect(request.getfixturevalue("postgres_url"), autocommit=True) as connection:
+            connection.execute(dump)
+    recorded = json.loads((fixture / "answers.json").read_text())
+    return Settings(data_dir=tmp_path / "data", database_url=database_url), recorded
 
 
 def caught_up(server: Server, recorded: dict[str, Any]) -> None:
