@@ -9,10 +9,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from contracts.answers import LoggedFact
-from contracts.facts import FACT_TYPES
 from contracts.nats_requests import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
 from contracts.types import PARTICIPANT_PATTERN, SLUG_PATTERN
-from contracts.views import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.webhook_bodies import FACT_TYPES
 
 REF = "#/components/schemas/{model}"
 PAYLOADS: list[type[BaseModel]] = [

@@ -17,9 +17,9 @@ from pydantic import TypeAdapter
 
 from contracts.answers import BatchAnswer, EventsPage, FactAccepted, LoggedFact, Problem
 from contracts.asyncapi import asyncapi_document
-from contracts.facts import Batch, Webhook
 from contracts.openapi import openapi_document
-from contracts.views import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.webhook_bodies import Batch, Webhook
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 OPENAPI_FILE = "openapi.json"

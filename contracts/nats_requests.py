@@ -1,6 +1,6 @@
 """What travels on NATS besides the views' answers: the query service's requests (DESIGN section 5).
 
-Replies are the HTTP answers' JSON (contracts.views); errors use the micro error headers
+Replies are the HTTP answers' JSON (contracts.view_answers); errors use the micro error headers
 `Nats-Service-Error` and `Nats-Service-Error-Code` with HTTP-like codes (400, 404).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from contracts.queries import PAGE_DEFAULT, PAGE_MAX
+from contracts.query_parameters import PAGE_DEFAULT, PAGE_MAX
 from contracts.types import ParticipantId
 
 

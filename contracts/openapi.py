@@ -12,8 +12,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from contracts.answers import BatchAnswer, EventsPage, FactAccepted, Problem
-from contracts.facts import BATCH_EVENTS_MAX, Batch, Webhook
-from contracts.queries import (
+from contracts.query_parameters import (
     MIN_POSITION_WAIT_S,
     PAGE_MAX,
     BalancesQuery,
@@ -23,7 +22,8 @@ from contracts.queries import (
     Query,
 )
 from contracts.types import CONTEXT_CHARS_MAX, EARLIEST, FUTURE_MAX, PARTICIPANT_PATTERN, SLUG_PATTERN
-from contracts.views import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.webhook_bodies import BATCH_EVENTS_MAX, Batch, Webhook
 
 REF = "#/components/schemas/{model}"
 PROBLEM = {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from contracts.answers import Problem, ProblemError
-from contracts.facts import FACT_TYPES
+from contracts.webhook_bodies import FACT_TYPES
 
 PROBLEM_TYPE_BASE = "/problems/"
 

@@ -9,15 +9,17 @@ That is how "at most once" holds across processes without a read-then-write race
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.utils import register_topic
 
-from contracts.facts import Webhook
 from contracts.types import FUTURE_MAX, context_key, utc_text
+from contracts.webhook_bodies import Webhook
 
 # The namespace of every event id: uuid5(FACT_NAMESPACE, "{tenant}/{source}/{external_id}").
 # Fixed forever; changing it would make every known fact look new.
@@ -154,7 +156,13 @@ FACT_CLASSES: dict[str, type[Fact]] = {
     "reversal.recorded": Reversal,
 }
 FACT_TOPIC = {kind: f"{__name__}:{cls.__name__}.Recorded" for kind, cls in FACT_CLASSES.items()}  # stored events' topic
-FACT_TOPICS = tuple(FACT_TOPIC.values())
+
+# Releases up to 457f0f2 kept these classes in services/domain.py, and a stored event's topic names the module
+# it was written from. Those topics resolve to this module, and reads of the log ask for both names.
+FORMER_MODULE = "services.domain"
+register_topic(FORMER_MODULE, sys.modules[__name__])
+STORED_TOPICS = {kind: (topic, topic.replace(__name__, FORMER_MODULE, 1)) for kind, topic in FACT_TOPIC.items()}
+FACT_TOPICS = tuple(topic for topics in STORED_TOPICS.values() for topic in topics)
 
 
 def ref_event_id(tenant: str, source: str, data: dict[str, Any]) -> UUID:

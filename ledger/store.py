@@ -29,7 +29,7 @@ from ledger.connections import (
     private_directory,
     private_sqlite_file,
 )
-from ledger.facts import FACT_TOPIC, FACT_TOPICS
+from ledger.facts import FACT_TOPICS, STORED_TOPICS
 from ledger.locks import schema_lock
 
 LEDGER_FILE = "ledger.sqlite3"
@@ -237,7 +237,7 @@ class Ledger(Application[UUID]):
     def read_log(self, after: int, limit: int, kinds: Iterable[str] | None = None) -> list[StoredFact]:
         """Every tenant's facts after a position (of these kinds only, if given): what projections and the relay
         follow."""
-        topics = FACT_TOPICS if kinds is None else tuple(FACT_TOPIC[kind] for kind in kinds)
+        topics = FACT_TOPICS if kinds is None else tuple(t for kind in kinds for t in STORED_TOPICS[kind])
         return self.recorder.select_log(after, limit, topics)
 
     def head_position(self) -> int:

@@ -88,7 +88,7 @@ def influence_table(
     scale = 100.0 / rank_vector.sum()
     scores = np.round(rank_vector * scale, DECIMALS)
     givers, amounts, offsets = _top_contributions(flow, rank_vector, damping * scale, contributions_max)
-    constraint, effective_size = (np.round(x, DECIMALS) for x in _structural_holes(n, tie_a, tie_b, tie_weight))
+    constraint, effective_size = (np.round(x, DECIMALS) for x in structural_holes(n, tie_a, tie_b, tie_weight))
 
     # Ties on the rounded score go to the smaller id: participants are sorted, so index order is id order.
     ranking = np.lexsort((np.arange(n), -scores)).tolist()
@@ -156,7 +156,7 @@ def _top_contributions(
     return flow.indices[kept], amount[kept], offsets
 
 
-def _structural_holes(n: int, tie_a: np.ndarray, tie_b: np.ndarray, tie_weight: np.ndarray) -> tuple[np.ndarray, ...]:
+def structural_holes(n: int, tie_a: np.ndarray, tie_b: np.ndarray, tie_weight: np.ndarray) -> tuple[np.ndarray, ...]:
     """Burt's constraint and effective size per participant (nan without ties), as networkx defines them.
 
     With s_i = sum_k w_ik and p_ij = w_ij / s_i (w symmetric):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from contracts.views import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
+from contracts.view_answers import Contribution, InfluenceItem, InfluencePage, ParticipantInfluence
 from projections.influence import InfluenceGraph, influence_table
 from projections.influence_pairs import PairCache, columns
 from projections.queries import CursorError, ReciprocityQueries, decode_cursor, encode_cursor
@@ -85,7 +85,7 @@ class InfluenceView:
             # Only this thread writes influence rows, so what it read here is still what is stored below.
             stored = self._stored_rows(cursor, tenant)
         table = influence_table(tenant_graph.graph)
-        contributions = _contributions_json(table.givers, table.amounts, table.offsets)
+        contributions = contributions_json(table.givers, table.amounts, table.offsets)
         ranking = np.asarray(table.ranking, np.int64)
         names, scores, constraint, effective_size, contributions = (
             np.array(column, dtype=object)[ranking].tolist()  # in rank order, without a Python loop
@@ -276,7 +276,7 @@ def _changed_rows(rows: list[tuple], stored: StoredRows, position: int) -> list[
     return changed
 
 
-def _contributions_json(givers: list[str], amounts: list[float], offsets: list[int]) -> list[str]:
+def contributions_json(givers: list[str], amounts: list[float], offsets: list[int]) -> list[str]:
     """Per participant, its contributions as compact JSON, [["giver",amount],...]: orjson writes each
     float's shortest repr, so the same amounts always give the same text (and json.loads gives them back)."""
     pairs, dumps = list(zip(givers, amounts, strict=True)), orjson.dumps

@@ -78,7 +78,7 @@ class KvWriter:
             BUCKET_PAIRS: lambda: store.position(reciprocity.VIEW),
             BUCKET_INFLUENCE: influence_position,
         }
-        self._offered: deque[OfferedPage] = deque(maxlen=OFFERED_PAGES_MAX)
+        self.offered: deque[OfferedPage] = deque(maxlen=OFFERED_PAGES_MAX)  # not yet written nor passed over
 
     def offer(self, after: int, applied: AppliedPage) -> None:
         """A committed page's balances, ready to write (called on the projector's thread). A page too big
@@ -89,7 +89,7 @@ class KvWriter:
                 (f"$KV.{BUCKET_BALANCES}.{tenant}.{participant}", balance_json(participant, row, position), None)
                 for tenant, participant, row in applied.balances
             ]
-            self._offered.append(OfferedPage(after, position, messages))
+            self.offered.append(OfferedPage(after, position, messages))
 
     def tracked(self, bucket: str) -> int:
         return self.store.position(f"kv/{bucket}")
@@ -111,11 +111,11 @@ class KvWriter:
                             await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
                     since = written
                     if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
-                        await asyncio.to_thread(self._record, bucket, since, publisher.sequence)
+                        await asyncio.to_thread(self.record_written, bucket, since, publisher.sequence)
                         recorded, recorded_at = since, time.monotonic()
             finally:
                 if since != recorded:  # stopping or failing: keep what was acknowledged
-                    await asyncio.shield(asyncio.to_thread(self._record, bucket, since, publisher.sequence))
+                    await asyncio.shield(asyncio.to_thread(self.record_written, bucket, since, publisher.sequence))
 
     async def _start_position(self, client: Client, bucket: str) -> int:
         """Where to write from: the recorded position, or 0 when the bucket lost writes it acknowledged."""
@@ -162,15 +162,16 @@ class KvWriter:
         """The next offered page, if it starts where the bucket was written up to. A page is taken off
         before it is looked at: the projector's thread appends meanwhile, and a full deque drops its
         oldest, so the first page seen might not be the one taken."""
-        while self._offered:
-            page = self._offered.popleft()
+        while self.offered:
+            page = self.offered.popleft()
             if page.after == since:
                 return page
             if page.position > since:
                 return None  # a page was missed before this one: the rows' way covers both
         return None  # (pages up to `since` were written already, by the rows' way)
 
-    def _record(self, bucket: str, position: int, stream_sequence: int) -> None:
+    def record_written(self, bucket: str, position: int, stream_sequence: int) -> None:
+        """The bucket holds the rows up to `position`; the stream acknowledged up to `stream_sequence`."""
         with self.store.transaction() as cursor:
             self.store.record_position(cursor, f"kv/{bucket}", position)
             if stream_sequence:  # (0: nothing acknowledged since the writer started; what was recorded stands)

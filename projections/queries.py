@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from contracts.types import PARTICIPANT_PATTERN, utc_text
-from contracts.views import (
+from contracts.view_answers import (
     Balance,
     BalancesPage,
     DormantTie,

@@ -98,7 +98,7 @@ class Relay:
                         next_page = asyncio.create_task(self._read(self.position))
                         continue
                     next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come
-                    messages = self._messages(page, last_id, last_sequence)
+                    messages = self.chained_messages(page, last_id, last_sequence)
                     await publisher.publish(messages, ACK_TIMEOUT_S, chained=True)
                     last_id, last_sequence = page[-1].fact["event_id"], None
                     self.position = page[-1].position
@@ -110,7 +110,9 @@ class Relay:
         return await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX)
 
     @staticmethod
-    def _messages(page: list[StoredFact], last_id: str | None, last_sequence: int | None = None) -> Iterator[Message]:
+    def chained_messages(
+        page: list[StoredFact], last_id: str | None, last_sequence: int | None = None
+    ) -> Iterator[Message]:
         """The page's messages, each expecting the one before it: the first by the stream's last sequence
         when the relay has just aligned (`last_sequence`), every other by its predecessor's id."""
         for stored in page:

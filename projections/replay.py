@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.types import context_key
-from ledger.facts import FACT_TOPIC
+from ledger.facts import STORED_TOPICS
 from ledger.store import Ledger, StoredFact
 from projections.aggregate import aggregate, in_rows
 from projections.influence_pairs import columns
@@ -63,7 +63,7 @@ INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement i
 TENANT, EVENT_ID, POSITION, VALUE_MICRO, OCCURRED_AT = 0, 1, 2, 6, 7  # of a give (`Gives.columns`)
 INTRO_LIVE = 11
 ACK_LIVE = 6
-NOT_GIVES = tuple(kind for kind in FACT_TOPIC if kind != "give.recorded")
+NOT_GIVES = tuple(kind for kind in STORED_TOPICS if kind != "give.recorded")
 
 
 class Gives:
@@ -378,10 +378,11 @@ def read_gives(cursor: ViewCursor, stored_events: str, last_position: int) -> No
     temp.replay_gives, in SQLite's own code: it takes the other core while Python replays the log."""
     cursor.execute(f"CREATE TEMP TABLE replay_gives (position INTEGER PRIMARY KEY, {', '.join(GIVES_READ)})")
     extracted = ", ".join(f"json_extract(state, '$.fact.{path}')" for path in GIVES_READ.values())
+    topics = STORED_TOPICS["give.recorded"]
     cursor.execute(
         f"INSERT INTO temp.replay_gives SELECT rowid, {extracted} FROM (SELECT rowid, CAST(state AS TEXT) AS state "
-        f"FROM {stored_events} WHERE topic = ? AND rowid <= ?)",
-        (FACT_TOPIC["give.recorded"], last_position),
+        f"FROM {stored_events} WHERE topic IN ({', '.join('?' * len(topics))}) AND rowid <= ?)",
+        (*topics, last_position),
     )
 
 

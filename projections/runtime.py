@@ -195,7 +195,7 @@ class Projections:
         while not await asyncio.to_thread(self.lock.try_acquire):
             await asyncio.sleep(STANDBY_RETRY_S)  # another process projects; we answer queries meanwhile
         self.projecting = True
-        log.info("projector_started", position=self.reciprocity_position())
+        log.info("worker_active", worker="projector", position=self.reciprocity_position())
         influence = asyncio.create_task(self._recompute_influence(), name="influence")
         try:
             await self.follower.follow(self._wakeup, self._executor, self.poll_s)

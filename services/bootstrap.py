@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -107,54 +108,11 @@ async def open_components(
     ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir, limits)
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
-    # Followers are woken by our own commits, by PostgreSQL's NOTIFY, or by SQLite's commit watch.
-    projections = await asyncio.to_thread(
-        Projections,
-        ledger,
-        settings.database_url,
-        settings.data_dir,
-        project="projector" in parts,
-        poll_s=POLL_S,
-        reader_mmap_bytes=READER_MMAP_BYTES if "query" in parts else BACKGROUND_READER_MMAP_BYTES,
-        limits=limits,
-        on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
-    )
-    await projections.start()
-    bus = None
-    if settings.nats_url and parts & {"query", "projector", "relay"}:
-        bus = BusWorkers(
-            settings,
-            ledger,
-            projections,
-            metrics,
-            relay="relay" in parts,
-            query="query" in parts,
-            kv="projector" in parts,
-            poll_s=POLL_S,
-        )
-        await bus.start()
-    committer = None
-    if "ingest" in parts:
-        committer = GroupCommitter(
-            ThreadWriter(FactWriter(ledger)),
-            batch_facts_max=settings.commit_batch_facts_max,
-            wait_s=settings.commit_wait_ms / 1000,
-            queue_facts_max=settings.commit_queue_facts_max,
-            group=settings.group_commit,
-            observe_batch=metrics.observe_commit,
-            on_commit=lambda: _wake(projections, bus),
-        )
-        await committer.start()
-    notifications = None
-    if settings.database_url and parts & {"projector", "relay"}:
-        loop = asyncio.get_running_loop()
-        notifications = PostgresNotifications(
-            settings.database_url,
-            "stored_events",
-            lambda: loop.call_soon_threadsafe(_wake, projections, bus),
-            limits,
-        )
-        notifications.start()
+    projections = await _start_projections(settings, parts, ledger, metrics)
+    bus = await _start_bus(settings, parts, ledger, projections, metrics)
+    committer = await _start_committer(settings, parts, ledger, metrics, partial(_wake, projections, bus))
+    # Followers are woken by our own commits (above), by PostgreSQL's NOTIFY, or by SQLite's commit watch.
+    notifications = _listen_for_commits(settings, parts, projections, bus)
     tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]
     if not settings.database_url and "ingest" not in parts:  # serve's background process
         wake = partial(_wake, projections, bus)
@@ -170,6 +128,78 @@ async def open_components(
     return Components(
         settings, parts, ledger, registry, projections, metrics, RateLimiter(), committer, bus, tasks, notifications
     )
+
+
+async def _start_projections(
+    settings: Settings, parts: frozenset[str], ledger: Ledger, metrics: Metrics
+) -> Projections:
+    projections = await asyncio.to_thread(
+        Projections,
+        ledger,
+        settings.database_url,
+        settings.data_dir,
+        project="projector" in parts,
+        poll_s=POLL_S,
+        reader_mmap_bytes=READER_MMAP_BYTES if "query" in parts else BACKGROUND_READER_MMAP_BYTES,
+        limits=settings.connection_limits(),
+        on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
+    )
+    await projections.start()
+    return projections
+
+
+async def _start_bus(
+    settings: Settings, parts: frozenset[str], ledger: Ledger, projections: Projections, metrics: Metrics
+) -> BusWorkers | None:
+    if not settings.nats_url or not parts & {"query", "projector", "relay"}:
+        return None
+    bus = BusWorkers(
+        settings,
+        ledger,
+        projections,
+        metrics,
+        relay="relay" in parts,
+        query="query" in parts,
+        kv="projector" in parts,
+        poll_s=POLL_S,
+    )
+    await bus.start()
+    return bus
+
+
+async def _start_committer(
+    settings: Settings, parts: frozenset[str], ledger: Ledger, metrics: Metrics, on_commit: Callable[[], None]
+) -> GroupCommitter | None:
+    if "ingest" not in parts:
+        return None
+    committer = GroupCommitter(
+        ThreadWriter(FactWriter(ledger)),
+        batch_facts_max=settings.commit_batch_facts_max,
+        wait_s=settings.commit_wait_ms / 1000,
+        queue_facts_max=settings.commit_queue_facts_max,
+        group=settings.group_commit,
+        observe_batch=metrics.observe_commit,
+        on_commit=on_commit,
+    )
+    await committer.start()
+    return committer
+
+
+def _listen_for_commits(
+    settings: Settings, parts: frozenset[str], projections: Projections, bus: BusWorkers | None
+) -> PostgresNotifications | None:
+    """PostgreSQL's NOTIFY of other processes' commits, for the followers of this one."""
+    if not settings.database_url or not parts & {"projector", "relay"}:
+        return None
+    loop = asyncio.get_running_loop()
+    notifications = PostgresNotifications(
+        settings.database_url,
+        "stored_events",
+        lambda: loop.call_soon_threadsafe(_wake, projections, bus),
+        settings.connection_limits(),
+    )
+    notifications.start()
+    return notifications
 
 
 def _wake(projections: Projections, bus: BusWorkers | None) -> None:

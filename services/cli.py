@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from contracts import export
 from contracts.types import SLUG_PATTERN
@@ -35,6 +35,7 @@ from services.tail import DurableOfAnotherTenant, run_tail
 EXIT_USAGE = 2
 COMMON_SETTINGS = ("data_dir", "database_url")  # flags of every command
 EXIT_FAILED = 1
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
 
 
 class CommandError(Exception):
@@ -74,7 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser = argparse.ArgumentParser(prog="reciprocity", description=__doc__, parents=[common])
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add_group in (
+        _add_serve,
+        _add_tenant,
+        _add_source,
+        _add_key,
+        _add_send,
+        _add_tail,
+        _add_demo,
+        _add_rebuild,
+        _add_contracts,
+    ):
+        add_group(commands, common)
+    return parser
 
+
+def _add_serve(commands: Commands, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser("serve", parents=[common], help="run the service (HTTP on 127.0.0.1:8080)")
     for name, field in Settings.model_fields.items():
         if name not in COMMON_SETTINGS:  # every setting is a flag of serve, checked by Settings like the variable
@@ -82,11 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
             serve.add_argument(f"--{name.replace('_', '-')}", help=f"{env_name(name)}: {field.description} ({default})")
     serve.set_defaults(run=_serve)
 
+
+def _add_tenant(commands: Commands, common: argparse.ArgumentParser) -> None:
     tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
     create = tenant.add_parser("create", parents=[common], help="create a tenant")
     create.add_argument("tenant", type=_slug)
     create.set_defaults(run=_tenant_create)
 
+
+def _add_source(commands: Commands, common: argparse.ArgumentParser) -> None:
     source = commands.add_parser("source", help="sources that send webhooks").add_subparsers(metavar="ACTION")
     add = source.add_parser("add", parents=[common], help="add a source; prints its secret once")
     add.add_argument("tenant", type=_slug)
@@ -99,12 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--grace-s", type=int, help="how long the old secret keeps working (24 h)")
     rotate.set_defaults(run=_source_rotate)
 
+
+def _add_key(commands: Commands, common: argparse.ArgumentParser) -> None:
     key = commands.add_parser("key", help="API keys for reading").add_subparsers(metavar="ACTION")
     key_add = key.add_parser("add", parents=[common], help="add an API key; prints it once")
     key_add.add_argument("tenant", type=_slug)
     key_add.add_argument("--scope", action="append", choices=SCOPES, required=True, help="repeat for more")
     key_add.set_defaults(run=_key_add)
 
+
+def _add_send(commands: Commands, common: argparse.ArgumentParser) -> None:
     send = commands.add_parser("send", parents=[common], help="sign and post one fact to a running server")
     send.add_argument("tenant", type=_slug)
     send.add_argument("source", type=_slug)
@@ -129,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.set_defaults(run=_send)
 
+
+def _add_tail(commands: Commands, common: argparse.ArgumentParser) -> None:
     follow = commands.add_parser("tail", parents=[common], help="follow one tenant's facts on the NATS stream")
     follow.add_argument("tenant", type=_slug)
     follow.add_argument("--durable", help="a durable consumer name: the next tail with it continues where it was")
@@ -137,11 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--nats-url", help="RECIPROCITY_NATS_URL (default: the embedded server of serve)")
     follow.set_defaults(run=_tail)
 
+
+def _add_demo(commands: Commands, common: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo", parents=[common], help="a small community through the real HTTP path: balances, influence, upkeep"
     )
     demo.set_defaults(run=_demo)
 
+
+def _add_rebuild(commands: Commands, common: argparse.ArgumentParser) -> None:
     rebuild_view = commands.add_parser(
         "rebuild", parents=[common], help="empty the views and build them again from position 0"
     )
@@ -149,11 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild_view.add_argument("--wait-s", type=float, default=10.0, help="how long to wait for the projector lock")
     rebuild_view.set_defaults(run=_rebuild)
 
+
+def _add_contracts(commands: Commands, common: argparse.ArgumentParser) -> None:
     contracts = commands.add_parser("contracts", help="the wire contract").add_subparsers(metavar="ACTION")
-    export = contracts.add_parser("export", parents=[common], help="write the JSON Schemas under contracts/")
-    export.add_argument("--check", action="store_true", help="only fail when the files are stale")
-    export.set_defaults(run=_contracts_export)
-    return parser
+    export_schemas = contracts.add_parser("export", parents=[common], help="write the JSON Schemas under contracts/")
+    export_schemas.add_argument("--check", action="store_true", help="only fail when the files are stale")
+    export_schemas.set_defaults(run=_contracts_export)
 
 
 def _slug(text: str) -> str:

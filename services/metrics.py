@@ -32,93 +32,123 @@ def forget_process(pid: int) -> None:
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
+# Every metric, by its attribute on Metrics: (kind, name, help, labels, options).
+METRICS: dict[str, tuple[type, str, str, tuple[str, ...], dict[str, Any]]] = {
+    "ingest_requests": (
+        Counter,
+        "reciprocity_ingest_requests_total",
+        "Webhook requests by outcome (recorded, duplicate, batch, or the problem that refused them).",
+        ("outcome",),
+        {},
+    ),
+    "ingest_facts": (
+        Counter,
+        "reciprocity_ingest_facts_total",
+        "Facts received by webhook, by outcome (recorded, duplicate, rejected).",
+        ("outcome",),
+        {},
+    ),
+    "commit_batch_size": (
+        Histogram,
+        "reciprocity_commit_batch_size",
+        "Facts per store transaction (group commit gathers concurrent requests).",
+        (),
+        {"buckets": BATCH_BUCKETS},
+    ),
+    "commit_duration": (
+        Histogram,
+        "reciprocity_commit_duration_seconds",
+        "Time to plan and durably commit one gathered batch.",
+        (),
+        {"buckets": LATENCY_BUCKETS},
+    ),
+    "http_duration": (
+        Histogram,
+        "reciprocity_http_request_duration_seconds",
+        "HTTP request handling time by route.",
+        ("route",),
+        {"buckets": LATENCY_BUCKETS},
+    ),
+    "query_duration": (
+        Histogram,
+        "reciprocity_query_duration_seconds",
+        "View query handling time by route.",
+        ("route",),
+        {"buckets": LATENCY_BUCKETS},
+    ),
+    "http_errors": (
+        Counter,
+        "reciprocity_http_internal_errors_total",
+        "Requests answered 500 because of a fault of ours (each is logged with its request line).",
+        ("route",),
+        {},
+    ),
+    "projection_failures": (
+        Counter,
+        "reciprocity_projection_failures_total",
+        "Pages of the log a view failed to apply (each is logged with the failing fact, when found).",
+        ("view",),
+        {},
+    ),
+    "view_lag_events": (
+        Gauge,
+        "reciprocity_view_lag_events",
+        "Facts in the log the view does not reflect yet.",
+        ("view",),
+        {"multiprocess_mode": "mostrecent"},  # set on each scrape by the process that answers it
+    ),
+    "view_lag_seconds": (
+        Gauge,
+        "reciprocity_view_lag_seconds",
+        "Age of the oldest fact the view does not reflect yet.",
+        ("view",),
+        {"multiprocess_mode": "mostrecent"},
+    ),
+    "relay_position": (
+        Gauge,
+        "reciprocity_relay_position",
+        "Position of the last fact the relay published.",
+        (),
+        {"multiprocess_mode": "max"},
+    ),
+    "nats_connected": (
+        Gauge,
+        "reciprocity_nats_connected",
+        "1 while this process (with several: every live process) is connected to NATS.",
+        (),
+        {"multiprocess_mode": "livemin"},
+    ),
+    "log_head": (
+        Gauge,
+        "reciprocity_log_head_position",
+        "Position of the newest fact in the store.",
+        (),
+        {"multiprocess_mode": "max"},
+    ),
+}
+
 
 class Metrics:
+    """One process's metrics: the attributes METRICS names, made in a registry of their own."""
+
+    ingest_requests: Counter
+    ingest_facts: Counter
+    commit_batch_size: Histogram
+    commit_duration: Histogram
+    http_duration: Histogram
+    query_duration: Histogram
+    http_errors: Counter
+    projection_failures: Counter
+    view_lag_events: Gauge
+    view_lag_seconds: Gauge
+    relay_position: Gauge
+    nats_connected: Gauge
+    log_head: Gauge
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.ingest_requests = Counter(
-            "reciprocity_ingest_requests_total",
-            "Webhook requests by outcome (recorded, duplicate, batch, or the problem that refused them).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.ingest_facts = Counter(
-            "reciprocity_ingest_facts_total",
-            "Facts received by webhook, by outcome (recorded, duplicate, rejected).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.commit_batch_size = Histogram(
-            "reciprocity_commit_batch_size",
-            "Facts per store transaction (group commit gathers concurrent requests).",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
-        self.commit_duration = Histogram(
-            "reciprocity_commit_duration_seconds",
-            "Time to plan and durably commit one gathered batch.",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.http_duration = Histogram(
-            "reciprocity_http_request_duration_seconds",
-            "HTTP request handling time by route.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.query_duration = Histogram(
-            "reciprocity_query_duration_seconds",
-            "View query handling time by route.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.http_errors = Counter(
-            "reciprocity_http_internal_errors_total",
-            "Requests answered 500 because of a fault of ours (each is logged with its request line).",
-            ["route"],
-            registry=self.registry,
-        )
-        self.projection_failures = Counter(
-            "reciprocity_projection_failures_total",
-            "Pages of the log a view failed to apply (each is logged with the failing fact, when found).",
-            ["view"],
-            registry=self.registry,
-        )
-        self.view_lag_events = Gauge(
-            "reciprocity_view_lag_events",
-            "Facts in the log the view does not reflect yet.",
-            ["view"],
-            registry=self.registry,
-            multiprocess_mode="mostrecent",  # set on each scrape by the process that answers it
-        )
-        self.view_lag_seconds = Gauge(
-            "reciprocity_view_lag_seconds",
-            "Age of the oldest fact the view does not reflect yet.",
-            ["view"],
-            registry=self.registry,
-            multiprocess_mode="mostrecent",
-        )
-        self.relay_position = Gauge(
-            "reciprocity_relay_position",
-            "Position of the last fact the relay published.",
-            registry=self.registry,
-            multiprocess_mode="max",
-        )
-        self.nats_connected = Gauge(
-            "reciprocity_nats_connected",
-            "1 while this process (with several: every live process) is connected to NATS.",
-            registry=self.registry,
-            multiprocess_mode="livemin",
-        )
-        self.log_head = Gauge(
-            "reciprocity_log_head_position",
-            "Position of the newest fact in the store.",
-            registry=self.registry,
-            multiprocess_mode="max",
-        )
-
+        for attribute, (kind, name, documentation, labels, options) in METRICS.items():
+            setattr(self, attribute, kind(name, documentation, labels, registry=self.registry, **options))
         self._route_durations: dict[str, Any] = {}
         self._query_durations: dict[str, Any] = {}
         self._ingest_outcomes: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 from ledger.facts import ReceivedFact
 from ledger.signatures import secret_key, sign
 
@@ -131,3 +131,17 @@ async def until(condition, timeout_s: float = 20.0, what: str = "condition") -> 
     while not await condition():
         assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
         await asyncio.sleep(0.1)
+
+
+def view_columns(views, table: str) -> list[str]:
+    """A view table's columns as the store declares them, but changed_position: which page changed a row
+    depends on how the log was paged, and tests compare views built by different pagings."""
+    if views.postgres:
+        statement = (
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position"
+        )
+        names = views.read(statement, (table,))
+    else:
+        names = views.read("SELECT name FROM pragma_table_info(?)", (table,))
+    return [name for (name,) in names if name != "changed_position"]

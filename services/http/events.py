@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from contracts.answers import EventsPage
-from contracts.queries import LogQuery
+from contracts.query_parameters import LogQuery
 from services.http.auth import require_key
 from services.http.keys import COMPONENTS
 from services.http.responses import json_answer

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import problems
 from contracts.answers import ProblemError
-from contracts.queries import MIN_POSITION_WAIT_S, BalancesQuery, MaintenanceQuery, PageQuery, Query
+from contracts.query_parameters import MIN_POSITION_WAIT_S, BalancesQuery, MaintenanceQuery, PageQuery, Query
 from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
 from projections.queries import CursorError
 from services.http.auth import require_key

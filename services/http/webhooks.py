@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from contracts import json_body, problems
 from contracts.answers import BatchAnswer, FactAccepted, FactRejected, Problem
-from contracts.facts import BATCH_EVENTS_MAX, BatchShape, Webhook, read_webhook, webhook_adapter
 from contracts.types import SLUG_PATTERN
+from contracts.webhook_bodies import BATCH_EVENTS_MAX, BatchShape, Webhook, read_webhook, webhook_adapter
 from ledger.facts import ReceivedFact
 from ledger.group_commit import Outcome, Overloaded, StoreFailed, rejected
 from ledger.registry import SourceAuth

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from contracts import export
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 
 
 def test_the_committed_schemas_are_current():

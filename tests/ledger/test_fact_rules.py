@@ -6,8 +6,8 @@ from uuid import uuid4
 
 import pytest
 
-from contracts.facts import read_webhook
 from contracts.types import utc_text
+from contracts.webhook_bodies import read_webhook
 from ledger.facts import (
     AlreadyReversed,
     ReceivedFact,

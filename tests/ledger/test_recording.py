@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 from ledger.facts import ReceivedFact, fact_event_id
 from ledger.group_commit import FactWriter
 from ledger.locks import schema_lock
@@ -164,14 +164,14 @@ def test_a_conflicting_commit_is_replanned_against_the_newer_history(writer, set
     the competing acknowledgement wins, ours is answered by the rule, and the neighbour is still recorded."""
     writer.commit([incoming(give("g1", "ann", "bob"))])
     other = FactWriter(open_ledger(settings.database_url, settings.data_dir))
-    real_save, interleaved = writer._save, []
+    real_put, interleaved = writer.ledger.events.put, []
 
-    def save_after_the_other_writer(plan):
+    def put_after_the_other_writer(events, **options):
         if not interleaved:
             interleaved.append(other.commit([incoming(acknowledgement("a-other", "bob", "g1"))])[0])
-        return real_save(plan)
+        return real_put(events, **options)
 
-    writer._save = save_after_the_other_writer
+    writer.ledger.events.put = put_after_the_other_writer  # the library's event store: where our write lands
     outcomes = writer.commit([incoming(acknowledgement("a-mine", "bob", "g1")), incoming(give("g2", "bob", "ann"))])
     assert interleaved[0].status == "recorded"
     assert statuses(outcomes) == [(422, "one_acknowledgement_per_acknowledger"), "recorded"]

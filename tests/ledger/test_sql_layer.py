@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect
 from ledger.dialect import POSTGRESQL, SQLITE, dialect_of
 from ledger.facts import ReceivedFact

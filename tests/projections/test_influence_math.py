@@ -147,7 +147,7 @@ def test_unrounded_structural_holes_equal_networkx_within_1e9_on_a_random_graph(
     ties = random_ties(rng, people, 900)
     graph = tie_graph(people, ties)
     built = influence_graph(people, [], ties)
-    constraint, effective_size = influence._structural_holes(len(people), built.tie_a, built.tie_b, built.tie_weight)
+    constraint, effective_size = influence.structural_holes(len(people), built.tie_a, built.tie_b, built.tie_weight)
     expected_constraint = nx.constraint(graph, weight="weight")
     expected_effective_size = nx.effective_size(graph, nodes=list(graph), weight="weight")
     assert sum(nx.triangles(graph).values()) > 1000  # the two-step sums are really exercised
@@ -176,9 +176,9 @@ def test_triangle_search_in_small_blocks_gives_the_same_measures(monkeypatch):
     people = [f"p{i:03d}" for i in range(200)]
     built = influence_graph(people, [], random_ties(rng, people, 1500))
     ties = (len(people), built.tie_a, built.tie_b, built.tie_weight)
-    whole = influence._structural_holes(*ties)
+    whole = influence.structural_holes(*ties)
     monkeypatch.setattr(influence, "WEDGE_BLOCK", 7)
-    for unblocked, blocked in zip(whole, influence._structural_holes(*ties), strict=True):
+    for unblocked, blocked in zip(whole, influence.structural_holes(*ties), strict=True):
         np.testing.assert_allclose(blocked, unblocked, rtol=0, atol=1e-12)
 
 

@@ -20,7 +20,7 @@ import pytest
 from eventsourcing import persistence
 from structlog.testing import capture_logs
 
-from contracts.facts import webhook_adapter
+from contracts.webhook_bodies import webhook_adapter
 from ledger.connections import ConnectionLimits
 from ledger.facts import ReceivedFact
 from ledger.group_commit import FactWriter
@@ -32,7 +32,7 @@ from services.bootstrap import open_components
 from services.http.app import create_app
 from services.metrics import SHARED_DIR_ENV
 from services.roles import background_parts
-from tests.helpers import envelope, give
+from tests.helpers import envelope, give, view_columns
 from tests.processes import cli_json
 
 VIEW = reciprocity.VIEW
@@ -85,7 +85,7 @@ def tenant_rows(views, tenant: str) -> dict:
     tables = ("view_gives", "view_introductions", "view_acknowledgements", "view_participants", "view_pairs")
     return {
         table: sorted(
-            map(tuple, views.read(f"SELECT {', '.join(reciprocity._columns(table))} FROM {table} WHERE tenant = ?",
+            map(tuple, views.read(f"SELECT {', '.join(view_columns(views, table))} FROM {table} WHERE tenant = ?",
                                   (tenant,)))
         )
         for table in tables

@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from psycopg.sql import SQL, Identifier
 
-from contracts.facts import read_webhook
+from contracts.webhook_bodies import read_webhook
 from ledger.facts import ReceivedFact
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger

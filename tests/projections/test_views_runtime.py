@@ -36,7 +36,7 @@ from projections.runtime import InfluenceWorker, open_view_store
 from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
 from services.bootstrap import open_components
 from services.roles import background_parts
-from tests.helpers import acknowledgement, at, community, give, introduction, received, reversal
+from tests.helpers import acknowledgement, at, community, give, introduction, received, reversal, view_columns
 from tests.processes import cli, cli_json, environment
 
 
@@ -57,12 +57,12 @@ def test_contributions_json_reads_back_as_the_contributions_and_is_the_same_for_
     givers = ["a", 'q"uote', "back\\slash", "tab\t", "\u00e9lan", "\u65e5\u672c", "\U0001f642", ""]
     amounts = [0.1, 1e-06, 123.456789, 5.0, 0.000123, 2.5e-05, 100.0, 0.333333]
     offsets = [0, 0, 3, 8]
-    written = influence_view._contributions_json(givers, amounts, offsets)
+    written = influence_view.contributions_json(givers, amounts, offsets)
     expected = [[list(pair) for pair in zip(givers[o:p], amounts[o:p], strict=True)] for o, p in pairwise(offsets)]
     assert [json.loads(text) for text in written] == expected
     assert written[0] == "[]"
     recomputed = [float(repr(amount)) for amount in amounts]  # equal values, other float objects
-    assert influence_view._contributions_json(list(givers), recomputed, offsets) == written
+    assert influence_view.contributions_json(list(givers), recomputed, offsets) == written
 
 
 def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
@@ -88,7 +88,7 @@ def test_a_rebuild_has_every_kv_bucket_written_again_from_the_start(stores, sett
     project(ledger, views)
     head = views.position(reciprocity.VIEW)
     for bucket in BUCKETS:
-        KvWriter(views, InfluenceView(views, ReciprocityQueries(views)), lambda: head)._record(bucket, head, 42)
+        KvWriter(views, InfluenceView(views, ReciprocityQueries(views)), lambda: head).record_written(bucket, head, 42)
     assert [views.position(f"kv/{b}") for b in BUCKETS] == [head] * 3
     rebuilt = rebuild(settings.database_url, settings.data_dir, None, wait_s=5)
     assert rebuilt["position"] == head
@@ -164,7 +164,7 @@ def snapshot(views):
     """Every view row, without changed_position (which page changed a row depends on how the log was paged)."""
     tables = ("view_participants", "view_pairs", "view_gives", "view_introductions", "view_acknowledgements")
     return {
-        table: sorted(map(tuple, views.read(f"SELECT {', '.join(reciprocity._columns(table))} FROM {table}")))
+        table: sorted(map(tuple, views.read(f"SELECT {', '.join(view_columns(views, table))} FROM {table}")))
         for table in tables
     }
 
@@ -374,7 +374,7 @@ def test_a_replay_stages_rows_in_scratch_files_and_leaves_none_behind(sqlite_set
 
     def rows() -> dict[str, list[tuple]]:  # without changed_position, which depends on how the log was paged
         tables = ("view_gives", "view_participants", "view_pairs")
-        return {t: sorted(views.read(f"SELECT {', '.join(reciprocity._columns(t))} FROM {t}")) for t in tables}
+        return {t: sorted(views.read(f"SELECT {', '.join(view_columns(views, t))} FROM {t}")) for t in tables}
 
     try:
         facts = [received(f) for f in community(150)]

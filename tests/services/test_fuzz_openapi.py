@@ -28,7 +28,7 @@ from schemathesis.core.parameters import ParameterLocation
 
 from contracts import json_body
 from contracts.answers import Problem
-from contracts.facts import read_webhook, webhook_adapter
+from contracts.webhook_bodies import read_webhook, webhook_adapter
 from ledger.signatures import secret_key, sign
 from services.bootstrap import open_components
 from services.http import views

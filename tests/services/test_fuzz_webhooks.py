@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from contracts import json_body
 from contracts.answers import BatchAnswer, FactAccepted, Problem
-from contracts.facts import read_webhook, webhook_adapter
+from contracts.webhook_bodies import read_webhook, webhook_adapter
 from ledger.signatures import SignatureError, secret_key, sign, verify
 from tests.helpers import Sender, give
 

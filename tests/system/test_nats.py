@@ -312,7 +312,7 @@ async def test_balances_offered_by_the_projector_go_to_kv_as_they_are_and_a_miss
         page_3, page_4 = offered[-2:]
         # Written page by page as offered; read back, both pages' rows would carry the later position.
         assert [(await kv_answer(p))["position"] for p in ("eve", "fay")] == [page_3, page_4]
-        assert not writer._offered, "every offered page was written or passed over"
+        assert not writer.offered, "every offered page was written or passed over"
     finally:
         if task is not None:
             await stop(task)
@@ -431,17 +431,17 @@ async def test_after_aligning_the_relay_expects_the_streams_last_sequence_not_an
             return [StoredFact(n, {"event_id": f"e{n}", "tenant": "acme", "type": "give.recorded"}) for n in numbers]
 
         async with AckedPublisher(client) as publisher:
-            await publisher.publish(Relay._messages(page(1, 2), None), 5, chained=True)
+            await publisher.publish(Relay.chained_messages(page(1, 2), None), 5, chained=True)
             end = await stream_position(js)
             assert end == (2, "e2", 2)
-            aligned = list(Relay._messages(page(3, 4), end.event_id, end.sequence))
+            aligned = list(Relay.chained_messages(page(3, 4), end.event_id, end.sequence))
             assert [dict(headers) for _, _, headers in aligned] == [
                 {MSG_ID_HEADER: "e3", POSITION_HEADER: "3", EXPECTED_LAST_SEQUENCE_HEADER: "2"},
                 {MSG_ID_HEADER: "e4", POSITION_HEADER: "4", EXPECTED_LAST_MSG_ID_HEADER: "e3"},
             ]
             assert await publisher.publish(aligned, 5, chained=True) == 2
             with pytest.raises(PublishRefused, match=r"1 of 1 acks refused: .*sequence"):
-                await publisher.publish(Relay._messages(page(5), "e4", 3), 5, chained=True)
+                await publisher.publish(Relay.chained_messages(page(5), "e4", 3), 5, chained=True)
         assert await stream_ids(nats_server.url) == ["e1", "e2", "e3", "e4"]
     finally:
         await client.close()

@@ -78,7 +78,7 @@ async def record(components, senders) -> None:
 def sender_fact(sender, tenant: str):
     from datetime import UTC, datetime
 
-    from contracts.facts import read_webhook
+    from contracts.webhook_bodies import read_webhook
     from ledger.facts import ReceivedFact
     from tests.helpers import envelope, give
 

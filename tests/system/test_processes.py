@@ -165,6 +165,22 @@ def _logged(log: Path, event: str, timeout_s: float = 5.0) -> dict:
         time.sleep(0.05)
 
 
+def test_the_projector_and_the_relay_log_worker_active_when_they_take_their_lock(sqlite_settings, tmp_path):
+    """DESIGN's operator signal: which process projects and which relays, by a `worker_active` line each."""
+    server = Server(sqlite_settings, tmp_path / "serve.log").start()
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            lines = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines() if line[:1] == "{"]
+            active = {line.get("worker") for line in lines if line["event"] == "worker_active"}
+            if {"projector", "relay"} <= active:
+                break
+            assert time.monotonic() < deadline, f"worker_active logged for {active} only"
+            time.sleep(0.1)
+    finally:
+        server.stop()
+
+
 def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings, tmp_path):
     """The nats-server child (and serve's background process, that one's influence worker, and serve's
     extra HTTP workers) never outlive the service, even one killed without a chance to clean up."""
