@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import export
+from contracts.facts import FactType
 from contracts.types import SLUG_PATTERN
 from ledger.registry import SCOPES, Registry, RegistryError
 from ledger.signatures import secret_key, sign
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("source", type=_slug)
     send.add_argument(
         "type",
-        choices=["give.recorded", "introduction.made", "acknowledgement.recorded", "reversal.recorded"],
+        choices=[fact_type.value for fact_type in FactType],
     )
     send.add_argument(
         "fields",
