@@ -35,7 +35,8 @@ from eventsourcing.sqlite import (
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
-from ledger.facts import FACT_TOPIC, FACT_TOPICS
+from contracts.facts import FactType
+from ledger.facts import FACT_TOPIC, FACT_TOPICS, Fact, fact_from_json
 
 LEDGER_FILE = "ledger.sqlite3"
 SQLITE_LOCK_TIMEOUT_S = 10
@@ -48,15 +49,18 @@ class StoredFact:
     """A fact as read back from the store: its place in the global order and the fact itself."""
 
     position: int
-    fact: dict[str, Any]
+    fact: Fact
 
     def as_logged(self) -> dict[str, Any]:
-        return {**self.fact, "position": self.position}
+        """The fact as the log shows it: the stored JSON and its position."""
+        logged = self.fact.to_json()
+        logged["position"] = self.position
+        return logged
 
 
-def fact_from_state(state: bytes) -> dict[str, Any]:
+def fact_from_state(state: bytes) -> Fact:
     """The fact inside a stored `Recorded` event (its other attributes are the library's)."""
-    return orjson.loads(state)["fact"]
+    return fact_from_json(orjson.loads(state)["fact"])
 
 
 def _fact_tenants(kwargs: dict[str, Any]) -> dict[UUID, str]:
@@ -274,7 +278,7 @@ class Ledger(Application[UUID]):
         """One tenant's facts after a position, in the store's global order."""
         return self.recorder.select_tenant_facts(tenant, after, limit)
 
-    def read_log(self, after: int, limit: int, kinds: Iterable[str] | None = None) -> list[StoredFact]:
+    def read_log(self, after: int, limit: int, kinds: Iterable[FactType] | None = None) -> list[StoredFact]:
         """Every tenant's facts after a position (of these kinds only, if given): what projections and the relay
         follow."""
         topics = FACT_TOPICS if kinds is None else tuple(FACT_TOPIC[kind] for kind in kinds)
