@@ -16,8 +16,17 @@ import orjson
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from contracts.facts import FactType, read_webhook
-from ledger.facts import Give, ReceivedFact, Ref, fact_event_id, fact_from_json
+from contracts.facts import FactType, read_webhook, webhook_adapter
+from ledger.facts import (
+    FACT_RECORDS,
+    FACT_TOPIC,
+    HISTORIES,
+    Give,
+    ReceivedFact,
+    Ref,
+    fact_event_id,
+    fact_from_json,
+)
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
 from services.settings import Settings
@@ -135,3 +144,17 @@ def test_a_fact_round_trips_through_its_record():
     """`to_json` gives back exactly the stored JSON, key order included, for every recorded fact."""
     for fact in recorded_facts():
         assert orjson.dumps(fact_from_json(fact).to_json()) == orjson.dumps(fact)
+
+
+def test_every_fact_type_has_its_webhook_record_history_and_stored_topic():
+    """The enum, the webhook's tags, the records and the aggregates name the same four types, stored by the
+    topics the store has always held."""
+    tags = webhook_adapter.json_schema()["discriminator"]["mapping"]
+    assert set(tags) == set(FactType) == set(FACT_RECORDS) == set(HISTORIES)
+    assert all(FACT_RECORDS[fact_type].type is fact_type for fact_type in FactType)
+    assert FACT_TOPIC == {
+        FactType.GIVE: "ledger.facts:Give.Recorded",
+        FactType.INTRODUCTION: "ledger.facts:Introduction.Recorded",
+        FactType.ACKNOWLEDGEMENT: "ledger.facts:Acknowledgement.Recorded",
+        FactType.REVERSAL: "ledger.facts:Reversal.Recorded",
+    }
