@@ -238,7 +238,7 @@ class Reversal(RecordedFact):
 
 
 Fact = Give | Introduction | Acknowledgement | Reversal
-FACT_RECORDS: dict[str, type[Fact]] = {
+FACT_RECORDS: dict[FactType, type[Fact]] = {
     record.type: record for record in (Give, Introduction, Acknowledgement, Reversal)
 }
 
@@ -351,7 +351,7 @@ class ReversalHistory(FactHistory):
         raise RuleViolation("data.ref", "reversal_not_reversible", "a reversal cannot be reversed")
 
 
-HISTORIES: dict[str, type[FactHistory]] = {
+HISTORIES: dict[FactType, type[FactHistory]] = {
     FactType.GIVE: GiveHistory,
     FactType.INTRODUCTION: IntroductionHistory,
     FactType.ACKNOWLEDGEMENT: AcknowledgementHistory,
@@ -359,7 +359,8 @@ HISTORIES: dict[str, type[FactHistory]] = {
 }
 for _history in (FactHistory, AcknowledgeableHistory, *HISTORIES.values()):
     register_topic(f"{__name__}:{_history.__qualname__}", _history)
-FACT_TOPIC = {fact_type: get_topic(history.Recorded) for fact_type, history in HISTORIES.items()}  # stored events'
+# The topic of each type's first event in the store, by which the log is read.
+FACT_TOPIC = {fact_type: get_topic(history.Recorded) for fact_type, history in HISTORIES.items()}
 FACT_TOPICS = tuple(FACT_TOPIC.values())
 
 
