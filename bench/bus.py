@@ -175,8 +175,8 @@ def commit_times(data_dir: Path) -> dict[str, float]:
     try:
         while page := ledger.tenant_log(TENANT, after, 10_000):
             for stored in page:
-                at = datetime.fromisoformat(stored.fact["recorded_at"].replace("Z", "+00:00"))
-                found[stored.fact["data"]["giver"]] = at.timestamp()
+                at = datetime.fromisoformat(stored.fact.recorded_at.replace("Z", "+00:00"))
+                found[stored.fact.giver] = at.timestamp()
             after = page[-1].position
     finally:
         ledger.close()

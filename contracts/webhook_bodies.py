@@ -4,6 +4,7 @@ These models are the only place where incoming JSON is validated; everything beh
 """
 
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -21,7 +22,17 @@ from contracts.types import (
 
 BATCH_EVENTS_MAX = 1_000
 
-FACT_TYPES = ("give.recorded", "introduction.made", "acknowledgement.recorded", "reversal.recorded")
+
+class FactType(StrEnum):
+    """What a fact is: the webhook's and the log's `type`, and (dot as _) the last token of its NATS subject."""
+
+    GIVE = "give.recorded"
+    INTRODUCTION = "introduction.made"
+    ACKNOWLEDGEMENT = "acknowledgement.recorded"
+    REVERSAL = "reversal.recorded"
+
+
+FACT_TYPES = tuple(FactType)
 
 
 class Strict(BaseModel):

@@ -1,25 +1,25 @@
-"""Facts as event-sourced aggregates, and the rules that guard them (DESIGN section 2).
+"""Facts: each as a typed record of what the log shows, its history as an event-sourced aggregate, and the
+rules that guard them (DESIGN section 2).
 
-Each fact is an aggregate whose id is its event id. Version 1 is the fact itself: the only event the log
-and the stream carry. Later versions record what happened to the fact since (acknowledged, reversed), so
-every rule about a fact is checked against one versioned history. Two writers that act on the same fact
-at once both try to append the same next version; the store refuses one of them, and the loser re-plans.
-That is how "at most once" holds across processes without a read-then-write race.
+Each fact's history is an aggregate whose id is the fact's event id. Version 1 is the fact itself: the only
+event the log and the stream carry. Later versions record what happened to the fact since (acknowledged,
+reversed), so every rule about a fact is checked against one versioned history. Two writers that act on the
+same fact at once both try to append the same next version; the store refuses one of them, and the loser
+re-plans. That is how "at most once" holds across processes without a read-then-write race.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.utils import register_topic
+from eventsourcing.utils import get_topic, register_topic
 
 from contracts.types import FUTURE_MAX, context_key, utc_text
-from contracts.webhook_bodies import Webhook
+from contracts.webhook_bodies import FactType, Webhook
 
 # The namespace of every event id: uuid5(FACT_NAMESPACE, "{tenant}/{source}/{external_id}").
 # Fixed forever; changing it would make every known fact look new.
@@ -59,19 +59,212 @@ class AlreadyReversed(DomainError):
         self.reversal_id = reversal_id
 
 
-class Fact(Aggregate):
-    """A recorded fact. Its `fact` attribute is exactly what the log shows (without the position)."""
+# --- A recorded fact, as the log shows it ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """The fact an acknowledgement or a reversal is about: its recording source and external id."""
+
+    source: str
+    id: str
+
+    def event_id(self, tenant: str) -> UUID:
+        return fact_event_id(tenant, self.source, self.id)
+
+    def to_json(self) -> dict[str, str]:
+        return {"source": self.source, "id": self.id}
+
+
+# Records are built straight from the stored JSON, which the edge validated when the fact arrived: a rebuild
+# decodes every fact of the log, so nothing here validates again. `to_json()` gives back exactly the JSON that
+# was stored (keys in the same order, absent options absent), which is what the log and the stream show.
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedFact:
+    """What every recorded fact has."""
+
+    type: ClassVar[FactType]
+    event_id: str
+    tenant: str
+    source: str
+    external_id: str
+    occurred_at: str  # as sent, else when it was received
+    recorded_at: str
+    occurred_at_sent: bool  # only a sent occurred_at is part of the fact's data (and of `same_fact`)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "tenant": self.tenant,
+            "source": self.source,
+            "external_id": self.external_id,
+            "type": self.type.value,
+            "occurred_at": self.occurred_at,
+            "recorded_at": self.recorded_at,
+            "data": self.data_json(),
+        }
+
+    def data_json(self) -> dict[str, Any]:
+        """The fact's data as its sender sent it (validated, normalised, ref.source filled in)."""
+        raise NotImplementedError
+
+    def _data_start(self) -> dict[str, Any]:
+        # How every fact's data starts: its id, then occurred_at if the sender gave it.
+        if self.occurred_at_sent:
+            return {"id": self.external_id, "occurred_at": self.occurred_at}
+        return {"id": self.external_id}
+
+
+def _envelope(fact: dict[str, Any], data: dict[str, Any]) -> tuple[str, str, str, str, str, str, bool]:
+    return (
+        fact["event_id"],
+        fact["tenant"],
+        fact["source"],
+        fact["external_id"],
+        fact["occurred_at"],
+        fact["recorded_at"],
+        "occurred_at" in data,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Give(RecordedFact):
+    """Someone helped someone else (give.recorded)."""
+
+    type: ClassVar[FactType] = FactType.GIVE
+    giver: str
+    receiver: str
+    kind: str
+    value: str  # a decimal as sent, normalised ("2.5")
+    context: dict[str, str] | None  # location, activity, subject; as sent
+    note: str | None
+
+    @classmethod
+    def from_json(cls, fact: dict[str, Any]) -> Give:
+        data = fact["data"]
+        return cls(
+            *_envelope(fact, data),
+            data["giver"], data["receiver"], data["kind"], data["value"], data.get("context"), data.get("note"),
+        )  # fmt: skip
+
+    def data_json(self) -> dict[str, Any]:
+        data = self._data_start()
+        data["giver"], data["receiver"], data["kind"], data["value"] = self.giver, self.receiver, self.kind, self.value
+        if self.context is not None:
+            data["context"] = self.context
+        if self.note is not None:
+            data["note"] = self.note
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Introduction(RecordedFact):
+    """Someone introduced two people to each other (introduction.made)."""
+
+    type: ClassVar[FactType] = FactType.INTRODUCTION
+    introducer: str
+    introduced: tuple[str, str]
+    context: dict[str, str] | None
+    note: str | None
+
+    @classmethod
+    def from_json(cls, fact: dict[str, Any]) -> Introduction:
+        data = fact["data"]
+        first, second = data["introduced"]
+        return cls(*_envelope(fact, data), data["introducer"], (first, second), data.get("context"), data.get("note"))
+
+    def data_json(self) -> dict[str, Any]:
+        data = self._data_start()
+        data["introducer"], data["introduced"] = self.introducer, list(self.introduced)
+        if self.context is not None:
+            data["context"] = self.context
+        if self.note is not None:
+            data["note"] = self.note
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledgement(RecordedFact):
+    """Someone who was helped thanks for a give or an introduction (acknowledgement.recorded)."""
+
+    type: ClassVar[FactType] = FactType.ACKNOWLEDGEMENT
+    acknowledger: str
+    ref: Ref
+    note: str | None
+    value: str | None  # informational: what came back; never summed
+
+    @classmethod
+    def from_json(cls, fact: dict[str, Any]) -> Acknowledgement:
+        data = fact["data"]
+        ref = data["ref"]
+        return cls(
+            *_envelope(fact, data),
+            data["acknowledger"],
+            Ref(ref["source"], ref["id"]),
+            data.get("note"),
+            data.get("value"),
+        )
+
+    def data_json(self) -> dict[str, Any]:
+        data = self._data_start()
+        data["acknowledger"], data["ref"] = self.acknowledger, self.ref.to_json()
+        if self.note is not None:
+            data["note"] = self.note
+        if self.value is not None:
+            data["value"] = self.value
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal(RecordedFact):
+    """The recording source takes back one of its facts (reversal.recorded)."""
+
+    type: ClassVar[FactType] = FactType.REVERSAL
+    ref: Ref
+    reason: str
+
+    @classmethod
+    def from_json(cls, fact: dict[str, Any]) -> Reversal:
+        data = fact["data"]
+        ref = data["ref"]
+        return cls(*_envelope(fact, data), Ref(ref["source"], ref["id"]), data["reason"])
+
+    def data_json(self) -> dict[str, Any]:
+        data = self._data_start()
+        data["ref"], data["reason"] = self.ref.to_json(), self.reason
+        return data
+
+
+Fact = Give | Introduction | Acknowledgement | Reversal
+FACT_RECORDS: dict[FactType, type[Fact]] = {
+    record.type: record for record in (Give, Introduction, Acknowledgement, Reversal)
+}
+
+
+def fact_from_json(fact: dict[str, Any]) -> Fact:
+    """A recorded fact from the JSON the store holds (or the log shows: a `position` is ignored)."""
+    return FACT_RECORDS[fact["type"]].from_json(fact)
+
+
+# --- Its history: the aggregate ----------------------------------------------------------------------
+# Stored events name these classes by their first names, in their topics ("ledger.facts:Give.Recorded",
+# "ledger.facts:Fact.Reversed") and as the originator topic: `__qualname__` keeps those names (so the classes
+# also print by them), and they are registered below, so every store written before or after opens the same.
+
+
+class FactHistory(Aggregate):
+    """A recorded fact (version 1) and what happened to it since (acknowledged, reversed)."""
+
+    __qualname__ = "Fact"
 
     @event("Recorded")
     def __init__(self, id: UUID, fact: dict[str, Any]) -> None:
-        self.fact = fact
+        self.fact: Fact = fact_from_json(fact)
         self.reversed_by: UUID | None = None
         # Live acknowledgements by acknowledger; only gives and introductions ever fill it.
         self.acknowledgements: dict[str, UUID] = {}
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.fact["data"]
 
     def acknowledge(self, acknowledger: str, acknowledgement_id: UUID) -> None:
         raise RuleViolation(
@@ -88,8 +281,10 @@ class Fact(Aggregate):
         self.reversed_by = reversal_id
 
 
-class Acknowledgeable(Fact):
+class AcknowledgeableHistory(FactHistory):
     """A give or an introduction: something that can pay off, and be thanked for once per person."""
+
+    __qualname__ = "Acknowledgeable"
 
     def may_acknowledge(self, participant: str) -> bool:
         raise NotImplementedError
@@ -127,48 +322,52 @@ class Acknowledgeable(Fact):
         self.acknowledgements.pop(acknowledger, None)
 
 
-class Give(Acknowledgeable):
+class GiveHistory(AcknowledgeableHistory):
+    __qualname__ = "Give"
+
     def may_acknowledge(self, participant: str) -> bool:
-        return participant == self.data["receiver"]
+        return participant == self.fact.receiver
 
 
-class Introduction(Acknowledgeable):
+class IntroductionHistory(AcknowledgeableHistory):
+    __qualname__ = "Introduction"
+
     def may_acknowledge(self, participant: str) -> bool:
-        return participant in self.data["introduced"]
+        return participant in self.fact.introduced
 
 
-class Acknowledgement(Fact):
+class AcknowledgementHistory(FactHistory):
+    __qualname__ = "Acknowledgement"
+
     @property
     def acknowledged_id(self) -> UUID:
-        ref = self.data["ref"]
-        return fact_event_id(self.fact["tenant"], ref["source"], ref["id"])
+        return self.fact.ref.event_id(self.fact.tenant)
 
 
-class Reversal(Fact):
+class ReversalHistory(FactHistory):
+    __qualname__ = "Reversal"
+
     def reverse(self, reversal_id: UUID) -> None:
         raise RuleViolation("data.ref", "reversal_not_reversible", "a reversal cannot be reversed")
 
 
-FACT_CLASSES: dict[str, type[Fact]] = {
-    "give.recorded": Give,
-    "introduction.made": Introduction,
-    "acknowledgement.recorded": Acknowledgement,
-    "reversal.recorded": Reversal,
+HISTORIES: dict[FactType, type[FactHistory]] = {
+    FactType.GIVE: GiveHistory,
+    FactType.INTRODUCTION: IntroductionHistory,
+    FactType.ACKNOWLEDGEMENT: AcknowledgementHistory,
+    FactType.REVERSAL: ReversalHistory,
 }
-FACT_TOPIC = {kind: f"{__name__}:{cls.__name__}.Recorded" for kind, cls in FACT_CLASSES.items()}  # stored events' topic
-
-# Releases up to 457f0f2 kept these classes in services/domain.py, and a stored event's topic names the module
-# it was written from. Those topics resolve to this module, and reads of the log ask for both names.
+# A stored event's topic names the module and class it was written from: releases up to 457f0f2 kept these
+# classes in services/domain.py, and later ones here under their former names. Both resolve to the histories,
+# and reads of the log ask for both.
 FORMER_MODULE = "services.domain"
-register_topic(FORMER_MODULE, sys.modules[__name__])
+for _history in (FactHistory, AcknowledgeableHistory, *HISTORIES.values()):
+    for _module in (__name__, FORMER_MODULE):
+        register_topic(f"{_module}:{_history.__qualname__}", _history)
+# The topic of each type's first event in the store, by which the log is read.
+FACT_TOPIC = {fact_type: get_topic(history.Recorded) for fact_type, history in HISTORIES.items()}
 STORED_TOPICS = {kind: (topic, topic.replace(__name__, FORMER_MODULE, 1)) for kind, topic in FACT_TOPIC.items()}
 FACT_TOPICS = tuple(topic for topics in STORED_TOPICS.values() for topic in topics)
-
-
-def ref_event_id(tenant: str, source: str, data: dict[str, Any]) -> UUID:
-    """The event id that an acknowledgement's or reversal's `ref` points at."""
-    ref = data["ref"]
-    return fact_event_id(tenant, ref.get("source") or source, ref["id"])
 
 
 @dataclass(frozen=True)
@@ -177,7 +376,7 @@ class ReceivedFact:
 
     tenant: str
     source: str
-    type: str
+    type: FactType
     data: dict[str, Any]  # the validated webhook data, JSON-ready: decimals as strings, times in UTC
     occurred_at: datetime | None  # as sent; None when the sender left it out
     received_at: datetime
@@ -188,46 +387,47 @@ class ReceivedFact:
         given = webhook.data
         data = given.model_dump(mode="json", exclude_none=True)
         event_id = fact_event_id(tenant, source, given.id)
-        return cls(tenant, source, webhook.type, data, given.occurred_at, received_at, event_id)
+        return cls(tenant, source, FactType(webhook.type), data, given.occurred_at, received_at, event_id)
 
 
-def record_fact(received: ReceivedFact, recorded_at: str) -> Fact:
+def record_fact(received: ReceivedFact, recorded_at: str) -> FactHistory:
     """A new fact, after the rules that need nothing but the fact itself.
 
     `recorded_at` is already text: one transaction records all its facts at one moment."""
     if received.occurred_at is not None and received.occurred_at > received.received_at + FUTURE_MAX:
         raise RuleViolation("data.occurred_at", "not_in_future", "occurred_at is more than 5 minutes ahead")
     data = received.data
-    _check_fact_rules(received.type, received.source, data)
     if "ref" in data:
         data = {**data, "ref": {"source": received.source, **data["ref"]}}
-    fact = {
+    stored = {
         "event_id": str(received.event_id),
         "tenant": received.tenant,
         "source": received.source,
         "external_id": data["id"],
-        "type": received.type,
+        "type": received.type.value,
         "occurred_at": utc_text(received.occurred_at or received.received_at),
         "recorded_at": recorded_at,
         "data": data,
     }
-    return FACT_CLASSES[received.type](id=received.event_id, fact=fact)
+    history = HISTORIES[received.type](id=received.event_id, fact=stored)
+    _check_fact_rules(history.fact)  # a broken rule drops the new aggregate: nothing of it was saved
+    return history
 
 
-def _check_fact_rules(fact_type: str, source: str, data: dict[str, Any]) -> None:
-    if fact_type == "give.recorded" and data["giver"] == data["receiver"]:
+def _check_fact_rules(fact: Fact) -> None:
+    if isinstance(fact, Give) and fact.giver == fact.receiver:
         raise RuleViolation("data.receiver", "giver_is_not_receiver", "a participant cannot give to themselves")
-    if fact_type == "introduction.made":
-        first, second = data["introduced"]
+    if isinstance(fact, Introduction):
+        first, second = fact.introduced
         if first == second:
             raise RuleViolation("data.introduced", "introduced_differ", "the two introduced must differ")
-        if data["introducer"] in (first, second):
+        if fact.introducer in (first, second):
             raise RuleViolation(
                 "data.introducer",
                 "introducer_not_introduced",
                 "the introducer cannot be one of the introduced",
             )
-    if fact_type == "reversal.recorded" and data["ref"].get("source", source) != source:
+    if isinstance(fact, Reversal) and fact.ref.source != fact.source:
         raise RuleViolation(
             "data.ref.source",
             "reversed_by_recording_source",
@@ -235,12 +435,12 @@ def _check_fact_rules(fact_type: str, source: str, data: dict[str, Any]) -> None
         )
 
 
-def same_fact(recorded: dict[str, Any], candidate: dict[str, Any]) -> bool:
+def same_fact(recorded: Fact, candidate: Fact) -> bool:
     """Whether a fact with a known identity is the same fact again (a duplicate) or other content (409).
 
     The envelope timestamp and webhook-id are not part of a fact; a defaulted occurred_at is not in `data`.
     """
-    return recorded["type"] == candidate["type"] and _comparable(recorded["data"]) == _comparable(candidate["data"])
+    return recorded.type == candidate.type and _comparable(recorded.data_json()) == _comparable(candidate.data_json())
 
 
 def _comparable(data: dict[str, Any]) -> dict[str, Any]:

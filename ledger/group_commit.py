@@ -27,16 +27,18 @@ from contracts.answers import Problem
 from contracts.types import utc_text
 from ledger.facts import (
     Acknowledgement,
+    AcknowledgementHistory,
     AlreadyReversed,
     Fact,
+    FactHistory,
     ReceivedFact,
+    Reversal,
     RuleViolation,
     UnknownReference,
     record_fact,
-    ref_event_id,
     same_fact,
 )
-from ledger.store import Ledger
+from ledger.store import Ledger, StoredFact
 
 log = structlog.get_logger(__name__)
 
@@ -76,8 +78,8 @@ class _Plan:
     outcomes: list[Outcome | _Pending] = field(default_factory=list)
     events: list[Any] = field(default_factory=list)
     fact_tenants: dict[UUID, str] = field(default_factory=dict)
-    working: dict[UUID, Fact] = field(default_factory=dict)
-    created: dict[UUID, Fact] = field(default_factory=dict)
+    working: dict[UUID, FactHistory] = field(default_factory=dict)
+    created: dict[UUID, FactHistory] = field(default_factory=dict)
 
 
 class ConflictPersisted(Exception):
@@ -147,61 +149,60 @@ class FactWriter:
         return plan
 
     def _apply(
-        self, plan: _Plan, item: ReceivedFact, recorded: dict[UUID, Any], recorded_at: str
+        self, plan: _Plan, item: ReceivedFact, recorded: dict[UUID, StoredFact], recorded_at: str
     ) -> Outcome | _Pending:
         try:
-            fact = record_fact(item, recorded_at)
+            history = record_fact(item, recorded_at)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
-        event_id = fact.id
+        event_id = history.id
         if event_id in recorded:
-            return self._same_or_conflict(recorded[event_id].fact, fact, recorded[event_id].position)
+            return self._same_or_conflict(recorded[event_id].fact, history, recorded[event_id].position)
         if event_id in plan.created:
-            return self._same_or_conflict(plan.created[event_id].fact, fact, None)
+            return self._same_or_conflict(plan.created[event_id].fact, history, None)
         try:
-            touched = self._act_on_references(plan, fact)
+            touched = self._act_on_references(plan, history)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
         except UnknownReference as unknown:
             return rejected(problems.unknown_reference(unknown.path, str(unknown)))
         except AlreadyReversed as first:
             return self._first_reversal(plan, first.reversal_id)
-        plan.created[event_id] = plan.working[event_id] = fact
+        plan.created[event_id] = plan.working[event_id] = history
         plan.fact_tenants[event_id] = item.tenant
-        for aggregate in (fact, *touched):
+        for aggregate in (history, *touched):
             plan.events.extend(aggregate.collect_events())
         return _Pending("recorded", event_id)
 
-    def _same_or_conflict(self, recorded: dict[str, Any], candidate: Fact, position: int | None) -> Outcome | _Pending:
+    def _same_or_conflict(self, recorded: Fact, candidate: FactHistory, position: int | None) -> Outcome | _Pending:
         if not same_fact(recorded, candidate.fact):
-            return rejected(problems.identity_conflict(recorded["event_id"]))
+            return rejected(problems.identity_conflict(recorded.event_id))
         if position is None:
             return _Pending("duplicate", candidate.id)
         return Outcome("duplicate", candidate.id, position)
 
-    def _act_on_references(self, plan: _Plan, fact: Fact) -> list[Fact]:
+    def _act_on_references(self, plan: _Plan, history: FactHistory) -> list[FactHistory]:
         """Applies an acknowledgement or reversal to what it refers to; returns the facts it changed."""
-        fact_type = fact.fact["type"]
-        if fact_type not in ("acknowledgement.recorded", "reversal.recorded"):
+        fact = history.fact
+        if not isinstance(fact, Acknowledgement | Reversal):
             return []
-        target = self._load(plan, ref_event_id(fact.fact["tenant"], fact.fact["source"], fact.data), fact)
-        if fact_type == "acknowledgement.recorded":
-            target.acknowledge(fact.data["acknowledger"], fact.id)
+        target = self._load(plan, fact.ref.event_id(fact.tenant), fact)
+        if isinstance(fact, Acknowledgement):
+            target.acknowledge(fact.acknowledger, history.id)
             return [target]
-        target.reverse(fact.id)
-        if isinstance(target, Acknowledgement):
+        target.reverse(history.id)
+        if isinstance(target, AcknowledgementHistory):
             acknowledged = self._load(plan, target.acknowledged_id, fact)
             acknowledged.withdraw_acknowledgement(target.id)
             return [target, acknowledged]
         return [target]
 
-    def _load(self, plan: _Plan, event_id: UUID, referrer: Fact) -> Fact:
+    def _load(self, plan: _Plan, event_id: UUID, referrer: Acknowledgement | Reversal) -> FactHistory:
         if event_id not in plan.working:
             try:
                 plan.working[event_id] = self.ledger.repository.get(event_id)
             except AggregateNotFoundError:
-                ref = referrer.data["ref"]
-                raise UnknownReference("data.ref", ref["id"], ref["source"]) from None
+                raise UnknownReference("data.ref", referrer.ref.id, referrer.ref.source) from None
         return plan.working[event_id]
 
     def _first_reversal(self, plan: _Plan, reversal_id: UUID) -> Outcome | _Pending:

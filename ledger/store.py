@@ -21,6 +21,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier
 
+from contracts.webhook_bodies import FactType
 from ledger.connections import (
     DEFAULT_LIMITS,
     ConnectionLimits,
@@ -29,7 +30,7 @@ from ledger.connections import (
     private_directory,
     private_sqlite_file,
 )
-from ledger.facts import FACT_TOPICS, STORED_TOPICS
+from ledger.facts import FACT_TOPICS, STORED_TOPICS, Fact, fact_from_json
 from ledger.locks import schema_lock
 
 LEDGER_FILE = "ledger.sqlite3"
@@ -42,15 +43,18 @@ class StoredFact:
     """A fact as read back from the store: its place in the global order and the fact itself."""
 
     position: int
-    fact: dict[str, Any]
+    fact: Fact
 
     def as_logged(self) -> dict[str, Any]:
-        return {**self.fact, "position": self.position}
+        """The fact as the log shows it: the stored JSON and its position."""
+        logged = self.fact.to_json()
+        logged["position"] = self.position
+        return logged
 
 
-def fact_from_state(state: bytes) -> dict[str, Any]:
+def fact_from_state(state: bytes) -> Fact:
     """The fact inside a stored `Recorded` event (its other attributes are the library's)."""
-    return orjson.loads(state)["fact"]
+    return fact_from_json(orjson.loads(state)["fact"])
 
 
 def _fact_tenants(kwargs: dict[str, Any]) -> dict[UUID, str]:
@@ -234,7 +238,7 @@ class Ledger(Application[UUID]):
         """One tenant's facts after a position, in the store's global order."""
         return self.recorder.select_tenant_facts(tenant, after, limit)
 
-    def read_log(self, after: int, limit: int, kinds: Iterable[str] | None = None) -> list[StoredFact]:
+    def read_log(self, after: int, limit: int, kinds: Iterable[FactType] | None = None) -> list[StoredFact]:
         """Every tenant's facts after a position (of these kinds only, if given): what projections and the relay
         follow."""
         topics = FACT_TOPICS if kinds is None else tuple(t for kind in kinds for t in STORED_TOPICS[kind])

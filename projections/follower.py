@@ -170,7 +170,7 @@ class Follower:
 
         If it fails for its content, its halves are applied, each in a transaction of its own, down to the
         fact that fails alone: about twice log2(n) transactions find one poison fact among n."""
-        kept = [stored for stored in page if stored.fact["tenant"] not in self.skipped]
+        kept = [stored for stored in page if stored.fact.tenant not in self.skipped]
         try:
             changes = self.view.process_page(kept, page[-1].position)
         except Exception as failure:
@@ -192,7 +192,7 @@ class Follower:
             raise failure
         fact = stored.fact
         found = ProjectionFailure(
-            self.view.name, fact["tenant"], stored.position, fact["event_id"], error_text(failure),
+            self.view.name, fact.tenant, stored.position, fact.event_id, error_text(failure),
             datetime.now(UTC).isoformat(timespec="seconds"),
         )  # fmt: skip
         self.quarantine.add(found)

@@ -12,6 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from contracts.webhook_bodies import FactType
+
 log = structlog.get_logger(__name__)
 
 STREAM = "RECIPROCITY_EVENTS"
@@ -29,7 +31,7 @@ QUERY_ENDPOINTS = ("balance", "pair", "influence", "maintenance")
 CONNECT_RETRY_S = 1.0
 
 
-def event_subject(tenant: str, fact_type: str) -> str:
+def event_subject(tenant: str, fact_type: FactType) -> str:
     """`reciprocity.events.{tenant}.{type}`, the type's dot made an underscore (a token per part)."""
     return f"reciprocity.events.{tenant}.{fact_type.replace('.', '_')}"
 

@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from contracts.types import context_key
-from ledger.facts import fact_event_id
+from ledger.facts import Acknowledgement, Give, Introduction, RecordedFact, Reversal
 from ledger.store import StoredFact
 from projections.viewstore import ViewCursor, ViewStore
 
@@ -231,33 +231,31 @@ ParticipantKey = tuple[str, str, str]  # tenant, scope, participant
 PairKey = tuple[str, str, str, str]  # tenant, scope, a, b
 
 
-def row_from_fact(fact: dict[str, Any], position: int) -> Fact | None:
+def row_from_fact(fact: RecordedFact, position: int) -> Fact | None:
     """The view's row for a give, introduction or acknowledgement (None for a reversal)."""
-    data, tenant, event_id = fact["data"], fact["tenant"], fact["event_id"]
-    context = data.get("context") or {}
+    tenant, event_id = fact.tenant, fact.event_id
+    context = (fact.context if isinstance(fact, Give | Introduction) else None) or {}
     keys = {name: context_key(context[name]) if name in context else None for name in CONTEXT_DIMENSIONS}
-    kind = fact["type"]
-    if kind == "give.recorded":
+    if isinstance(fact, Give):
         return GiveRow(
-            tenant, event_id, position, fact["external_id"], data["giver"], data["receiver"],
-            to_micro(data["value"]), fact["occurred_at"], **keys, live=1, acknowledged=0,
+            tenant, event_id, position, fact.external_id, fact.giver, fact.receiver,
+            to_micro(fact.value), fact.occurred_at, **keys, live=1, acknowledged=0,
         )  # fmt: skip
-    if kind == "introduction.made":
-        a, b = sorted(data["introduced"])
+    if isinstance(fact, Introduction):
+        a, b = sorted(fact.introduced)
         return IntroductionRow(
-            tenant, event_id, position, fact["external_id"], data["introducer"], a, b, fact["occurred_at"],
+            tenant, event_id, position, fact.external_id, fact.introducer, a, b, fact.occurred_at,
             **keys, live=1,
         )  # fmt: skip
-    if kind == "acknowledgement.recorded":
+    if isinstance(fact, Acknowledgement):
         return AcknowledgementRow(
-            tenant, event_id, position, _ref_event_id(fact), data["acknowledger"], fact["occurred_at"], live=1
+            tenant, event_id, position, _ref_event_id(fact), fact.acknowledger, fact.occurred_at, live=1
         )
     return None
 
 
-def _ref_event_id(fact: dict[str, Any]) -> str:
-    ref = fact["data"]["ref"]
-    return str(fact_event_id(fact["tenant"], ref["source"], ref["id"]))
+def _ref_event_id(fact: Acknowledgement | Reversal) -> str:
+    return str(fact.ref.event_id(fact.tenant))
 
 
 # --- one page -----------------------------------------------------------------------------------------
@@ -292,8 +290,8 @@ class Page:
     # loading
 
     def load(self, page: list[StoredFact]) -> None:
-        own = {(f.fact["tenant"], f.fact["event_id"]) for f in page}
-        refs = {(f.fact["tenant"], _ref_event_id(f.fact)) for f in page if "ref" in f.fact["data"]}
+        own = {(f.fact.tenant, f.fact.event_id) for f in page}
+        refs = {(f.fact.tenant, _ref_event_id(f.fact)) for f in page if isinstance(f.fact, Acknowledgement | Reversal)}
         self._load_facts(refs - own)
         second_hop = {
             (row.tenant, row.ref_event_id) for row in self.facts.values() if isinstance(row, AcknowledgementRow)
@@ -373,7 +371,7 @@ class Page:
 
     def apply(self, stored: StoredFact) -> None:
         fact = stored.fact
-        self.tenants[fact["tenant"]] = stored.position
+        self.tenants[fact.tenant] = stored.position
         row = self.page_rows[stored.position]
         if row is not None:
             key = (row.tenant, row.event_id)
@@ -388,7 +386,7 @@ class Page:
             self.acks_by_ref.setdefault((row.tenant, row.ref_event_id), []).append(row)
             self._count_acknowledgement(row, +1)
         else:
-            self._reverse(self.facts.get((fact["tenant"], _ref_event_id(fact))))
+            self._reverse(self.facts.get((fact.tenant, _ref_event_id(fact))))
 
     def _changed(self, row: Fact) -> None:
         self.changed_facts.add((row.tenant, row.event_id))

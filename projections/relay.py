@@ -100,7 +100,7 @@ class Relay:
                     next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come
                     messages = self.chained_messages(page, last_id, last_sequence)
                     await publisher.publish(messages, ACK_TIMEOUT_S, chained=True)
-                    last_id, last_sequence = page[-1].fact["event_id"], None
+                    last_id, last_sequence = page[-1].fact.event_id, None
                     self.position = page[-1].position
                     self.on_position(self.position)
             finally:
@@ -116,12 +116,12 @@ class Relay:
         """The page's messages, each expecting the one before it: the first by the stream's last sequence
         when the relay has just aligned (`last_sequence`), every other by its predecessor's id."""
         for stored in page:
-            event_id = stored.fact["event_id"]
+            event_id = stored.fact.event_id
             headers = {MSG_ID_HEADER: event_id, POSITION_HEADER: str(stored.position)}
             if last_sequence:
                 headers[EXPECTED_LAST_SEQUENCE_HEADER] = str(last_sequence)
                 last_sequence = None
             elif last_id is not None:
                 headers[EXPECTED_LAST_MSG_ID_HEADER] = last_id
-            yield event_subject(stored.fact["tenant"], stored.fact["type"]), orjson.dumps(stored.as_logged()), headers
+            yield event_subject(stored.fact.tenant, stored.fact.type), orjson.dumps(stored.as_logged()), headers
             last_id = event_id

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from contracts.types import context_key
-from ledger.facts import STORED_TOPICS
+from contracts.webhook_bodies import FactType
+from ledger.facts import STORED_TOPICS, Acknowledgement, Fact, Give, Introduction
 from ledger.store import Ledger, StoredFact
 from projections.aggregate import aggregate, in_rows
 from projections.influence_pairs import columns
@@ -63,7 +64,7 @@ INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement i
 TENANT, EVENT_ID, POSITION, VALUE_MICRO, OCCURRED_AT = 0, 1, 2, 6, 7  # of a give (`Gives.columns`)
 INTRO_LIVE = 11
 ACK_LIVE = 6
-NOT_GIVES = tuple(kind for kind in STORED_TOPICS if kind != "give.recorded")
+NOT_GIVES = tuple(kind for kind in STORED_TOPICS if kind != FactType.GIVE)
 
 
 class Gives:
@@ -129,27 +130,27 @@ class Replay:
 
     # 1. in log order
 
-    def apply(self, position: int, fact: dict[str, Any]) -> None:
+    def apply(self, position: int, fact: Fact) -> None:
         # Interned: one string object per tenant and person, however many rows name them.
-        tenant, event_id, kind, data = sys.intern(fact["tenant"]), fact["event_id"], fact["type"], fact["data"]
+        tenant, event_id = sys.intern(fact.tenant), fact.event_id
         self._seen(tenant, position)
         name = sys.intern
-        if kind == "give.recorded":
+        if isinstance(fact, Give):
             self.gives.add((
-                tenant, event_id, position, fact["external_id"], name(data["giver"]), name(data["receiver"]),
-                self._value_micro(data["value"]), fact["occurred_at"], *self._context(data),
+                tenant, event_id, position, fact.external_id, name(fact.giver), name(fact.receiver),
+                self._value_micro(fact.value), fact.occurred_at, *self._context(fact.context),
             ))  # fmt: skip
-        elif kind == "introduction.made":
-            keys = self._context(data)
-            a, b = sorted(data["introduced"])
+        elif isinstance(fact, Introduction):
+            keys = self._context(fact.context)
+            a, b = sorted(fact.introduced)
             self.introductions[event_id] = [
-                tenant, event_id, position, fact["external_id"], name(data["introducer"]), name(a), name(b),
-                fact["occurred_at"], *keys, 1,
+                tenant, event_id, position, fact.external_id, name(fact.introducer), name(a), name(b),
+                fact.occurred_at, *keys, 1,
             ]  # fmt: skip
-        elif kind == "acknowledgement.recorded":
+        elif isinstance(fact, Acknowledgement):
             ref = _ref_event_id(fact)
             self.acknowledgements[event_id] = [
-                tenant, event_id, position, ref, name(data["acknowledger"]), fact["occurred_at"], 1
+                tenant, event_id, position, ref, name(fact.acknowledger), fact.occurred_at, 1
             ]  # fmt: skip
             give = self.gives.before(ref, position)
             if give is not None and self.gives.live[give]:
@@ -185,8 +186,8 @@ class Replay:
             micro = self._micro[value] = to_micro(value)
         return micro
 
-    def _context(self, data: dict[str, Any]) -> tuple[str | None, ...]:
-        context = data.get("context") or {}
+    def _context(self, context: dict[str, str] | None) -> tuple[str | None, ...]:
+        context = context or {}
         return tuple(self._context_key(context[d]) if d in context else None for d in CONTEXT_DIMENSIONS)
 
     def _context_key(self, value: str) -> str:
@@ -378,7 +379,7 @@ def read_gives(cursor: ViewCursor, stored_events: str, last_position: int) -> No
     temp.replay_gives, in SQLite's own code: it takes the other core while Python replays the log."""
     cursor.execute(f"CREATE TEMP TABLE replay_gives (position INTEGER PRIMARY KEY, {', '.join(GIVES_READ)})")
     extracted = ", ".join(f"json_extract(state, '$.fact.{path}')" for path in GIVES_READ.values())
-    topics = STORED_TOPICS["give.recorded"]
+    topics = STORED_TOPICS[FactType.GIVE]
     cursor.execute(
         f"INSERT INTO temp.replay_gives SELECT rowid, {extracted} FROM (SELECT rowid, CAST(state AS TEXT) AS state "
         f"FROM {stored_events} WHERE topic IN ({', '.join('?' * len(topics))}) AND rowid <= ?)",

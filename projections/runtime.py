@@ -274,7 +274,7 @@ class Projections:
             if behind:
                 pending = self.ledger.read_log(position, 1)
                 if pending:
-                    recorded = datetime.fromisoformat(pending[0].fact["recorded_at"])
+                    recorded = datetime.fromisoformat(pending[0].fact.recorded_at)
                     seconds = max(0.0, (datetime.now(UTC) - recorded).total_seconds())
             lag[view] = {"events": behind, "seconds": round(seconds, 3), "position": position}
         return lag

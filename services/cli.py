@@ -23,6 +23,7 @@ from typing import Any, TypeAlias
 
 from contracts import export
 from contracts.types import SLUG_PATTERN
+from contracts.webhook_bodies import FactType
 from ledger.registry import SCOPES, Registry, RegistryError
 from ledger.signatures import secret_key, sign
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
@@ -134,7 +135,7 @@ def _add_send(commands: Commands, common: argparse.ArgumentParser) -> None:
     send.add_argument("source", type=_slug)
     send.add_argument(
         "type",
-        choices=["give.recorded", "introduction.made", "acknowledgement.recorded", "reversal.recorded"],
+        choices=[fact_type.value for fact_type in FactType],
     )
     send.add_argument(
         "fields",

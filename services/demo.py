@@ -29,6 +29,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from contracts.webhook_bodies import FactType
 from ledger.signatures import secret_key, sign
 from services.bootstrap import open_registry
 from services.http.app import create_app
@@ -56,7 +57,7 @@ class Step:
 
     source: str
     days_ago: int
-    type: str
+    type: FactType
     data: dict[str, Any]
 
 
@@ -80,7 +81,7 @@ def give(
     source: str = MEETUP,
 ) -> Step:
     data = {"id": fact_id, "giver": giver, "receiver": receiver, "kind": kind, "value": value}
-    return Step(source, days_ago, "give.recorded", {**data, "context": context, "note": note})
+    return Step(source, days_ago, FactType.GIVE, {**data, "context": context, "note": note})
 
 
 def introduce(
@@ -94,7 +95,7 @@ def introduce(
     source: str = MEETUP,
 ) -> Step:
     data = {"id": fact_id, "introducer": introducer, "introduced": [first, second], "context": context}
-    return Step(source, days_ago, "introduction.made", {**data, "note": note})
+    return Step(source, days_ago, FactType.INTRODUCTION, {**data, "note": note})
 
 
 def thank(
@@ -111,13 +112,13 @@ def thank(
     return Step(
         source,
         days_ago,
-        "acknowledgement.recorded",
+        FactType.ACKNOWLEDGEMENT,
         {"id": fact_id, "acknowledger": acknowledger, "ref": ref, "note": note},
     )
 
 
 def reverse(days_ago: int, fact_id: str, ref_id: str, reason: str, source: str) -> Step:
-    return Step(source, days_ago, "reversal.recorded", {"id": fact_id, "ref": {"id": ref_id}, "reason": reason})
+    return Step(source, days_ago, FactType.REVERSAL, {"id": fact_id, "ref": {"id": ref_id}, "reason": reason})
 
 
 # The community, oldest first. Two ties start strong and then go quiet (the upkeep the demo should flag),

@@ -15,6 +15,7 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from ledger.facts import Acknowledgement, Fact, Give, Introduction, fact_from_json
 from projections.nats_bus import POSITION_HEADER, STREAM
 
 FETCH_BATCH = 100
@@ -83,12 +84,22 @@ async def _check_durable(js: JetStreamContext, durable: str, subject: str) -> No
 def _line(body: bytes, headers: dict[str, str], as_json: bool) -> str:
     if as_json:
         return body.decode()
-    fact = json.loads(body)
-    data = fact["data"]
-    who = data.get("giver") or data.get("introducer") or data.get("acknowledger") or ""
-    whom = data.get("receiver") or " & ".join(data.get("introduced", [])) or data.get("ref", {}).get("id", "")
-    position = headers.get(POSITION_HEADER, fact["position"])
-    return f"{position:>8}  {fact['occurred_at']}  {fact['type']:<25} {who} -> {whom}"
+    logged = json.loads(body)
+    fact = fact_from_json(logged)
+    who, whom = _parties(fact)
+    position = headers.get(POSITION_HEADER, logged["position"])
+    return f"{position:>8}  {fact.occurred_at}  {fact.type:<25} {who} -> {whom}"
+
+
+def _parties(fact: Fact) -> tuple[str, str]:
+    """Who acted, and for whom (or on which fact)."""
+    if isinstance(fact, Give):
+        return fact.giver, fact.receiver
+    if isinstance(fact, Introduction):
+        return fact.introducer, " & ".join(fact.introduced)
+    if isinstance(fact, Acknowledgement):
+        return fact.acknowledger, fact.ref.id
+    return "", fact.ref.id
 
 
 def run_tail(url: str, tenant: str, **options: object) -> int:

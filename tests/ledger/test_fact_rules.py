@@ -11,6 +11,7 @@ from contracts.webhook_bodies import read_webhook
 from ledger.facts import (
     AlreadyReversed,
     ReceivedFact,
+    Ref,
     RuleViolation,
     fact_event_id,
     record_fact,
@@ -56,7 +57,7 @@ def test_occurred_at_may_be_at_most_five_minutes_ahead():
     ahead = (NOW + timedelta(minutes=5, seconds=1)).isoformat()
     assert broken_rule(give("g1", "ann", "bob", occurred_at=ahead)) == ("data.occurred_at", "not_in_future")
     just_in_time = (NOW + timedelta(minutes=5)).isoformat()
-    assert recorded(give("g1", "ann", "bob", occurred_at=just_in_time)).fact["occurred_at"].startswith("2026-05-01")
+    assert recorded(give("g1", "ann", "bob", occurred_at=just_in_time)).fact.occurred_at.startswith("2026-05-01")
 
 
 def test_only_the_recording_source_may_reverse():
@@ -67,8 +68,8 @@ def test_only_the_recording_source_may_reverse():
 
 def test_a_defaulted_occurred_at_is_the_time_of_receipt_and_not_part_of_the_data():
     fact = recorded(give("g1", "ann", "bob"))
-    assert fact.fact["occurred_at"] == "2026-05-01T12:00:00.000000Z"
-    assert "occurred_at" not in fact.data
+    assert fact.fact.occurred_at == "2026-05-01T12:00:00.000000Z"
+    assert "occurred_at" not in fact.fact.data_json() and not fact.fact.occurred_at_sent
 
 
 def test_a_give_is_acknowledged_only_by_its_receiver_and_once():
@@ -135,5 +136,5 @@ def test_the_same_fact_ignores_defaults_decimal_spelling_and_context_case():
 
 def test_an_acknowledgements_ref_source_defaults_to_the_sender():
     fact = recorded(acknowledgement("a1", "bob", "g1"), source="chat")
-    assert fact.data["ref"] == {"id": "g1", "source": "chat"}
+    assert fact.fact.ref == Ref(source="chat", id="g1")
     assert fact.acknowledged_id == fact_event_id("acme", "chat", "g1")

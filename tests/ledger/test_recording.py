@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from contracts.webhook_bodies import read_webhook
+from contracts.webhook_bodies import FactType, read_webhook
 from ledger.facts import ReceivedFact, fact_event_id
 from ledger.group_commit import FactWriter
 from ledger.locks import schema_lock
@@ -42,7 +42,7 @@ def test_a_fact_is_recorded_once_and_its_duplicates_answer_the_original(writer):
     assert (first.status, again_in_batch.status, later.status) == ("recorded", "duplicate", "duplicate")
     assert first.event_id == again_in_batch.event_id == later.event_id == fact_event_id("acme", "crm", "g1")
     assert first.position == again_in_batch.position == later.position
-    assert [f.fact["external_id"] for f in writer.ledger.tenant_log("acme", 0, 10)] == ["g1"]
+    assert [f.fact.external_id for f in writer.ledger.tenant_log("acme", 0, 10)] == ["g1"]
 
 
 def test_the_same_id_with_other_content_is_a_conflict(writer):
@@ -55,7 +55,7 @@ def test_a_batch_with_a_duplicate_and_a_new_fact_records_the_new_one(writer):
     writer.commit([incoming(give("g1", "ann", "bob"))])
     outcomes = writer.commit([incoming(give("g1", "ann", "bob")), incoming(give("g2", "bob", "ann"))])
     assert statuses(outcomes) == ["duplicate", "recorded"]
-    assert [f.fact["external_id"] for f in writer.ledger.tenant_log("acme", 0, 10)] == ["g1", "g2"]
+    assert [f.fact.external_id for f in writer.ledger.tenant_log("acme", 0, 10)] == ["g1", "g2"]
 
 
 def test_facts_apply_in_order_and_positions_follow_it(writer):
@@ -124,7 +124,7 @@ def test_tenants_never_see_each_others_facts(writer):
     )
     (ack,) = writer.commit([incoming(acknowledgement("a1", "bob", "g9"), tenant="zeta")])
     assert ack.problem.status == 409
-    assert [f.fact["tenant"] for f in writer.ledger.tenant_log("zeta", 0, 10)] == ["zeta"]
+    assert [f.fact.tenant for f in writer.ledger.tenant_log("zeta", 0, 10)] == ["zeta"]
 
 
 RACE_ROUNDS = 5
@@ -155,7 +155,7 @@ def test_two_processes_racing_to_acknowledge_the_same_give_record_exactly_one(wr
     for racer in racers:
         racer.join(30)
     assert all(sorted(a) == ["one_acknowledgement_per_acknowledger", "recorded"] for a in answers.values()), answers
-    acknowledgements = [f for f in writer.ledger.tenant_log("acme", 0, 100) if f.fact["type"].startswith("ack")]
+    acknowledgements = [f for f in writer.ledger.tenant_log("acme", 0, 100) if f.fact.type == FactType.ACKNOWLEDGEMENT]
     assert len(acknowledgements) == RACE_ROUNDS
 
 

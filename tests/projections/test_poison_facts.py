@@ -56,7 +56,7 @@ def poison(settings, monkeypatch, event_id) -> None:
     original = reciprocity.row_from_fact
 
     def failing(fact, position):
-        if fact["event_id"] == str(event_id):
+        if fact.event_id == str(event_id):
             raise ValueError("simulated poison fact")
         return original(fact, position)
 
@@ -144,7 +144,7 @@ def test_the_other_tenant_gets_exactly_the_rows_it_would_have_without_the_poison
     original = reciprocity.row_from_fact
 
     def failing(fact, position):  # the same poison on both stores, so the rebuild can succeed afterwards
-        if fact["event_id"] == str(bad.event_id):
+        if fact.event_id == str(bad.event_id):
             raise ValueError("simulated poison fact")
         return original(fact, position)
 

@@ -174,7 +174,7 @@ def check_views(example, steps, chunks, page_size, rebuild_page):
         assert_books_balance(store)
 
         stored = sorted((f for t in TENANTS for f in ledger.tenant_log(t, 0, 10_000)), key=lambda f: f.position)
-        balances, pairs = reference_views([f.fact for f in stored])
+        balances, pairs = reference_views([f.fact.to_json() for f in stored])
         assert set(incremental[0]) == set(balances)
         for key, expected in balances.items():
             actual = incremental[0][key]

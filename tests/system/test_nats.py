@@ -14,6 +14,7 @@ import sys
 import nats
 import pytest
 
+from ledger.facts import Give
 from ledger.group_commit import FactWriter
 from ledger.store import StoredFact, open_ledger
 from projections import reciprocity
@@ -93,7 +94,7 @@ async def stream_ids(url: str) -> list[str]:
 def log_ids(settings) -> list[str]:
     ledger = open_ledger(settings.database_url, settings.data_dir)
     try:
-        return [f.fact["event_id"] for f in ledger.read_log(0, 1_000_000)]
+        return [f.fact.event_id for f in ledger.read_log(0, 1_000_000)]
     finally:
         ledger.close()
 
@@ -389,6 +390,15 @@ def _tail_cli(settings, *args: str, tenant: str = "acme"):
     return cli(settings.with_(nats_url=None), "tail", tenant, "--nats-url", settings.nats_url, "--json", *args)
 
 
+def give_record(event_id: str) -> Give:
+    """A recorded give whose content does not matter, only its identity."""
+    return Give(
+        event_id=event_id, tenant="acme", source="crm", external_id=event_id, occurred_at="2026-06-01T00:00:00.000000Z",
+        recorded_at="2026-06-01T00:00:00.000000Z", occurred_at_sent=False,
+        giver="ann", receiver="bob", kind="help", value="1", context=None, note=None,
+    )  # fmt: skip
+
+
 async def test_a_chained_batch_asks_one_ack_and_a_broken_chain_is_refused_with_nothing_after_the_break(
     nats_server,
 ):
@@ -428,7 +438,7 @@ async def test_after_aligning_the_relay_expects_the_streams_last_sequence_not_an
         await ensure_stream(js, DUPLICATE_WINDOW_S)
 
         def page(*numbers: int) -> list[StoredFact]:
-            return [StoredFact(n, {"event_id": f"e{n}", "tenant": "acme", "type": "give.recorded"}) for n in numbers]
+            return [StoredFact(n, give_record(f"e{n}")) for n in numbers]
 
         async with AckedPublisher(client) as publisher:
             await publisher.publish(Relay.chained_messages(page(1, 2), None), 5, chained=True)
