@@ -569,3 +569,33 @@ def test_the_alerts_cover_what_the_issue_asks_with_metrics_the_code_exports():
         used = set(re.findall(r"\breciprocity_\w+", expr))
         assert used and used <= exported, (alert, used - exported)
         assert 'app_kubernetes_io_part_of="reciprocity-ledger"' in expr, alert
+
+
+def migrate_phase_selector() -> tuple[str, set[str]]:
+    """The `-l 'KEY notin (...)'` of the documented first apply; both READMEs give the same one."""
+    found = set()
+    for readme in (K8S / "README.md", K8S.parent / "README.md"):
+        found |= set(re.findall(r"-l '([\w./-]+) notin \(([\w,]+)\)'", readme.read_text()))
+    assert len(found) == 1, found
+    ((key, values),) = found
+    return key, set(values.split(","))
+
+
+@needs_kustomize
+@pytest.mark.parametrize("env", sorted(OVERLAYS))
+def test_the_documented_migrate_apply_brings_what_the_job_needs_and_no_role(env):
+    """Step 4 of Deploying applies the migrate Job with its ServiceAccount, ConfigMap and NetworkPolicies,
+    but no Deployment, Service or the rebuild template, so no role starts before the schema exists."""
+    key, excluded = migrate_phase_selector()
+    docs = build(OVERLAYS[env])
+    chosen = [doc for doc in docs if doc["metadata"]["labels"].get(key) not in excluded]
+    kinds = {doc["kind"] for doc in chosen}
+    assert {"Namespace", "ServiceAccount", "ConfigMap", "NetworkPolicy", "Job"} <= kinds
+    assert not kinds & {"Deployment", "Service", "CronJob", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    (job,) = by_kind(chosen, "Job").values()
+    pod = job["spec"]["template"]["spec"]
+    assert by_kind(chosen, "ConfigMap").keys() == {pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]}
+    assert pod["serviceAccountName"] in by_kind(chosen, "ServiceAccount")
+    assert {p["metadata"]["name"] for p in by_kind(docs, "NetworkPolicy").values()} == set(
+        by_kind(chosen, "NetworkPolicy")
+    )
