@@ -571,6 +571,18 @@ def test_the_alerts_cover_what_the_issue_asks_with_metrics_the_code_exports():
         assert 'app_kubernetes_io_part_of="reciprocity-ledger"' in expr, alert
 
 
+def test_every_alert_expression_parses_as_promql():
+    """A typo in an expression would only show in the Operator's logs: each one is parsed here."""
+    promql_parser = pytest.importorskip("promql_parser", reason="promql-parser is in the test extras")
+    (rule,) = documents(COMPONENTS / "monitoring" / "prometheusrule.yaml")
+    for group in rule["spec"]["groups"]:
+        for alert in group["rules"]:
+            try:
+                promql_parser.parse(alert["expr"])
+            except ValueError as invalid:  # its message gives the position
+                pytest.fail(f"{alert['alert']}: {invalid}")
+
+
 def migrate_phase_selector() -> tuple[str, set[str]]:
     """The `-l 'KEY notin (...)'` of the documented first apply; both READMEs give the same one."""
     found = set()
