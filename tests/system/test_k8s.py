@@ -249,6 +249,7 @@ def test_each_overlay_builds_with_its_replicas_image_and_hashed_configmap(env):
     assert configmap["data"]["RECIPROCITY_LOG_FORMAT"] == ("console" if env == "dev" else "json")
     assert configmap["data"]["RECIPROCITY_HTTP_HOST"] == "0.0.0.0"  # merged, not replaced
     assert configmap["data"]["RECIPROCITY_DATA_DIR"] == "/var/lib/reciprocity"
+    assert configmap["data"].get("RECIPROCITY_NATS_REPLICAS") == ("3" if env == "production" else None)
     assert not any(SECRET_LIKE.search(f"{key}={value}") for key, value in configmap["data"].items())
     deployments = by_kind(docs, "Deployment")
     assert {name: d["spec"]["replicas"] for name, d in deployments.items()} == {
