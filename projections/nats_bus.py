@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
 import structlog
@@ -36,7 +37,9 @@ def event_subject(tenant: str, fact_type: FactType) -> str:
     return f"reciprocity.events.{tenant}.{fact_type.replace('.', '_')}"
 
 
-async def connect(url: str, name: str, on_state: Callable[[bool], None] = lambda up: None) -> Client:
+async def connect(
+    url: str, name: str, on_state: Callable[[bool], None] = lambda up: None, creds: Path | None = None
+) -> Client:
     """Connects, retrying until the server answers; afterwards the client reconnects by itself."""
 
     async def disconnected() -> None:
@@ -61,6 +64,7 @@ async def connect(url: str, name: str, on_state: Callable[[bool], None] = lambda
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
+                user_credentials=str(creds) if creds else None,  # given explicitly, so failover authenticates too
             )
         except (TimeoutError, OSError, nats.errors.Error) as failure:
             # The log processor takes any password out of the URL (services/logs.py).

@@ -288,6 +288,7 @@ def _tail(settings: Settings, args: argparse.Namespace) -> None:
             from_start=args.start == "start",
             limit=args.limit,
             as_json=getattr(args, "json", False),
+            creds=settings.nats_creds,
         )
     except DurableOfAnotherTenant as refused:
         raise CommandError(str(refused)) from None

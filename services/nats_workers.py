@@ -90,7 +90,7 @@ class BusWorkers:
 
     async def _run(self) -> None:
         assert self.settings.nats_url
-        self.client = await connect(self.settings.nats_url, "reciprocity", self._state)
+        self.client = await connect(self.settings.nats_url, "reciprocity", self._state, creds=self.settings.nats_creds)
         js = self.client.jetstream()
         await until_done(lambda: self._prepare(js), "prepare")
         self.prepared.set()

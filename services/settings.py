@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
@@ -33,6 +33,7 @@ class Settings(BaseSettings):
         None, pattern=r"^postgres(ql)?://", description="postgresql://... (SQLite under data_dir when unset)"
     )
     nats_url: str | None = Field(None, description="NATS server(s) (an embedded nats-server when unset)")
+    nats_creds: FilePath | None = Field(None, description="a NATS .creds file (user JWT and NKey seed) to connect with")
     nats_port: int = Field(4222, ge=0, le=65535, description="the embedded nats-server's port")
     role: RoleName = Field("all", description="all, or one part for Kubernetes: ingest, query, projector, relay")
     background_process: bool = Field(True, description="serve's projector and relay in a second process")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import TextIO
 
 import nats
@@ -34,10 +35,11 @@ async def tail(
     from_start: bool,
     limit: int | None,
     as_json: bool,
+    creds: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Prints facts until `limit` (or forever); returns how many it printed."""
-    client = await nats.connect(url, max_reconnect_attempts=-1)
+    client = await nats.connect(url, max_reconnect_attempts=-1, user_credentials=str(creds) if creds else None)
     try:
         js = client.jetstream()
         subject = f"reciprocity.events.{tenant}.>"
