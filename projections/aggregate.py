@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from projections.influence_pairs import columns
-from projections.reciprocity import CONTEXT_DIMENSIONS, MICRO, PAIR_COLUMNS, PARTICIPANT_COLUMNS, decay_exponent
+from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS
+from projections.reciprocity_rules import CONTEXT_DIMENSIONS, MICRO, decay_exponent
 
 if TYPE_CHECKING:
     from projections.replay import Gives

@@ -9,9 +9,8 @@ micro-units (6 decimal places), so sums are exact. A context value is a "scope" 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any
@@ -19,17 +18,38 @@ from typing import Any
 from contracts.types import context_key
 from ledger.facts import fact_event_id
 from ledger.store import StoredFact
+from projections.reciprocity_rules import (
+    ACKNOWLEDGED_PARTY,
+    CONTEXT_DIMENSIONS,
+    DECAYED_BACKWARD,
+    DECAYED_FORWARD,
+    EXTREMES,
+    OVERALL,
+    PAIR_RULES,
+    PARTICIPANT_RULES,
+    THANKED,
+    THANKING,
+    Condition,
+    Kind,
+    Measure,
+    Role,
+    Scopes,
+    balance_micro,
+    decayed_weight,
+    fact_scopes,
+    give_conditions,
+    pair_in_use,
+    reciprocated_micro,
+    strength_micro,
+)
+from projections.reciprocity_rules import DECAY_EPOCH as DECAY_EPOCH  # the views' readers import these from here
+from projections.reciprocity_rules import HALF_LIFE_DAYS as HALF_LIFE_DAYS
+from projections.reciprocity_rules import MICRO as MICRO
 from projections.viewstore import ViewCursor, ViewStore
 
 VIEW = "reciprocity"
 ANALYZE_FACTS_MIN = 5_000
 ANALYZE_INTERVAL_S = 30.0
-MICRO = 1_000_000
-CONTEXT_DIMENSIONS = ("location", "activity", "subject")
-# Influence weights decay with a half-life. 2^(-(as_of - t)/h) = 2^((t - epoch)/h) * 2^(-(as_of - epoch)/h),
-# so each pair keeps the sum of value * 2^((t - epoch)/h) and influence applies the as_of factor once.
-DECAY_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-HALF_LIFE_DAYS = 180.0
 
 DDL = (
     "CREATE TABLE IF NOT EXISTS view_gives (tenant TEXT NOT NULL, event_id TEXT NOT NULL, position INTEGER NOT NULL,"
@@ -94,18 +114,6 @@ TABLES = (
 
 def to_micro(value: str) -> int:
     return int(Decimal(value).scaleb(6))
-
-
-def decay_exponent(occurred_at: str) -> float:
-    """2^((t - epoch) / half-life) for a fact's time: the as_of-free part of its influence weight."""
-    moment = datetime.fromisoformat(occurred_at)
-    return 2.0 ** ((moment - DECAY_EPOCH).total_seconds() / 86_400 / HALF_LIFE_DAYS)
-
-
-def scopes_of(context: dict[str, str] | None) -> tuple[str, ...]:
-    if not context:
-        return ("",)
-    return ("", *(f"{name}={context_key(context[name])}" for name in CONTEXT_DIMENSIONS if name in context))
 
 
 def scope_filter(scope: str) -> tuple[str, tuple[str, ...]]:
@@ -206,16 +214,11 @@ class PairRow:
 
     @property
     def reciprocated_micro(self) -> int:
-        return min(self.ab_micro, self.ba_micro)
+        return reciprocated_micro(self.ab_micro, self.ba_micro)
 
 
 def _row_scopes(row: GiveRow | IntroductionRow) -> tuple[str, ...]:
-    scopes = [""]
-    for name in CONTEXT_DIMENSIONS:
-        key = getattr(row, name)
-        if key is not None:
-            scopes.append(f"{name}={key}")
-    return tuple(scopes)
+    return fact_scopes((row.location, row.activity, row.subject))
 
 
 FACT_ROWS: dict[str, type] = {
@@ -226,12 +229,64 @@ FACT_ROWS: dict[str, type] = {
 PARTICIPANT_COLUMNS = [f.name for f in fields(ParticipantRow)]
 PAIR_COLUMNS = [f.name for f in fields(PairRow)]
 
-Fact = GiveRow | IntroductionRow | AcknowledgementRow
+FactRow = GiveRow | IntroductionRow | AcknowledgementRow
 ParticipantKey = tuple[str, str, str]  # tenant, scope, participant
 PairKey = tuple[str, str, str, str]  # tenant, scope, a, b
 
 
-def row_from_fact(fact: dict[str, Any], position: int) -> Fact | None:
+# The rules as Page applies them, per fact kind and condition. A participant rule: who (from the fact's row),
+# the column, whether it adds the value, overall scope only. An extreme: who, the column, earliest. A pair rule:
+# the column each way, whether it adds the value.
+def _by_kind_and_condition(entries: Iterable[tuple[tuple[Kind, Condition], Any]]) -> dict[Any, tuple[Any, ...]]:
+    grouped: dict[tuple[Kind, Condition], list[Any]] = {}
+    for key, entry in entries:
+        grouped.setdefault(key, []).append(entry)
+    return {key: tuple(found) for key, found in grouped.items()}
+
+
+def _party_of(role: Role) -> Callable[[Any], str]:
+    return attrgetter(role.attribute or "")
+
+
+PARTICIPANT_EFFECTS = _by_kind_and_condition(
+    (
+        (r.role.kind, r.condition),
+        (_party_of(r.role), r.column, r.measure is Measure.VALUE, r.role.scopes is Scopes.OVERALL),
+    )
+    for r in PARTICIPANT_RULES
+    if r.role.kind is not Kind.ACKNOWLEDGEMENT
+)
+THANKS_EFFECTS = tuple(
+    (r.role, r.column) for r in PARTICIPANT_RULES if r.role.kind is Kind.ACKNOWLEDGEMENT
+)  # all COUNTED, one each
+PARTICIPANT_EXTREMES = _by_kind_and_condition(
+    ((e.role.kind, e.condition), (_party_of(e.role), e.column, e.earliest)) for e in EXTREMES if e.role is not None
+)
+PAIR_EXTREMES = _by_kind_and_condition(
+    ((Kind.GIVE, e.condition), (e.column, e.earliest)) for e in EXTREMES if e.role is None
+)
+PAIR_EFFECTS = _by_kind_and_condition(
+    ((Kind.GIVE, r.condition), (r.forward, r.backward, r.measure is Measure.VALUE)) for r in PAIR_RULES
+)
+
+
+def _weight(give: GiveRow) -> float:
+    """What a give adds to its pair's decayed weight in its state (nothing once reversed)."""
+    return decayed_weight(give.occurred_at, give.value_micro, give.acknowledged) if give.live else 0.0
+
+
+def _extreme(row: Any, column: str, earliest: bool, at: str, sign: int, key: Any, to_recompute: set[Any]) -> None:
+    """Keeps a row's earliest or latest time as a fact starts counting; one that stops counting and held it
+    is read again (`Page._recompute_extremes`): the next one is not kept."""
+    current = getattr(row, column)
+    if sign > 0:
+        if current is None or (at < current if earliest else at > current):
+            setattr(row, column, at)
+    elif at == current:
+        to_recompute.add(key)
+
+
+def row_from_fact(fact: dict[str, Any], position: int) -> FactRow | None:
     """The view's row for a give, introduction or acknowledgement (None for a reversal)."""
     data, tenant, event_id = fact["data"], fact["tenant"], fact["event_id"]
     context = data.get("context") or {}
@@ -276,7 +331,7 @@ class Page:
 
     def __init__(self, cursor: ViewCursor) -> None:
         self.cursor = cursor
-        self.facts: dict[tuple[str, str], Fact] = {}
+        self.facts: dict[tuple[str, str], FactRow] = {}
         self.new_facts: set[tuple[str, str]] = set()
         self.changed_facts: set[tuple[str, str]] = set()
         self.acks_by_ref: dict[tuple[str, str], list[AcknowledgementRow]] = {}
@@ -287,7 +342,7 @@ class Page:
         self.oldest_to_recompute: set[ParticipantKey] = set()
         self.span_to_recompute: set[PairKey] = set()
         self.tenants: dict[str, int] = {}
-        self.page_rows: dict[int, Fact | None] = {}
+        self.page_rows: dict[int, FactRow | None] = {}
 
     # loading
 
@@ -309,7 +364,7 @@ class Page:
         self._load_rows("view_participants", ("tenant", "scope", "participant"), participant_keys)
         self._load_rows("view_pairs", ("tenant", "scope", "a", "b"), pair_keys)
 
-    def _keys_of(self, row: Fact, participants: set[ParticipantKey], pairs: set[PairKey]) -> None:
+    def _keys_of(self, row: FactRow, participants: set[ParticipantKey], pairs: set[PairKey]) -> None:
         if isinstance(row, GiveRow):
             for scope in row.scopes:
                 participants.update({(row.tenant, scope, row.giver), (row.tenant, scope, row.receiver)})
@@ -380,114 +435,116 @@ class Page:
             self.facts[key] = row
             self.new_facts.add(key)
         if isinstance(row, GiveRow):
-            self._count_give(row, +1)
+            self._give_changed(row, frozenset(), 0.0)
         elif isinstance(row, IntroductionRow):
-            self._count_introduction(row, +1)
+            self._count(row, Kind.INTRODUCTION, Condition.LIVE, +1)
         elif isinstance(row, AcknowledgementRow):
-            self.participant(row.tenant, "", row.acknowledger)
+            self.participant(row.tenant, OVERALL, row.acknowledger)  # ACKNOWLEDGER: a row, no column
             self.acks_by_ref.setdefault((row.tenant, row.ref_event_id), []).append(row)
-            self._count_acknowledgement(row, +1)
+            self._acknowledge(row, +1)
         else:
             self._reverse(self.facts.get((fact["tenant"], _ref_event_id(fact))))
 
-    def _changed(self, row: Fact) -> None:
+    def _changed(self, row: FactRow) -> None:
         self.changed_facts.add((row.tenant, row.event_id))
 
-    def _count_give(self, give: GiveRow, sign: int) -> None:
+    def _set_give_state(self, give: GiveRow, live: int, acknowledged: int) -> None:
+        before, weight_before = give_conditions(give.live, give.acknowledged), _weight(give)
+        give.live, give.acknowledged = live, acknowledged
+        self._give_changed(give, before, weight_before)
+        self._changed(give)
+
+    def _give_changed(self, give: GiveRow, before: frozenset[Condition], weight_before: float) -> None:
+        """A give's change of state: the rules of the conditions it meets now, less those of the ones it met."""
+        after = give_conditions(give.live, give.acknowledged)
+        for condition in after - before:
+            self._count(give, Kind.GIVE, condition, +1)
+        for condition in before - after:
+            self._count(give, Kind.GIVE, condition, -1)
+        pair = self.pair(give.tenant, OVERALL, *give.pair)
+        column = DECAYED_FORWARD if give.giver == give.pair[0] else DECAYED_BACKWARD
+        setattr(pair, column, getattr(pair, column) + (_weight(give) - weight_before))
+
+    def _count(self, row: GiveRow | IntroductionRow, kind: Kind, condition: Condition, sign: int) -> None:
+        """Adds (sign +1) or takes away (-1) what the rules of one condition count a give or introduction for."""
+        effects = PARTICIPANT_EFFECTS.get((kind, condition), ())
+        extremes = PARTICIPANT_EXTREMES.get((kind, condition), ())
+        pair_effects = PAIR_EFFECTS.get((kind, condition), ())
+        value = sign * row.value_micro if isinstance(row, GiveRow) else 0
+        for scope in row.scopes:
+            for party_of, column, by_value, overall_only in effects:
+                if overall_only and scope:
+                    continue
+                participant = self.participant(row.tenant, scope, party_of(row))
+                setattr(participant, column, getattr(participant, column) + (value if by_value else sign))
+            for party_of, column, earliest in extremes:
+                key = (row.tenant, scope, party_of(row))
+                _extreme(self.participant(*key), column, earliest, row.occurred_at, sign, key, self.oldest_to_recompute)
+            if pair_effects and isinstance(row, GiveRow):
+                self._count_pair(row, scope, pair_effects, PAIR_EXTREMES.get((kind, condition), ()), sign)
+        if isinstance(row, IntroductionRow):  # its introduced_by changed: the pair's row is rewritten (and KV)
+            self.pair(row.tenant, OVERALL, row.a, row.b)
+
+    def _count_pair(
+        self,
+        give: GiveRow,
+        scope: str,
+        effects: tuple[tuple[str, str, bool], ...],
+        extremes: tuple[tuple[str, bool], ...],
+        sign: int,
+    ) -> None:
         a, b = give.pair
-        weight = decay_exponent(give.occurred_at) * give.value_micro / MICRO * (2 if give.acknowledged else 1)
-        for scope in give.scopes:
-            giver = self.participant(give.tenant, scope, give.giver)
-            receiver = self.participant(give.tenant, scope, give.receiver)
-            giver.given_count += sign
-            giver.given_micro += sign * give.value_micro
-            receiver.received_count += sign
-            receiver.received_micro += sign * give.value_micro
-            if not give.acknowledged:
-                self._count_unacknowledged(give, receiver, (give.tenant, scope, give.receiver), sign)
-            self._count_pair(give, scope, a, b, sign, weight if scope == "" else 0.0)
-
-    def _count_unacknowledged(self, give: GiveRow, receiver: ParticipantRow, key: ParticipantKey, sign: int) -> None:
-        receiver.unack_count += sign
-        receiver.unack_micro += sign * give.value_micro
-        if sign > 0:
-            if receiver.unack_oldest_at is None or give.occurred_at < receiver.unack_oldest_at:
-                receiver.unack_oldest_at = give.occurred_at
-        elif give.occurred_at == receiver.unack_oldest_at:
-            self.oldest_to_recompute.add(key)
-
-    def _count_pair(self, give: GiveRow, scope: str, a: str, b: str, sign: int, weight: float) -> None:
-        pair = self.pair(give.tenant, scope, a, b)
-        was_live = pair.ab_count + pair.ba_count > 0
+        key = (give.tenant, scope, a, b)
+        pair = self.pair(*key)
+        was_in_use = pair_in_use(pair.ab_count, pair.ba_count)
         reciprocated_before = pair.reciprocated_micro
-        if give.giver == a:
-            pair.ab_count += sign
-            pair.ab_micro += sign * give.value_micro
-            pair.decayed_ab += sign * weight
-        else:
-            pair.ba_count += sign
-            pair.ba_micro += sign * give.value_micro
-            pair.decayed_ba += sign * weight
-        is_live = pair.ab_count + pair.ba_count > 0
-        change = pair.reciprocated_micro - reciprocated_before
+        forward = give.giver == a
+        for forward_column, backward_column, by_value in effects:
+            column = forward_column if forward else backward_column
+            setattr(pair, column, getattr(pair, column) + (sign * give.value_micro if by_value else sign))
+        returned = pair.reciprocated_micro - reciprocated_before
+        counterparts = int(pair_in_use(pair.ab_count, pair.ba_count)) - int(was_in_use)
         for participant in (a, b):
             row = self.participant(give.tenant, scope, participant)
-            row.returned_micro += change
-            row.counterparts += int(is_live) - int(was_live)
-        if sign > 0:
-            pair.first_at = min(filter(None, (pair.first_at, give.occurred_at)))
-            pair.last_at = max(filter(None, (pair.last_at, give.occurred_at)))
-        elif give.occurred_at in (pair.first_at, pair.last_at):
-            self.span_to_recompute.add((give.tenant, scope, a, b))
+            row.returned_micro += returned
+            row.counterparts += counterparts
+        for column, earliest in extremes:
+            _extreme(pair, column, earliest, give.occurred_at, sign, key, self.span_to_recompute)
 
-    def _count_introduction(self, intro: IntroductionRow, sign: int) -> None:
-        self.pair(intro.tenant, "", intro.a, intro.b)  # its introduced_by changed: the row is rewritten (and KV)
-        for scope in intro.scopes:
-            self.participant(intro.tenant, scope, intro.introducer).intro_made += sign
-            self.participant(intro.tenant, scope, intro.a).intro_received += sign
-            self.participant(intro.tenant, scope, intro.b).intro_received += sign
-
-    def _count_acknowledgement(self, ack: AcknowledgementRow, sign: int) -> None:
+    def _acknowledge(self, ack: AcknowledgementRow, sign: int) -> None:
+        """An acknowledgement starts (sign +1) or stops (-1) counting, with its fact: a give's is no longer
+        (or again) pending thanks."""
         target = self.facts.get((ack.tenant, ack.ref_event_id))
         if target is None or not target.live or isinstance(target, AcknowledgementRow):
             return  # a reversed fact's acknowledgements stopped counting with it
         if isinstance(target, GiveRow):
-            self._acknowledge_give(target, sign)
-        acknowledged_party = target.giver if isinstance(target, GiveRow) else target.introducer
+            self._set_give_state(target, target.live, 1 if sign > 0 else 0)
+        self._count_thanks(target, ack.acknowledger, sign)
+
+    def _count_thanks(self, target: GiveRow | IntroductionRow, acknowledger: str, sign: int) -> None:
+        """The rules of a counted acknowledgement, in its fact's scopes."""
+        kind = Kind.GIVE if isinstance(target, GiveRow) else Kind.INTRODUCTION
+        parties = {THANKING: acknowledger, THANKED: getattr(target, ACKNOWLEDGED_PARTY[kind])}
         for scope in target.scopes:
-            self.participant(ack.tenant, scope, ack.acknowledger).ack_given += sign
-            self.participant(ack.tenant, scope, acknowledged_party).ack_received += sign
+            for role, column in THANKS_EFFECTS:
+                participant = self.participant(target.tenant, scope, parties[role])
+                setattr(participant, column, getattr(participant, column) + sign)
 
-    def _acknowledge_give(self, give: GiveRow, sign: int) -> None:
-        """An acknowledged give is no longer pending thanks, and weighs double in influence."""
-        for scope in give.scopes:
-            key = (give.tenant, scope, give.receiver)
-            self._count_unacknowledged(give, self.participant(*key), key, -sign)
-        pair = self.pair(give.tenant, "", *give.pair)
-        weight = sign * decay_exponent(give.occurred_at) * give.value_micro / MICRO
-        if give.giver == give.pair[0]:
-            pair.decayed_ab += weight
-        else:
-            pair.decayed_ba += weight
-        give.acknowledged = 1 if sign > 0 else 0
-        self._changed(give)
-
-    def _reverse(self, target: Fact | None) -> None:
+    def _reverse(self, target: FactRow | None) -> None:
         if target is None or not target.live:
             return  # the write side refuses both; an old log is read as it is
         if isinstance(target, AcknowledgementRow):
-            self._count_acknowledgement(target, -1)
+            self._acknowledge(target, -1)
         elif isinstance(target, IntroductionRow):
             for ack in self.acks_by_ref.get((target.tenant, target.event_id), ()):
                 if ack.live:
-                    self._count_acknowledgement(ack, -1)
-            self._count_introduction(target, -1)
+                    self._count_thanks(target, ack.acknowledger, -1)
+            self._count(target, Kind.INTRODUCTION, Condition.LIVE, -1)
         else:
-            if target.acknowledged:  # its acknowledgement stops counting with it
-                for scope in target.scopes:
-                    self.participant(target.tenant, scope, target.receiver).ack_given -= 1
-                    self.participant(target.tenant, scope, target.giver).ack_received -= 1
-            self._count_give(target, -1)
+            if target.acknowledged:
+                # Only its receiver may acknowledge a give, once (ledger rules): that acknowledgement stops counting.
+                self._count_thanks(target, target.receiver, -1)
+            self._set_give_state(target, 0, target.acknowledged)
         target.live = 0
         self._changed(target)
 
@@ -567,7 +624,9 @@ class Page:
         for key in sorted(dirty):
             row = rows[key]
             extra = (
-                row.given_micro - row.received_micro if table == "view_participants" else row.ab_micro + row.ba_micro
+                balance_micro(row.given_micro, row.received_micro)
+                if table == "view_participants"
+                else strength_micro(row.ab_micro, row.ba_micro)
             )
             values.append((*key, *_values(row), extra, position))
         self.cursor.executemany(statement, values)

@@ -42,17 +42,8 @@ from ledger.facts import FACT_TOPIC
 from ledger.store import Ledger, StoredFact
 from projections.aggregate import aggregate, in_rows
 from projections.influence_pairs import columns
-from projections.reciprocity import (
-    CONTEXT_DIMENSIONS,
-    DDL,
-    MICRO,
-    TABLES,
-    VIEW,
-    _columns,
-    _ref_event_id,
-    decay_exponent,
-    to_micro,
-)
+from projections.reciprocity import DDL, TABLES, VIEW, _columns, _ref_event_id, to_micro
+from projections.reciprocity_rules import CONTEXT_DIMENSIONS, MICRO, decay_exponent
 from projections.viewstore import ViewCursor, ViewStore
 
 READ_PAGE_FACTS = 50_000
