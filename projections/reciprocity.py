@@ -35,6 +35,7 @@ from projections.reciprocity_rules import (
     Role,
     Scopes,
     balance_micro,
+    decay_exponent,
     decayed_weight,
     fact_scopes,
     give_conditions,
@@ -272,7 +273,7 @@ PAIR_EFFECTS = _by_kind_and_condition(
 
 def _weight(give: GiveRow) -> float:
     """What a give adds to its pair's decayed weight in its state (nothing once reversed)."""
-    return decayed_weight(give.occurred_at, give.value_micro, give.acknowledged) if give.live else 0.0
+    return decayed_weight(decay_exponent(give.occurred_at), give.value_micro, give.acknowledged) if give.live else 0.0
 
 
 def _extreme(row: Any, column: str, earliest: bool, at: str, sign: int, key: Any, to_recompute: set[Any]) -> None:

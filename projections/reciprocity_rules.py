@@ -144,10 +144,11 @@ LIVE_ONLY = frozenset({Condition.LIVE})
 LIVE_AND_PENDING = frozenset({Condition.LIVE, Condition.PENDING})
 
 
-def decayed_weight(occurred_at: str, value_micro: int, acknowledged: int) -> float:
-    """A live give's time-decayed weight: its value times its decay, double once acknowledged (doubling is
-    exact, so following the log and a rebuild add the same bits)."""
-    return decay_exponent(occurred_at) * value_micro / MICRO * (2 if acknowledged else 1)
+def decayed_weight(decay: Any, value_micro: Any, acknowledged: Any) -> Any:
+    """A live give's time-decayed weight: its value times its decay (`decay_exponent` of its time), double
+    once acknowledged. On Python numbers when following the log, on numpy arrays in a rebuild: the same
+    operations in the same order, so both add the same bits."""
+    return decay * value_micro / MICRO * (1 + acknowledged)
 
 
 def decay_exponent(occurred_at: str) -> float:

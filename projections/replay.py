@@ -9,11 +9,11 @@ and again. A rebuild starts from empty views and owns them, so it can do less:
    their flags and note what they add to the time-decayed weight of the give's pair. On SQLite a thread reads
    the gives from the store's JSON in the database's own code (`read_gives`) while Python reads the other
    facts; those are applied once the gives are in.
-2. **Aggregate everything else from the final fact rows.** Counts, sums, oldest unacknowledged gives, pair
+2. **Sum everything else from the final fact rows.** Counts, sums, oldest unacknowledged gives, pair
    spans, counterparts and amounts returned depend only on which facts are live and acknowledged in the
-   end, so each row is computed once, in memory, column-wise (`projections/aggregate.py`, numpy). So are the
-   decayed weights: added one by one in log order, so the floating-point sums are bit for bit those of
-   following the log.
+   end, so each row is computed once, in memory, column-wise from the rules (`projections/rebuild_columns.py`,
+   numpy). So are the decayed weights: added one by one in log order, so the floating-point sums are bit for
+   bit those of following the log.
 3. **Write each row once, then build the indexes**, and record the view's position, in one transaction: a
    rebuild that fails leaves the empty view it started from, never a half-built one. One thread (`writer`)
    does the database's work: the gives (on SQLite with one statement from what `read_gives` read), the
@@ -40,10 +40,10 @@ from typing import Any
 from contracts.types import context_key
 from ledger.facts import FACT_TOPIC
 from ledger.store import Ledger, StoredFact
-from projections.aggregate import aggregate, in_rows
 from projections.influence_pairs import columns
+from projections.rebuild_columns import in_rows, rebuild_rows
 from projections.reciprocity import DDL, TABLES, VIEW, _columns, _ref_event_id, to_micro
-from projections.reciprocity_rules import CONTEXT_DIMENSIONS, MICRO, decay_exponent
+from projections.reciprocity_rules import CONTEXT_DIMENSIONS, decay_exponent, decayed_weight
 from projections.viewstore import ViewCursor, ViewStore
 
 READ_PAGE_FACTS = 50_000
@@ -59,7 +59,7 @@ NOT_GIVES = tuple(kind for kind in FACT_TOPIC if kind != "give.recorded")
 
 class Gives:
     """The gives, nine in ten facts, as view_gives columns in log order: apart from acknowledging or reversing,
-    which the facts that do it change here, a give's effect is aggregated column-wise (`aggregate.py`)."""
+    which the facts that do it change here, a give's effect is summed column-wise (`rebuild_columns.py`)."""
 
     def __init__(self) -> None:
         self.columns: list[Any] = [[] for _ in range(len(_columns("view_gives")) - 2)]
@@ -90,8 +90,22 @@ class Gives:
         row = self.row.get(event_id)
         return row if row is not None and self.columns[POSITION][row] < position else None
 
+    @property
+    def positions(self) -> list[int]:
+        return self.columns[POSITION]
+
     def weight(self, row: int) -> float:
-        return _weight(self.columns[OCCURRED_AT][row], self.columns[VALUE_MICRO][row])
+        """What a give adds to its pair's decayed weight as it is now (nothing once reversed)."""
+        if not self.live[row]:
+            return 0.0
+        decay = decay_exponent(self.columns[OCCURRED_AT][row])
+        return decayed_weight(decay, self.columns[VALUE_MICRO][row], self.acknowledged[row])
+
+    def set_state(self, row: int, live: int, acknowledged: int) -> float:
+        """Sets a give's flags; returns what that changed its pair's decayed weight by (as `Page._give_changed`)."""
+        before = self.weight(row)
+        self.live[row], self.acknowledged[row] = live, acknowledged
+        return self.weight(row) - before
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
         return zip(*self.columns, self.live, self.acknowledged, strict=True)
@@ -187,17 +201,15 @@ class Replay:
         return key
 
     def _acknowledge(self, give: int, position: int, sign: int) -> None:
-        """As `Page._acknowledge_give` does: the flag, and the weight once more (or once less) for the pair."""
-        self.gives.acknowledged[give] = 1 if sign > 0 else 0
-        self.decayed_changes.append((position, give, sign * self.gives.weight(give)))
+        """A live give acknowledged (sign +1) or no longer (-1): its flag, and its pair's decayed weight."""
+        self.decayed_changes.append((position, give, self.gives.set_state(give, 1, 1 if sign > 0 else 0)))
 
     def _reverse(self, ref: str, position: int) -> None:
         if (give := self.gives.before(ref, position)) is not None:
             if self.gives.live[give]:
                 self.reversed_at[ref] = position
-                self.gives.live[give] = 0
-                weight = -self.gives.weight(give) * (2 if self.gives.acknowledged[give] else 1)
-                self.decayed_changes.append((position, give, weight))
+                change = self.gives.set_state(give, 0, self.gives.acknowledged[give])  # keeps the flag it had
+                self.decayed_changes.append((position, give, change))
         elif (introduction := self.introductions.get(ref)) is not None:
             if introduction[INTRO_LIVE]:
                 self.reversed_at[ref] = position
@@ -258,7 +270,7 @@ class Replay:
         aggregated: dict[str, int] = {}
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-writer") as writer:
             written = [writer.submit(facts_then_indexes)]
-            participants, pairs = aggregate(
+            participants, pairs = rebuild_rows(
                 self.gives,
                 self.introductions,
                 self.acknowledgements,
@@ -299,7 +311,7 @@ class Replay:
             cursor.insert(f"temp.{table}", names, list(rows))
 
 
-# The columns of the rows `aggregate` gives, per table.
+# The columns of the rows `rebuild_rows` gives, per table.
 AGGREGATED = {
     "view_participants": [*_columns("view_participants"), "balance_micro", "changed_position"],
     "view_pairs": [*_columns("view_pairs"), "strength_micro", "changed_position"],
@@ -380,12 +392,6 @@ def _create_indexes(cursor: ViewCursor, tables: tuple[str, ...]) -> None:
     for statement in INDEX_DDL:
         if statement.split(" ON ")[1].split(" ")[0] in tables:
             cursor.execute(statement)
-
-
-def _weight(occurred_at: str, value_micro: int) -> float:
-    """A give's time-decayed weight, with the operations in `Page._count_give`'s order (same bits); an
-    acknowledgement adds it once more."""
-    return decay_exponent(occurred_at) * value_micro / MICRO
 
 
 def _read_log(
