@@ -32,7 +32,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -235,41 +235,9 @@ class Replay:
         `writer` copies the rows staged before into the views, in SQLite's code, and indexes them.
         """
         gives_read = staging is not None
-        for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
-            cursor.execute(f"DROP INDEX IF EXISTS {name}")
-        fact_tables = ("view_gives", "view_introductions", "view_acknowledgements")
-        from_python: dict[str, Iterable[Sequence[Any]]] = {
-            "view_introductions": self.introductions.values(),
-            "view_acknowledgements": self.acknowledgements.values(),
-        }
-        if not gives_read:
-            from_python["view_gives"] = self.gives.rows()
-        else:
-            self._stage_gives(cursor)
-        for table, rows in from_python.items():
-            cursor.insert(table, _columns(table), rows)
-
-        def facts_then_indexes() -> None:
-            if gives_read:
-                cursor.execute(GIVES_FROM_READ)
-                written = cursor.execute("SELECT changes()")[0][0]
-                if written != len(self.gives):  # never a rebuild with gives missing: it fails instead
-                    raise RuntimeError(f"{written} gives written from the store's JSON, {len(self.gives)} replayed")
-            _create_indexes(cursor, fact_tables)
-
-        def rows_then_indexes(table: str, names: list[str], rows: Iterator[tuple[Any, ...]] | None) -> None:
-            if rows is not None:
-                cursor.insert(table, names, rows)
-            else:  # staged
-                cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {table}_staged.rows")
-                written = cursor.execute("SELECT changes()")[0][0]
-                if written != aggregated[table]:
-                    raise RuntimeError(f"{written} rows of {table} copied from staging, {aggregated[table]} aggregated")
-            _create_indexes(cursor, (table,))
-
-        aggregated: dict[str, int] = {}
+        self._write_facts(cursor, gives_read)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-writer") as writer:
-            written = [writer.submit(facts_then_indexes)]
+            written = [writer.submit(self._facts_then_indexes, cursor, gives_read)]
             participants, pairs = rebuild_rows(
                 self.gives,
                 self.introductions,
@@ -282,20 +250,36 @@ class Replay:
             del participants, pairs
             for table in list(tables):
                 rows = tables.pop(table)  # its rows are freed once written
-                aggregated[table] = len(rows[0])
-                if staging is None:
-                    written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], in_rows(rows)))
-                    written[-1].result()  # one table's Python rows at a time
-                else:
-                    staged = _stage(staging[f"{table}_staged"], in_rows(rows))
-                    if staged != aggregated[table]:
-                        raise RuntimeError(f"{staged} rows of {table} staged, {aggregated[table]} aggregated")
-                    written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], None))
+                written.append(_write_rows(cursor, writer, table, rows, staging))
                 del rows
             for done in written:
                 done.result()
         cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
         store.record_position(cursor, VIEW, self.position)
+
+    def _write_facts(self, cursor: ViewCursor, gives_read: bool) -> None:
+        """The fact rows bound from Python, with the indexes dropped first; gives read from the store's JSON
+        only have what they lack staged (`writer` writes them)."""
+        for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
+        from_python: dict[str, Iterable[Sequence[Any]]] = {
+            "view_introductions": self.introductions.values(),
+            "view_acknowledgements": self.acknowledgements.values(),
+        }
+        if not gives_read:
+            from_python["view_gives"] = self.gives.rows()
+        else:
+            self._stage_gives(cursor)
+        for table, rows in from_python.items():
+            cursor.insert(table, _columns(table), rows)
+
+    def _facts_then_indexes(self, cursor: ViewCursor, gives_read: bool) -> None:
+        if gives_read:
+            cursor.execute(GIVES_FROM_READ)
+            written = cursor.execute("SELECT changes()")[0][0]
+            if written != len(self.gives):  # never a rebuild with gives missing: it fails instead
+                raise RuntimeError(f"{written} gives written from the store's JSON, {len(self.gives)} replayed")
+        _create_indexes(cursor, ("view_gives", "view_introductions", "view_acknowledgements"))
 
     def _stage_gives(self, cursor: ViewCursor) -> None:
         """What the gives' rows hold that the store's JSON does not, for GIVES_FROM_READ: values in micro-units,
@@ -312,20 +296,52 @@ class Replay:
 
 
 # The columns of the rows `rebuild_rows` gives, per table.
-AGGREGATED = {
+REBUILT_COLUMNS = {
     "view_participants": [*_columns("view_participants"), "balance_micro", "changed_position"],
     "view_pairs": [*_columns("view_pairs"), "strength_micro", "changed_position"],
 }
 
 
+def _write_rows(
+    cursor: ViewCursor,
+    writer: ThreadPoolExecutor,
+    table: str,
+    rows: list[Any],
+    staging: dict[str, Path] | None,
+) -> Future[None]:
+    """Hands one table's rebuilt rows (numpy columns) to `writer`: bound from Python on its thread, one table's
+    Python rows at a time; or, on SQLite, bound into a staging file on this one, then copied in SQLite's code."""
+    count = len(rows[0])
+    if staging is None:
+        done = writer.submit(_rows_then_indexes, cursor, table, in_rows(rows), count)
+        done.result()
+        return done
+    staged = _stage(staging[f"{table}_staged"], in_rows(rows))
+    if staged != count:
+        raise RuntimeError(f"{staged} rows of {table} staged, {count} rebuilt")
+    return writer.submit(_rows_then_indexes, cursor, table, None, count)
+
+
+def _rows_then_indexes(cursor: ViewCursor, table: str, rows: Iterator[tuple[Any, ...]] | None, count: int) -> None:
+    names = REBUILT_COLUMNS[table]
+    if rows is not None:
+        cursor.insert(table, names, rows)
+    else:  # staged
+        cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {table}_staged.rows")
+        written = cursor.execute("SELECT changes()")[0][0]
+        if written != count:
+            raise RuntimeError(f"{written} rows of {table} copied from staging, {count} rebuilt")
+    _create_indexes(cursor, (table,))
+
+
 @contextmanager
 def staging_files(store: ViewStore) -> Iterator[dict[str, Path]]:
-    """Scratch SQLite files beside the views file, one per aggregated table, each with an empty table `rows`,
+    """Scratch SQLite files beside the views file, one per rebuilt table, each with an empty table `rows`,
     for `Replay.write` to stage rows in from a connection of its own; removed afterwards. They exist before the
     rebuild's transaction attaches them: a table made after would not be in that connection's schema."""
-    files = {f"{table}_staged": Path(f"{store.path}.{table}.staged") for table in AGGREGATED}
+    files = {f"{table}_staged": Path(f"{store.path}.{table}.staged") for table in REBUILT_COLUMNS}
     try:
-        for table, names in AGGREGATED.items():
+        for table, names in REBUILT_COLUMNS.items():
             path = files[f"{table}_staged"]
             path.unlink(missing_ok=True)  # left by a rebuild that was killed
             with closing(sqlite3.connect(path)) as connection:
