@@ -1,6 +1,7 @@
 """The reciprocity views (DESIGN section 4): per participant, per pair, and the same per context value.
 
-Built page by page from the store's log: load the rows a page touches, apply its facts in order in memory,
+Built page by page from the store's log: load the rows a page touches, apply its facts in order in memory
+(each change of a fact's state as what the rules of `reciprocity_rules` count it for after, less before),
 write the changed rows and the view's tracking position in one transaction. Values are kept as integer
 micro-units (6 decimal places), so sums are exact. A context value is a "scope" such as
 `subject=python`; scope "" holds the overall totals.
@@ -27,12 +28,12 @@ from projections.reciprocity_rules import (
     OVERALL,
     PAIR_RULES,
     PARTICIPANT_RULES,
+    ROLES,
     THANKED,
     THANKING,
     Condition,
     Kind,
     Measure,
-    Role,
     Scopes,
     balance_micro,
     decay_exponent,
@@ -235,40 +236,57 @@ ParticipantKey = tuple[str, str, str]  # tenant, scope, participant
 PairKey = tuple[str, str, str, str]  # tenant, scope, a, b
 
 
-# The rules as Page applies them, per fact kind and condition. A participant rule: who (from the fact's row),
-# the column, whether it adds the value, overall scope only. An extreme: who, the column, earliest. A pair rule:
-# the column each way, whether it adds the value.
-def _by_kind_and_condition(entries: Iterable[tuple[tuple[Kind, Condition], Any]]) -> dict[Any, tuple[Any, ...]]:
-    grouped: dict[tuple[Kind, Condition], list[Any]] = {}
-    for key, entry in entries:
-        grouped.setdefault(key, []).append(entry)
-    return {key: tuple(found) for key, found in grouped.items()}
+# The rules as Page applies them. A set of conditions is a bit mask here (set operations on frozensets of enum
+# members cost more than the rest of a give), and each mask's rules of a kind are grouped by participant.
+CONDITION_BIT = {condition: 1 << n for n, condition in enumerate(Condition)}
+LIVE = CONDITION_BIT[Condition.LIVE]
+GIVE_STATE = {
+    (live, acknowledged): sum(CONDITION_BIT[c] for c in give_conditions(live, acknowledged))
+    for live in (0, 1)
+    for acknowledged in (0, 1)
+}
 
 
-def _party_of(role: Role) -> Callable[[Any], str]:
-    return attrgetter(role.attribute or "")
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What the rules of some conditions count a give or introduction for. `parties`: per participant (who, from
+    the fact's row; overall scope only), the columns (name, adds the value rather than one) and extremes
+    (name, earliest); `pair`: the columns each way (forward, backward, adds the value); `pair_extremes`."""
+
+    parties: tuple[tuple[Callable[[Any], str], bool, tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]], ...]
+    pair: tuple[tuple[str, str, bool], ...]
+    pair_extremes: tuple[tuple[str, bool], ...]
 
 
-PARTICIPANT_EFFECTS = _by_kind_and_condition(
-    (
-        (r.role.kind, r.condition),
-        (_party_of(r.role), r.column, r.measure is Measure.VALUE, r.role.scopes is Scopes.OVERALL),
+def _effects(kind: Kind, mask: int) -> Effects:
+    def met(condition: Condition) -> bool:
+        return bool(mask & CONDITION_BIT[condition])
+
+    roles = [role for role in ROLES if role.kind is kind]
+    parties = []
+    for role in roles:
+        columns = tuple(
+            (r.column, r.measure is Measure.VALUE) for r in PARTICIPANT_RULES if r.role == role and met(r.condition)
+        )
+        extremes = tuple((e.column, e.earliest) for e in EXTREMES if e.role == role and met(e.condition))
+        if columns or extremes:
+            assert role.attribute is not None, role  # the thanked party is on another row: `Page._count_thanks`
+            parties.append((attrgetter(role.attribute), role.scopes is Scopes.OVERALL, columns, extremes))
+    is_give = kind is Kind.GIVE
+    pair = tuple(
+        (r.forward, r.backward, r.measure is Measure.VALUE) for r in PAIR_RULES if is_give and met(r.condition)
     )
-    for r in PARTICIPANT_RULES
-    if r.role.kind is not Kind.ACKNOWLEDGEMENT
-)
+    pair_extremes = tuple((e.column, e.earliest) for e in EXTREMES if e.role is None and is_give and met(e.condition))
+    return Effects(tuple(parties), pair, pair_extremes)
+
+
+GIVE_EFFECTS = [_effects(Kind.GIVE, mask) for mask in range(1 << len(Condition))]
+INTRODUCTION_EFFECTS = _effects(Kind.INTRODUCTION, LIVE)
 THANKS_EFFECTS = tuple(
-    (r.role, r.column) for r in PARTICIPANT_RULES if r.role.kind is Kind.ACKNOWLEDGEMENT
-)  # all COUNTED, one each
-PARTICIPANT_EXTREMES = _by_kind_and_condition(
-    ((e.role.kind, e.condition), (_party_of(e.role), e.column, e.earliest)) for e in EXTREMES if e.role is not None
-)
-PAIR_EXTREMES = _by_kind_and_condition(
-    ((Kind.GIVE, e.condition), (e.column, e.earliest)) for e in EXTREMES if e.role is None
-)
-PAIR_EFFECTS = _by_kind_and_condition(
-    ((Kind.GIVE, r.condition), (r.forward, r.backward, r.measure is Measure.VALUE)) for r in PAIR_RULES
-)
+    (r.role, r.column)
+    for r in PARTICIPANT_RULES
+    if r.role.kind is Kind.ACKNOWLEDGEMENT and r.condition is Condition.COUNTED
+)  # one each
 
 
 def _weight(give: GiveRow) -> float:
@@ -436,9 +454,9 @@ class Page:
             self.facts[key] = row
             self.new_facts.add(key)
         if isinstance(row, GiveRow):
-            self._give_changed(row, frozenset(), 0.0)
+            self._give_changed(row, 0, 0.0)
         elif isinstance(row, IntroductionRow):
-            self._count(row, Kind.INTRODUCTION, Condition.LIVE, +1)
+            self._count(row, INTRODUCTION_EFFECTS, +1)
         elif isinstance(row, AcknowledgementRow):
             self.participant(row.tenant, OVERALL, row.acknowledger)  # ACKNOWLEDGER: a row, no column
             self.acks_by_ref.setdefault((row.tenant, row.ref_event_id), []).append(row)
@@ -450,57 +468,53 @@ class Page:
         self.changed_facts.add((row.tenant, row.event_id))
 
     def _set_give_state(self, give: GiveRow, live: int, acknowledged: int) -> None:
-        before, weight_before = give_conditions(give.live, give.acknowledged), _weight(give)
+        before, weight_before = GIVE_STATE[give.live, give.acknowledged], _weight(give)
         give.live, give.acknowledged = live, acknowledged
         self._give_changed(give, before, weight_before)
         self._changed(give)
 
-    def _give_changed(self, give: GiveRow, before: frozenset[Condition], weight_before: float) -> None:
+    def _give_changed(self, give: GiveRow, before: int, weight_before: float) -> None:
         """A give's change of state: the rules of the conditions it meets now, less those of the ones it met."""
-        after = give_conditions(give.live, give.acknowledged)
-        for condition in after - before:
-            self._count(give, Kind.GIVE, condition, +1)
-        for condition in before - after:
-            self._count(give, Kind.GIVE, condition, -1)
-        pair = self.pair(give.tenant, OVERALL, *give.pair)
-        column = DECAYED_FORWARD if give.giver == give.pair[0] else DECAYED_BACKWARD
+        after = GIVE_STATE[give.live, give.acknowledged]
+        if after & ~before:
+            self._count(give, GIVE_EFFECTS[after & ~before], +1)
+        if before & ~after:
+            self._count(give, GIVE_EFFECTS[before & ~after], -1)
+        a, b = give.pair
+        pair = self.pair(give.tenant, OVERALL, a, b)
+        column = DECAYED_FORWARD if give.giver == a else DECAYED_BACKWARD
         setattr(pair, column, getattr(pair, column) + (_weight(give) - weight_before))
 
-    def _count(self, row: GiveRow | IntroductionRow, kind: Kind, condition: Condition, sign: int) -> None:
-        """Adds (sign +1) or takes away (-1) what the rules of one condition count a give or introduction for."""
-        effects = PARTICIPANT_EFFECTS.get((kind, condition), ())
-        extremes = PARTICIPANT_EXTREMES.get((kind, condition), ())
-        pair_effects = PAIR_EFFECTS.get((kind, condition), ())
+    def _count(self, row: GiveRow | IntroductionRow, effects: Effects, sign: int) -> None:
+        """Adds (sign +1) or takes away (-1) what some rules count a give or introduction for, in its scopes."""
         value = sign * row.value_micro if isinstance(row, GiveRow) else 0
+        participants, dirty = self.participants, self.dirty_participants  # `participant`, inlined: it runs most
         for scope in row.scopes:
-            for party_of, column, by_value, overall_only in effects:
+            for party_of, overall_only, columns, extremes in effects.parties:
                 if overall_only and scope:
                     continue
-                participant = self.participant(row.tenant, scope, party_of(row))
-                setattr(participant, column, getattr(participant, column) + (value if by_value else sign))
-            for party_of, column, earliest in extremes:
                 key = (row.tenant, scope, party_of(row))
-                _extreme(self.participant(*key), column, earliest, row.occurred_at, sign, key, self.oldest_to_recompute)
-            if pair_effects and isinstance(row, GiveRow):
-                self._count_pair(row, scope, pair_effects, PAIR_EXTREMES.get((kind, condition), ()), sign)
+                participant = participants.get(key)
+                if participant is None:
+                    participant = participants[key] = ParticipantRow()
+                dirty.add(key)
+                for column, by_value in columns:
+                    setattr(participant, column, getattr(participant, column) + (value if by_value else sign))
+                for column, earliest in extremes:
+                    _extreme(participant, column, earliest, row.occurred_at, sign, key, self.oldest_to_recompute)
+            if effects.pair and isinstance(row, GiveRow):
+                self._count_pair(row, scope, effects, sign)
         if isinstance(row, IntroductionRow):  # its introduced_by changed: the pair's row is rewritten (and KV)
             self.pair(row.tenant, OVERALL, row.a, row.b)
 
-    def _count_pair(
-        self,
-        give: GiveRow,
-        scope: str,
-        effects: tuple[tuple[str, str, bool], ...],
-        extremes: tuple[tuple[str, bool], ...],
-        sign: int,
-    ) -> None:
+    def _count_pair(self, give: GiveRow, scope: str, effects: Effects, sign: int) -> None:
         a, b = give.pair
         key = (give.tenant, scope, a, b)
         pair = self.pair(*key)
         was_in_use = pair_in_use(pair.ab_count, pair.ba_count)
         reciprocated_before = pair.reciprocated_micro
         forward = give.giver == a
-        for forward_column, backward_column, by_value in effects:
+        for forward_column, backward_column, by_value in effects.pair:
             column = forward_column if forward else backward_column
             setattr(pair, column, getattr(pair, column) + (sign * give.value_micro if by_value else sign))
         returned = pair.reciprocated_micro - reciprocated_before
@@ -509,7 +523,7 @@ class Page:
             row = self.participant(give.tenant, scope, participant)
             row.returned_micro += returned
             row.counterparts += counterparts
-        for column, earliest in extremes:
+        for column, earliest in effects.pair_extremes:
             _extreme(pair, column, earliest, give.occurred_at, sign, key, self.span_to_recompute)
 
     def _acknowledge(self, ack: AcknowledgementRow, sign: int) -> None:
@@ -540,7 +554,7 @@ class Page:
             for ack in self.acks_by_ref.get((target.tenant, target.event_id), ()):
                 if ack.live:
                     self._count_thanks(target, ack.acknowledger, -1)
-            self._count(target, Kind.INTRODUCTION, Condition.LIVE, -1)
+            self._count(target, INTRODUCTION_EFFECTS, -1)
         else:
             if target.acknowledged:
                 # Only its receiver may acknowledge a give, once (ledger rules): that acknowledgement stops counting.
