@@ -519,8 +519,12 @@ class Page:
             setattr(pair, column, getattr(pair, column) + (sign * give.value_micro if by_value else sign))
         returned = pair.reciprocated_micro - reciprocated_before
         counterparts = int(pair_in_use(pair.ab_count, pair.ba_count)) - int(was_in_use)
-        for participant in (a, b):
-            row = self.participant(give.tenant, scope, participant)
+        participants, dirty = self.participants, self.dirty_participants  # `participant`, inlined
+        for end in ((give.tenant, scope, a), (give.tenant, scope, b)):
+            row = participants.get(end)
+            if row is None:
+                row = participants[end] = ParticipantRow()
+            dirty.add(end)
             row.returned_micro += returned
             row.counterparts += counterparts
         for column, earliest in effects.pair_extremes:

@@ -162,15 +162,14 @@ def scope_name(dimension: str, key: str) -> str:
     return f"{dimension}={key}"
 
 
-NO_CONTEXT = (None,) * len(CONTEXT_DIMENSIONS)
-
-
 def fact_scopes(keys: tuple[str | None, ...]) -> tuple[str, ...]:
     """The scopes a give or introduction counts in: overall, then each context value it has, from its
     context keys in CONTEXT_DIMENSIONS order (None where it has none)."""
-    if keys == NO_CONTEXT:  # most facts: the quick way
-        return (OVERALL,)
-    return (OVERALL, *(scope_name(d, key) for d, key in zip(CONTEXT_DIMENSIONS, keys, strict=True) if key is not None))
+    scopes = [OVERALL]
+    for dimension, key in zip(CONTEXT_DIMENSIONS, keys, strict=True):
+        if key is not None:
+            scopes.append(scope_name(dimension, key))
+    return tuple(scopes)
 
 
 # Derived columns. Each works on Python ints and on numpy arrays alike.
