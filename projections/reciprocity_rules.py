@@ -133,15 +133,15 @@ EXTREMES = (
 )
 
 
+LIVE_ONLY = frozenset({Condition.LIVE})
+LIVE_AND_PENDING = frozenset({Condition.LIVE, Condition.PENDING})
+
+
 def give_conditions(live: int, acknowledged: int) -> frozenset[Condition]:
     """The conditions a give's state meets (an acknowledged give stays acknowledged once reversed)."""
     if not live:
         return frozenset()
     return LIVE_ONLY if acknowledged else LIVE_AND_PENDING
-
-
-LIVE_ONLY = frozenset({Condition.LIVE})
-LIVE_AND_PENDING = frozenset({Condition.LIVE, Condition.PENDING})
 
 
 def decayed_weight(decay: Any, value_micro: Any, acknowledged: Any) -> Any:
