@@ -1,6 +1,7 @@
 """The reciprocity views (DESIGN section 4): per participant, per pair, and the same per context value.
 
-Built page by page from the store's log: load the rows a page touches, apply its facts in order in memory,
+Built page by page from the store's log: load the rows a page touches, apply its facts in order in memory
+(each change of a fact's state as what the rules of `reciprocity_rules` count it for after, less before),
 write the changed rows and the view's tracking position in one transaction. Values are kept as integer
 micro-units (6 decimal places), so sums are exact. A context value is a "scope" such as
 `subject=python`; scope "" holds the overall totals.
@@ -9,9 +10,8 @@ micro-units (6 decimal places), so sums are exact. A context value is a "scope" 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any
@@ -19,17 +19,39 @@ from typing import Any
 from contracts.types import context_key
 from ledger.facts import Acknowledgement, Give, Introduction, RecordedFact, Reversal
 from ledger.store import StoredFact
+from projections.reciprocity_rules import (
+    ACKNOWLEDGED_PARTY,
+    CONTEXT_DIMENSIONS,
+    DECAYED_BACKWARD,
+    DECAYED_FORWARD,
+    EXTREMES,
+    OVERALL,
+    PAIR_RULES,
+    PARTICIPANT_RULES,
+    ROLES,
+    THANKED,
+    THANKING,
+    Condition,
+    Kind,
+    Measure,
+    Scopes,
+    balance_micro,
+    decay_exponent,
+    decayed_weight,
+    fact_scopes,
+    give_conditions,
+    pair_in_use,
+    reciprocated_micro,
+    strength_micro,
+)
+from projections.reciprocity_rules import DECAY_EPOCH as DECAY_EPOCH  # the views' readers import these from here
+from projections.reciprocity_rules import HALF_LIFE_DAYS as HALF_LIFE_DAYS
+from projections.reciprocity_rules import MICRO as MICRO
 from projections.viewstore import ViewCursor, ViewStore
 
 VIEW = "reciprocity"
 ANALYZE_FACTS_MIN = 5_000
 ANALYZE_INTERVAL_S = 30.0
-MICRO = 1_000_000
-CONTEXT_DIMENSIONS = ("location", "activity", "subject")
-# Influence weights decay with a half-life. 2^(-(as_of - t)/h) = 2^((t - epoch)/h) * 2^(-(as_of - epoch)/h),
-# so each pair keeps the sum of value * 2^((t - epoch)/h) and influence applies the as_of factor once.
-DECAY_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-HALF_LIFE_DAYS = 180.0
 
 DDL = (
     "CREATE TABLE IF NOT EXISTS view_gives (tenant TEXT NOT NULL, event_id TEXT NOT NULL, position INTEGER NOT NULL,"
@@ -94,18 +116,6 @@ TABLES = (
 
 def to_micro(value: str) -> int:
     return int(Decimal(value).scaleb(6))
-
-
-def decay_exponent(occurred_at: str) -> float:
-    """2^((t - epoch) / half-life) for a fact's time: the as_of-free part of its influence weight."""
-    moment = datetime.fromisoformat(occurred_at)
-    return 2.0 ** ((moment - DECAY_EPOCH).total_seconds() / 86_400 / HALF_LIFE_DAYS)
-
-
-def scopes_of(context: dict[str, str] | None) -> tuple[str, ...]:
-    if not context:
-        return ("",)
-    return ("", *(f"{name}={context_key(context[name])}" for name in CONTEXT_DIMENSIONS if name in context))
 
 
 def scope_filter(scope: str) -> tuple[str, tuple[str, ...]]:
@@ -206,16 +216,11 @@ class PairRow:
 
     @property
     def reciprocated_micro(self) -> int:
-        return min(self.ab_micro, self.ba_micro)
+        return reciprocated_micro(self.ab_micro, self.ba_micro)
 
 
 def _row_scopes(row: GiveRow | IntroductionRow) -> tuple[str, ...]:
-    scopes = [""]
-    for name in CONTEXT_DIMENSIONS:
-        key = getattr(row, name)
-        if key is not None:
-            scopes.append(f"{name}={key}")
-    return tuple(scopes)
+    return fact_scopes((row.location, row.activity, row.subject))
 
 
 FACT_ROWS: dict[str, type] = {
@@ -226,12 +231,81 @@ FACT_ROWS: dict[str, type] = {
 PARTICIPANT_COLUMNS = [f.name for f in fields(ParticipantRow)]
 PAIR_COLUMNS = [f.name for f in fields(PairRow)]
 
-Fact = GiveRow | IntroductionRow | AcknowledgementRow
+FactRow = GiveRow | IntroductionRow | AcknowledgementRow
 ParticipantKey = tuple[str, str, str]  # tenant, scope, participant
 PairKey = tuple[str, str, str, str]  # tenant, scope, a, b
 
 
-def row_from_fact(fact: RecordedFact, position: int) -> Fact | None:
+# The rules as Page applies them. A set of conditions is a bit mask here (set operations on frozensets of enum
+# members cost more than the rest of a give), and each mask's rules of a kind are grouped by participant.
+CONDITION_BIT = {condition: 1 << n for n, condition in enumerate(Condition)}
+LIVE = CONDITION_BIT[Condition.LIVE]
+GIVE_STATE = {
+    (live, acknowledged): sum(CONDITION_BIT[c] for c in give_conditions(live, acknowledged))
+    for live in (0, 1)
+    for acknowledged in (0, 1)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What the rules of some conditions count a give or introduction for. `parties`: per participant (who, from
+    the fact's row; overall scope only), the columns (name, adds the value rather than one) and extremes
+    (name, earliest); `pair`: the columns each way (forward, backward, adds the value); `pair_extremes`."""
+
+    parties: tuple[tuple[Callable[[Any], str], bool, tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]], ...]
+    pair: tuple[tuple[str, str, bool], ...]
+    pair_extremes: tuple[tuple[str, bool], ...]
+
+
+def _effects(kind: Kind, mask: int) -> Effects:
+    def met(condition: Condition) -> bool:
+        return bool(mask & CONDITION_BIT[condition])
+
+    roles = [role for role in ROLES if role.kind is kind]
+    parties = []
+    for role in roles:
+        columns = tuple(
+            (r.column, r.measure is Measure.VALUE) for r in PARTICIPANT_RULES if r.role == role and met(r.condition)
+        )
+        extremes = tuple((e.column, e.earliest) for e in EXTREMES if e.role == role and met(e.condition))
+        if columns or extremes:
+            assert role.attribute is not None, role  # the thanked party is on another row: `Page._count_thanks`
+            parties.append((attrgetter(role.attribute), role.scopes is Scopes.OVERALL, columns, extremes))
+    is_give = kind is Kind.GIVE
+    pair = tuple(
+        (r.forward, r.backward, r.measure is Measure.VALUE) for r in PAIR_RULES if is_give and met(r.condition)
+    )
+    pair_extremes = tuple((e.column, e.earliest) for e in EXTREMES if e.role is None and is_give and met(e.condition))
+    return Effects(tuple(parties), pair, pair_extremes)
+
+
+GIVE_EFFECTS = [_effects(Kind.GIVE, mask) for mask in range(1 << len(Condition))]
+INTRODUCTION_EFFECTS = _effects(Kind.INTRODUCTION, LIVE)
+THANKS_EFFECTS = tuple(
+    (r.role, r.column)
+    for r in PARTICIPANT_RULES
+    if r.role.kind is Kind.ACKNOWLEDGEMENT and r.condition is Condition.COUNTED
+)  # one each
+
+
+def _weight(give: GiveRow) -> float:
+    """What a give adds to its pair's decayed weight in its state (nothing once reversed)."""
+    return decayed_weight(decay_exponent(give.occurred_at), give.value_micro, give.acknowledged) if give.live else 0.0
+
+
+def _extreme(row: Any, column: str, earliest: bool, at: str, sign: int, key: Any, to_recompute: set[Any]) -> None:
+    """Keeps a row's earliest or latest time as a fact starts counting; one that stops counting and held it
+    is read again (`Page._recompute_extremes`): the next one is not kept."""
+    current = getattr(row, column)
+    if sign > 0:
+        if current is None or (at < current if earliest else at > current):
+            setattr(row, column, at)
+    elif at == current:
+        to_recompute.add(key)
+
+
+def row_from_fact(fact: RecordedFact, position: int) -> FactRow | None:
     """The view's row for a give, introduction or acknowledgement (None for a reversal)."""
     tenant, event_id = fact.tenant, fact.event_id
     context = (fact.context if isinstance(fact, Give | Introduction) else None) or {}
@@ -274,7 +348,7 @@ class Page:
 
     def __init__(self, cursor: ViewCursor) -> None:
         self.cursor = cursor
-        self.facts: dict[tuple[str, str], Fact] = {}
+        self.facts: dict[tuple[str, str], FactRow] = {}
         self.new_facts: set[tuple[str, str]] = set()
         self.changed_facts: set[tuple[str, str]] = set()
         self.acks_by_ref: dict[tuple[str, str], list[AcknowledgementRow]] = {}
@@ -285,7 +359,7 @@ class Page:
         self.oldest_to_recompute: set[ParticipantKey] = set()
         self.span_to_recompute: set[PairKey] = set()
         self.tenants: dict[str, int] = {}
-        self.page_rows: dict[int, Fact | None] = {}
+        self.page_rows: dict[int, FactRow | None] = {}
 
     # loading
 
@@ -307,7 +381,7 @@ class Page:
         self._load_rows("view_participants", ("tenant", "scope", "participant"), participant_keys)
         self._load_rows("view_pairs", ("tenant", "scope", "a", "b"), pair_keys)
 
-    def _keys_of(self, row: Fact, participants: set[ParticipantKey], pairs: set[PairKey]) -> None:
+    def _keys_of(self, row: FactRow, participants: set[ParticipantKey], pairs: set[PairKey]) -> None:
         if isinstance(row, GiveRow):
             for scope in row.scopes:
                 participants.update({(row.tenant, scope, row.giver), (row.tenant, scope, row.receiver)})
@@ -378,114 +452,116 @@ class Page:
             self.facts[key] = row
             self.new_facts.add(key)
         if isinstance(row, GiveRow):
-            self._count_give(row, +1)
+            self._give_changed(row, 0, 0.0)
         elif isinstance(row, IntroductionRow):
-            self._count_introduction(row, +1)
+            self._count(row, INTRODUCTION_EFFECTS, +1)
         elif isinstance(row, AcknowledgementRow):
-            self.participant(row.tenant, "", row.acknowledger)
+            self.participant(row.tenant, OVERALL, row.acknowledger)  # ACKNOWLEDGER: a row, no column
             self.acks_by_ref.setdefault((row.tenant, row.ref_event_id), []).append(row)
-            self._count_acknowledgement(row, +1)
+            self._acknowledge(row, +1)
         else:
             self._reverse(self.facts.get((fact.tenant, _ref_event_id(fact))))
 
-    def _changed(self, row: Fact) -> None:
+    def _changed(self, row: FactRow) -> None:
         self.changed_facts.add((row.tenant, row.event_id))
 
-    def _count_give(self, give: GiveRow, sign: int) -> None:
+    def _set_give_state(self, give: GiveRow, live: int, acknowledged: int) -> None:
+        before, weight_before = GIVE_STATE[give.live, give.acknowledged], _weight(give)
+        give.live, give.acknowledged = live, acknowledged
+        self._give_changed(give, before, weight_before)
+        self._changed(give)
+
+    def _give_changed(self, give: GiveRow, before: int, weight_before: float) -> None:
+        """A give's change of state: the rules of the conditions it meets now, less those of the ones it met."""
+        after = GIVE_STATE[give.live, give.acknowledged]
+        if after & ~before:
+            self._count(give, GIVE_EFFECTS[after & ~before], +1)
+        if before & ~after:
+            self._count(give, GIVE_EFFECTS[before & ~after], -1)
         a, b = give.pair
-        weight = decay_exponent(give.occurred_at) * give.value_micro / MICRO * (2 if give.acknowledged else 1)
-        for scope in give.scopes:
-            giver = self.participant(give.tenant, scope, give.giver)
-            receiver = self.participant(give.tenant, scope, give.receiver)
-            giver.given_count += sign
-            giver.given_micro += sign * give.value_micro
-            receiver.received_count += sign
-            receiver.received_micro += sign * give.value_micro
-            if not give.acknowledged:
-                self._count_unacknowledged(give, receiver, (give.tenant, scope, give.receiver), sign)
-            self._count_pair(give, scope, a, b, sign, weight if scope == "" else 0.0)
+        pair = self.pair(give.tenant, OVERALL, a, b)
+        column = DECAYED_FORWARD if give.giver == a else DECAYED_BACKWARD
+        setattr(pair, column, getattr(pair, column) + (_weight(give) - weight_before))
 
-    def _count_unacknowledged(self, give: GiveRow, receiver: ParticipantRow, key: ParticipantKey, sign: int) -> None:
-        receiver.unack_count += sign
-        receiver.unack_micro += sign * give.value_micro
-        if sign > 0:
-            if receiver.unack_oldest_at is None or give.occurred_at < receiver.unack_oldest_at:
-                receiver.unack_oldest_at = give.occurred_at
-        elif give.occurred_at == receiver.unack_oldest_at:
-            self.oldest_to_recompute.add(key)
+    def _count(self, row: GiveRow | IntroductionRow, effects: Effects, sign: int) -> None:
+        """Adds (sign +1) or takes away (-1) what some rules count a give or introduction for, in its scopes."""
+        value = sign * row.value_micro if isinstance(row, GiveRow) else 0
+        participants, dirty = self.participants, self.dirty_participants  # `participant`, inlined: it runs most
+        for scope in row.scopes:
+            for party_of, overall_only, columns, extremes in effects.parties:
+                if overall_only and scope:
+                    continue
+                key = (row.tenant, scope, party_of(row))
+                participant = participants.get(key)
+                if participant is None:
+                    participant = participants[key] = ParticipantRow()
+                dirty.add(key)
+                for column, by_value in columns:
+                    setattr(participant, column, getattr(participant, column) + (value if by_value else sign))
+                for column, earliest in extremes:
+                    _extreme(participant, column, earliest, row.occurred_at, sign, key, self.oldest_to_recompute)
+            if effects.pair and isinstance(row, GiveRow):
+                self._count_pair(row, scope, effects, sign)
+        if isinstance(row, IntroductionRow):  # its introduced_by changed: the pair's row is rewritten (and KV)
+            self.pair(row.tenant, OVERALL, row.a, row.b)
 
-    def _count_pair(self, give: GiveRow, scope: str, a: str, b: str, sign: int, weight: float) -> None:
-        pair = self.pair(give.tenant, scope, a, b)
-        was_live = pair.ab_count + pair.ba_count > 0
+    def _count_pair(self, give: GiveRow, scope: str, effects: Effects, sign: int) -> None:
+        a, b = give.pair
+        key = (give.tenant, scope, a, b)
+        pair = self.pair(*key)
+        was_in_use = pair_in_use(pair.ab_count, pair.ba_count)
         reciprocated_before = pair.reciprocated_micro
-        if give.giver == a:
-            pair.ab_count += sign
-            pair.ab_micro += sign * give.value_micro
-            pair.decayed_ab += sign * weight
-        else:
-            pair.ba_count += sign
-            pair.ba_micro += sign * give.value_micro
-            pair.decayed_ba += sign * weight
-        is_live = pair.ab_count + pair.ba_count > 0
-        change = pair.reciprocated_micro - reciprocated_before
-        for participant in (a, b):
-            row = self.participant(give.tenant, scope, participant)
-            row.returned_micro += change
-            row.counterparts += int(is_live) - int(was_live)
-        if sign > 0:
-            pair.first_at = min(filter(None, (pair.first_at, give.occurred_at)))
-            pair.last_at = max(filter(None, (pair.last_at, give.occurred_at)))
-        elif give.occurred_at in (pair.first_at, pair.last_at):
-            self.span_to_recompute.add((give.tenant, scope, a, b))
+        forward = give.giver == a
+        for forward_column, backward_column, by_value in effects.pair:
+            column = forward_column if forward else backward_column
+            setattr(pair, column, getattr(pair, column) + (sign * give.value_micro if by_value else sign))
+        returned = pair.reciprocated_micro - reciprocated_before
+        counterparts = int(pair_in_use(pair.ab_count, pair.ba_count)) - int(was_in_use)
+        participants, dirty = self.participants, self.dirty_participants  # `participant`, inlined
+        for end in ((give.tenant, scope, a), (give.tenant, scope, b)):
+            row = participants.get(end)
+            if row is None:
+                row = participants[end] = ParticipantRow()
+            dirty.add(end)
+            row.returned_micro += returned
+            row.counterparts += counterparts
+        for column, earliest in effects.pair_extremes:
+            _extreme(pair, column, earliest, give.occurred_at, sign, key, self.span_to_recompute)
 
-    def _count_introduction(self, intro: IntroductionRow, sign: int) -> None:
-        self.pair(intro.tenant, "", intro.a, intro.b)  # its introduced_by changed: the row is rewritten (and KV)
-        for scope in intro.scopes:
-            self.participant(intro.tenant, scope, intro.introducer).intro_made += sign
-            self.participant(intro.tenant, scope, intro.a).intro_received += sign
-            self.participant(intro.tenant, scope, intro.b).intro_received += sign
-
-    def _count_acknowledgement(self, ack: AcknowledgementRow, sign: int) -> None:
+    def _acknowledge(self, ack: AcknowledgementRow, sign: int) -> None:
+        """An acknowledgement starts (sign +1) or stops (-1) counting, with its fact: a give's is no longer
+        (or again) pending thanks."""
         target = self.facts.get((ack.tenant, ack.ref_event_id))
         if target is None or not target.live or isinstance(target, AcknowledgementRow):
             return  # a reversed fact's acknowledgements stopped counting with it
         if isinstance(target, GiveRow):
-            self._acknowledge_give(target, sign)
-        acknowledged_party = target.giver if isinstance(target, GiveRow) else target.introducer
+            self._set_give_state(target, target.live, 1 if sign > 0 else 0)
+        self._count_thanks(target, ack.acknowledger, sign)
+
+    def _count_thanks(self, target: GiveRow | IntroductionRow, acknowledger: str, sign: int) -> None:
+        """The rules of a counted acknowledgement, in its fact's scopes."""
+        kind = Kind.GIVE if isinstance(target, GiveRow) else Kind.INTRODUCTION
+        parties = {THANKING: acknowledger, THANKED: getattr(target, ACKNOWLEDGED_PARTY[kind])}
         for scope in target.scopes:
-            self.participant(ack.tenant, scope, ack.acknowledger).ack_given += sign
-            self.participant(ack.tenant, scope, acknowledged_party).ack_received += sign
+            for role, column in THANKS_EFFECTS:
+                participant = self.participant(target.tenant, scope, parties[role])
+                setattr(participant, column, getattr(participant, column) + sign)
 
-    def _acknowledge_give(self, give: GiveRow, sign: int) -> None:
-        """An acknowledged give is no longer pending thanks, and weighs double in influence."""
-        for scope in give.scopes:
-            key = (give.tenant, scope, give.receiver)
-            self._count_unacknowledged(give, self.participant(*key), key, -sign)
-        pair = self.pair(give.tenant, "", *give.pair)
-        weight = sign * decay_exponent(give.occurred_at) * give.value_micro / MICRO
-        if give.giver == give.pair[0]:
-            pair.decayed_ab += weight
-        else:
-            pair.decayed_ba += weight
-        give.acknowledged = 1 if sign > 0 else 0
-        self._changed(give)
-
-    def _reverse(self, target: Fact | None) -> None:
+    def _reverse(self, target: FactRow | None) -> None:
         if target is None or not target.live:
             return  # the write side refuses both; an old log is read as it is
         if isinstance(target, AcknowledgementRow):
-            self._count_acknowledgement(target, -1)
+            self._acknowledge(target, -1)
         elif isinstance(target, IntroductionRow):
             for ack in self.acks_by_ref.get((target.tenant, target.event_id), ()):
                 if ack.live:
-                    self._count_acknowledgement(ack, -1)
-            self._count_introduction(target, -1)
+                    self._count_thanks(target, ack.acknowledger, -1)
+            self._count(target, INTRODUCTION_EFFECTS, -1)
         else:
-            if target.acknowledged:  # its acknowledgement stops counting with it
-                for scope in target.scopes:
-                    self.participant(target.tenant, scope, target.receiver).ack_given -= 1
-                    self.participant(target.tenant, scope, target.giver).ack_received -= 1
-            self._count_give(target, -1)
+            if target.acknowledged:
+                # Only its receiver may acknowledge a give, once (ledger rules): that acknowledgement stops counting.
+                self._count_thanks(target, target.receiver, -1)
+            self._set_give_state(target, 0, target.acknowledged)
         target.live = 0
         self._changed(target)
 
@@ -565,7 +641,9 @@ class Page:
         for key in sorted(dirty):
             row = rows[key]
             extra = (
-                row.given_micro - row.received_micro if table == "view_participants" else row.ab_micro + row.ba_micro
+                balance_micro(row.given_micro, row.received_micro)
+                if table == "view_participants"
+                else strength_micro(row.ab_micro, row.ba_micro)
             )
             values.append((*key, *_values(row), extra, position))
         self.cursor.executemany(statement, values)

@@ -9,11 +9,11 @@ and again. A rebuild starts from empty views and owns them, so it can do less:
    their flags and note what they add to the time-decayed weight of the give's pair. On SQLite a thread reads
    the gives from the store's JSON in the database's own code (`read_gives`) while Python reads the other
    facts; those are applied once the gives are in.
-2. **Aggregate everything else from the final fact rows.** Counts, sums, oldest unacknowledged gives, pair
+2. **Sum everything else from the final fact rows.** Counts, sums, oldest unacknowledged gives, pair
    spans, counterparts and amounts returned depend only on which facts are live and acknowledged in the
-   end, so each row is computed once, in memory, column-wise (`projections/aggregate.py`, numpy). So are the
-   decayed weights: added one by one in log order, so the floating-point sums are bit for bit those of
-   following the log.
+   end, so each row is computed once, in memory, column-wise from the rules (`projections/rebuild_columns.py`,
+   numpy). So are the decayed weights: added one by one in log order, so the floating-point sums are bit for
+   bit those of following the log.
 3. **Write each row once, then build the indexes**, and record the view's position, in one transaction: a
    rebuild that fails leaves the empty view it started from, never a half-built one. One thread (`writer`)
    does the database's work: the gives (on SQLite with one statement from what `read_gives` read), the
@@ -32,7 +32,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -41,19 +41,10 @@ from contracts.types import context_key
 from contracts.webhook_bodies import FactType
 from ledger.facts import STORED_TOPICS, Acknowledgement, Fact, Give, Introduction
 from ledger.store import Ledger, StoredFact
-from projections.aggregate import aggregate, in_rows
 from projections.influence_pairs import columns
-from projections.reciprocity import (
-    CONTEXT_DIMENSIONS,
-    DDL,
-    MICRO,
-    TABLES,
-    VIEW,
-    _columns,
-    _ref_event_id,
-    decay_exponent,
-    to_micro,
-)
+from projections.rebuild_columns import in_rows, rebuild_rows
+from projections.reciprocity import DDL, TABLES, VIEW, _columns, _ref_event_id, to_micro
+from projections.reciprocity_rules import CONTEXT_DIMENSIONS, decay_exponent, decayed_weight
 from projections.viewstore import ViewCursor, ViewStore
 
 READ_PAGE_FACTS = 50_000
@@ -69,7 +60,7 @@ NOT_GIVES = tuple(kind for kind in STORED_TOPICS if kind != FactType.GIVE)
 
 class Gives:
     """The gives, nine in ten facts, as view_gives columns in log order: apart from acknowledging or reversing,
-    which the facts that do it change here, a give's effect is aggregated column-wise (`aggregate.py`)."""
+    which the facts that do it change here, a give's effect is summed column-wise (`rebuild_columns.py`)."""
 
     def __init__(self) -> None:
         self.columns: list[Any] = [[] for _ in range(len(_columns("view_gives")) - 2)]
@@ -100,8 +91,22 @@ class Gives:
         row = self.row.get(event_id)
         return row if row is not None and self.columns[POSITION][row] < position else None
 
+    @property
+    def positions(self) -> list[int]:
+        return self.columns[POSITION]
+
     def weight(self, row: int) -> float:
-        return _weight(self.columns[OCCURRED_AT][row], self.columns[VALUE_MICRO][row])
+        """What a give adds to its pair's decayed weight as it is now (nothing once reversed)."""
+        if not self.live[row]:
+            return 0.0
+        decay = decay_exponent(self.columns[OCCURRED_AT][row])
+        return decayed_weight(decay, self.columns[VALUE_MICRO][row], self.acknowledged[row])
+
+    def set_state(self, row: int, live: int, acknowledged: int) -> float:
+        """Sets a give's flags; returns what that changed its pair's decayed weight by (as `Page._give_changed`)."""
+        before = self.weight(row)
+        self.live[row], self.acknowledged[row] = live, acknowledged
+        return self.weight(row) - before
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
         return zip(*self.columns, self.live, self.acknowledged, strict=True)
@@ -197,17 +202,15 @@ class Replay:
         return key
 
     def _acknowledge(self, give: int, position: int, sign: int) -> None:
-        """As `Page._acknowledge_give` does: the flag, and the weight once more (or once less) for the pair."""
-        self.gives.acknowledged[give] = 1 if sign > 0 else 0
-        self.decayed_changes.append((position, give, sign * self.gives.weight(give)))
+        """A live give acknowledged (sign +1) or no longer (-1): its flag, and its pair's decayed weight."""
+        self.decayed_changes.append((position, give, self.gives.set_state(give, 1, 1 if sign > 0 else 0)))
 
     def _reverse(self, ref: str, position: int) -> None:
         if (give := self.gives.before(ref, position)) is not None:
             if self.gives.live[give]:
                 self.reversed_at[ref] = position
-                self.gives.live[give] = 0
-                weight = -self.gives.weight(give) * (2 if self.gives.acknowledged[give] else 1)
-                self.decayed_changes.append((position, give, weight))
+                change = self.gives.set_state(give, 0, self.gives.acknowledged[give])  # keeps the flag it had
+                self.decayed_changes.append((position, give, change))
         elif (introduction := self.introductions.get(ref)) is not None:
             if introduction[INTRO_LIVE]:
                 self.reversed_at[ref] = position
@@ -233,42 +236,10 @@ class Replay:
         `writer` copies the rows staged before into the views, in SQLite's code, and indexes them.
         """
         gives_read = staging is not None
-        for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
-            cursor.execute(f"DROP INDEX IF EXISTS {name}")
-        fact_tables = ("view_gives", "view_introductions", "view_acknowledgements")
-        from_python: dict[str, Iterable[Sequence[Any]]] = {
-            "view_introductions": self.introductions.values(),
-            "view_acknowledgements": self.acknowledgements.values(),
-        }
-        if not gives_read:
-            from_python["view_gives"] = self.gives.rows()
-        else:
-            self._stage_gives(cursor)
-        for table, rows in from_python.items():
-            cursor.insert(table, _columns(table), rows)
-
-        def facts_then_indexes() -> None:
-            if gives_read:
-                cursor.execute(GIVES_FROM_READ)
-                written = cursor.execute("SELECT changes()")[0][0]
-                if written != len(self.gives):  # never a rebuild with gives missing: it fails instead
-                    raise RuntimeError(f"{written} gives written from the store's JSON, {len(self.gives)} replayed")
-            _create_indexes(cursor, fact_tables)
-
-        def rows_then_indexes(table: str, names: list[str], rows: Iterator[tuple[Any, ...]] | None) -> None:
-            if rows is not None:
-                cursor.insert(table, names, rows)
-            else:  # staged
-                cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {table}_staged.rows")
-                written = cursor.execute("SELECT changes()")[0][0]
-                if written != aggregated[table]:
-                    raise RuntimeError(f"{written} rows of {table} copied from staging, {aggregated[table]} aggregated")
-            _create_indexes(cursor, (table,))
-
-        aggregated: dict[str, int] = {}
+        self._write_facts(cursor, gives_read)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-writer") as writer:
-            written = [writer.submit(facts_then_indexes)]
-            participants, pairs = aggregate(
+            written = [writer.submit(self._facts_then_indexes, cursor, gives_read)]
+            participants, pairs = rebuild_rows(
                 self.gives,
                 self.introductions,
                 self.acknowledgements,
@@ -280,20 +251,36 @@ class Replay:
             del participants, pairs
             for table in list(tables):
                 rows = tables.pop(table)  # its rows are freed once written
-                aggregated[table] = len(rows[0])
-                if staging is None:
-                    written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], in_rows(rows)))
-                    written[-1].result()  # one table's Python rows at a time
-                else:
-                    staged = _stage(staging[f"{table}_staged"], in_rows(rows))
-                    if staged != aggregated[table]:
-                        raise RuntimeError(f"{staged} rows of {table} staged, {aggregated[table]} aggregated")
-                    written.append(writer.submit(rows_then_indexes, table, AGGREGATED[table], None))
+                written.append(_write_rows(cursor, writer, table, rows, staging))
                 del rows
             for done in written:
                 done.result()
         cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
         store.record_position(cursor, VIEW, self.position)
+
+    def _write_facts(self, cursor: ViewCursor, gives_read: bool) -> None:
+        """The fact rows bound from Python, with the indexes dropped first; gives read from the store's JSON
+        only have what they lack staged (`writer` writes them)."""
+        for name in INDEX_NAMES:  # built again at the end, from sorted rows rather than row by row
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
+        from_python: dict[str, Iterable[Sequence[Any]]] = {
+            "view_introductions": self.introductions.values(),
+            "view_acknowledgements": self.acknowledgements.values(),
+        }
+        if not gives_read:
+            from_python["view_gives"] = self.gives.rows()
+        else:
+            self._stage_gives(cursor)
+        for table, rows in from_python.items():
+            cursor.insert(table, _columns(table), rows)
+
+    def _facts_then_indexes(self, cursor: ViewCursor, gives_read: bool) -> None:
+        if gives_read:
+            cursor.execute(GIVES_FROM_READ)
+            written = cursor.execute("SELECT changes()")[0][0]
+            if written != len(self.gives):  # never a rebuild with gives missing: it fails instead
+                raise RuntimeError(f"{written} gives written from the store's JSON, {len(self.gives)} replayed")
+        _create_indexes(cursor, ("view_gives", "view_introductions", "view_acknowledgements"))
 
     def _stage_gives(self, cursor: ViewCursor) -> None:
         """What the gives' rows hold that the store's JSON does not, for GIVES_FROM_READ: values in micro-units,
@@ -309,21 +296,53 @@ class Replay:
             cursor.insert(f"temp.{table}", names, list(rows))
 
 
-# The columns of the rows `aggregate` gives, per table.
-AGGREGATED = {
+# The columns of the rows `rebuild_rows` gives, per table.
+REBUILT_COLUMNS = {
     "view_participants": [*_columns("view_participants"), "balance_micro", "changed_position"],
     "view_pairs": [*_columns("view_pairs"), "strength_micro", "changed_position"],
 }
 
 
+def _write_rows(
+    cursor: ViewCursor,
+    writer: ThreadPoolExecutor,
+    table: str,
+    rows: list[Any],
+    staging: dict[str, Path] | None,
+) -> Future[None]:
+    """Hands one table's rebuilt rows (numpy columns) to `writer`: bound from Python on its thread, one table's
+    Python rows at a time; or, on SQLite, bound into a staging file on this one, then copied in SQLite's code."""
+    count = len(rows[0])
+    if staging is None:
+        done = writer.submit(_rows_then_indexes, cursor, table, in_rows(rows), count)
+        done.result()
+        return done
+    staged = _stage(staging[f"{table}_staged"], in_rows(rows))
+    if staged != count:
+        raise RuntimeError(f"{staged} rows of {table} staged, {count} rebuilt")
+    return writer.submit(_rows_then_indexes, cursor, table, None, count)
+
+
+def _rows_then_indexes(cursor: ViewCursor, table: str, rows: Iterator[tuple[Any, ...]] | None, count: int) -> None:
+    names = REBUILT_COLUMNS[table]
+    if rows is not None:
+        cursor.insert(table, names, rows)
+    else:  # staged
+        cursor.execute(f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM {table}_staged.rows")
+        written = cursor.execute("SELECT changes()")[0][0]
+        if written != count:
+            raise RuntimeError(f"{written} rows of {table} copied from staging, {count} rebuilt")
+    _create_indexes(cursor, (table,))
+
+
 @contextmanager
 def staging_files(store: ViewStore) -> Iterator[dict[str, Path]]:
-    """Scratch SQLite files beside the views file, one per aggregated table, each with an empty table `rows`,
+    """Scratch SQLite files beside the views file, one per rebuilt table, each with an empty table `rows`,
     for `Replay.write` to stage rows in from a connection of its own; removed afterwards. They exist before the
     rebuild's transaction attaches them: a table made after would not be in that connection's schema."""
-    files = {f"{table}_staged": Path(f"{store.path}.{table}.staged") for table in AGGREGATED}
+    files = {f"{table}_staged": Path(f"{store.path}.{table}.staged") for table in REBUILT_COLUMNS}
     try:
-        for table, names in AGGREGATED.items():
+        for table, names in REBUILT_COLUMNS.items():
             path = files[f"{table}_staged"]
             path.unlink(missing_ok=True)  # left by a rebuild that was killed
             with closing(sqlite3.connect(path)) as connection:
@@ -391,12 +410,6 @@ def _create_indexes(cursor: ViewCursor, tables: tuple[str, ...]) -> None:
     for statement in INDEX_DDL:
         if statement.split(" ON ")[1].split(" ")[0] in tables:
             cursor.execute(statement)
-
-
-def _weight(occurred_at: str, value_micro: int) -> float:
-    """A give's time-decayed weight, with the operations in `Page._count_give`'s order (same bits); an
-    acknowledgement adds it once more."""
-    return decay_exponent(occurred_at) * value_micro / MICRO
 
 
 def _read_log(

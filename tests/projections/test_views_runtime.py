@@ -370,7 +370,7 @@ def test_a_replay_stages_rows_in_scratch_files_and_leaves_none_behind(sqlite_set
 
     ledger = open_ledger(None, sqlite_settings.data_dir)
     views = open_view_store(None, sqlite_settings.data_dir)
-    staged = [views.path.with_name(f"{views.path.name}.{table}.staged") for table in replay_module.AGGREGATED]
+    staged = [views.path.with_name(f"{views.path.name}.{table}.staged") for table in replay_module.REBUILT_COLUMNS]
 
     def rows() -> dict[str, list[tuple]]:  # without changed_position, which depends on how the log was paged
         tables = ("view_gives", "view_participants", "view_pairs")
