@@ -12,6 +12,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from ledger.schema import SchemaMode, SchemaPart
 from ledger.signatures import new_secret, secret_key
 from ledger.sql import Cursor, Database
 
@@ -31,6 +32,9 @@ SCHEMA = (
     " key_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, scopes TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS registry_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
 )
+
+
+SCHEMA_PART = SchemaPart("registry", version=1, probe_table="registry_tenants")
 
 
 class RegistryError(Exception):
@@ -71,9 +75,9 @@ class RegistrySnapshot:
 
 
 class Registry:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, schema_mode: SchemaMode = SchemaMode.CREATE) -> None:
         self.db = database
-        self.db.create(SCHEMA)
+        self.schema_found = self.db.ensure_schema(SCHEMA_PART, SCHEMA, schema_mode)
 
     def create_tenant(self, tenant: str) -> None:
         with self.db.transaction() as cur:

@@ -17,7 +17,7 @@ import psycopg
 
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect, private_directory, sqlite_connect
 from ledger.dialect import Dialect, dialect_of
-from ledger.locks import schema_lock
+from ledger.schema import SchemaMode, SchemaPart, ensure_schema
 
 
 class Database:
@@ -56,11 +56,11 @@ class Database:
         with self._lock:
             return self._ensure().execute(self.dialect.sql(statement), params).fetchall()
 
-    def create(self, statements: Sequence[str]) -> None:
-        """Creates tables (and the schema) if missing; safe when several processes start at once."""
-        with schema_lock(self._database_url, self._limits), self.transaction() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
+    def ensure_schema(self, part: SchemaPart, statements: Sequence[str], mode: SchemaMode) -> int | None:
+        """Creates or upgrades the part's tables as `mode` allows (ledger/schema.py)."""
+        return ensure_schema(
+            part, mode, self.dialect, self.transaction, statements, database_url=self._database_url, limits=self._limits
+        )
 
     def close(self) -> None:
         with self._lock:

@@ -31,9 +31,12 @@ from ledger.connections import (
     private_sqlite_file,
 )
 from ledger.facts import FACT_TOPICS, STORED_TOPICS, Fact, fact_from_json
-from ledger.locks import schema_lock
+from ledger.schema import SchemaMode, SchemaPart, ensure_schema
+from ledger.sql import Database
 
 LEDGER_FILE = "ledger.sqlite3"
+# The library's tables and our fact index, all created by the recorder (`construct_create_table_statements`).
+STORE_SCHEMA_VERSION = 1
 IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
 
@@ -224,6 +227,7 @@ class Ledger(Application[UUID]):
 
     name = "Ledger"
     recorder: LedgerSQLiteRecorder | LedgerPostgresRecorder
+    schema_found: int | None = None  # the store's schema version before this process opened it
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Settings are the only source of configuration: no stray library variable from os.environ.
@@ -273,10 +277,26 @@ def ledger_env(database_url: str | None, data_dir: Path, limits: ConnectionLimit
     }
 
 
-def open_ledger(database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> Ledger:
-    """The store, created on first use (tables, and the PostgreSQL schema the URL names)."""
+def open_ledger(
+    database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS,
+    schema_mode: SchemaMode = SchemaMode.CREATE,
+) -> Ledger:  # fmt: skip
+    """The store; its tables (and the PostgreSQL schema the URL names) are created or upgraded as
+    `schema_mode` allows (ledger/schema.py)."""
     if not database_url:
         private_directory(data_dir)
         private_sqlite_file(data_dir / LEDGER_FILE)
-    with schema_lock(database_url, limits):
-        return Ledger(env=ledger_env(database_url, data_dir, limits))
+    ledger = Ledger(env={**ledger_env(database_url, data_dir, limits), "CREATE_TABLE": "false"})
+    database = Database(database_url, data_dir / LEDGER_FILE, limits)
+    try:
+        part = SchemaPart("store", STORE_SCHEMA_VERSION, probe_table=ledger.recorder.events_table_name)
+        ledger.schema_found = ensure_schema(
+            part, schema_mode, database.dialect, database.transaction, (),
+            database_url=database_url, limits=limits, library_tables=ledger.recorder.create_table,
+        )  # fmt: skip
+    except BaseException:
+        ledger.close()
+        raise
+    finally:
+        database.close()
+    return ledger

@@ -24,6 +24,7 @@ import structlog
 from ledger.child_process import die_with_parent
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
 from ledger.locks import WorkerLock
+from ledger.schema import SchemaMode
 from ledger.store import Ledger
 from projections import influence_view, kv, reciprocity
 from projections.follower import Follower, Quarantine, projection_failures
@@ -47,10 +48,10 @@ RELAY_RECORD_INTERVAL_S = 1.0
 
 def open_view_store(
     database_url: str | None, data_dir: Path, reader_mmap_bytes: int = READER_MMAP_BYTES,
-    limits: ConnectionLimits = DEFAULT_LIMITS,
+    limits: ConnectionLimits = DEFAULT_LIMITS, schema_mode: SchemaMode = SchemaMode.CREATE,
 ) -> ViewStore:  # fmt: skip
     ddl = (*reciprocity.DDL, *influence_view.DDL, *RELAY_DDL, *kv.DDL)
-    return ViewStore(database_url, data_dir, ddl, reader_mmap_bytes, limits)
+    return ViewStore(database_url, data_dir, ddl, reader_mmap_bytes, limits, schema_mode)
 
 
 class InfluenceWorker:
@@ -99,7 +100,7 @@ def _start_influence_worker(parent: int, database_url: str | None, data_dir: str
     die_with_parent()
     if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
         os._exit(1)
-    store = open_view_store(database_url, Path(data_dir), limits=limits)
+    store = open_view_store(database_url, Path(data_dir), limits=limits, schema_mode=SchemaMode.EXISTING)
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 
 
@@ -125,12 +126,13 @@ class Projections:
         poll_s: float = 0.5,
         reader_mmap_bytes: int = READER_MMAP_BYTES,
         limits: ConnectionLimits = DEFAULT_LIMITS,
+        schema_mode: SchemaMode = SchemaMode.CREATE,
         on_failure: Callable[[str], None] = lambda view: None,
     ) -> None:
         """`on_failure` learns the view's name for each page that failed (the metric counts them)."""
         self.ledger = ledger
         self.database_url = database_url
-        self.store = open_view_store(database_url, data_dir, reader_mmap_bytes, limits)
+        self.store = open_view_store(database_url, data_dir, reader_mmap_bytes, limits, schema_mode)
         self.queries = ReciprocityQueries(self.store)
         self.influence = InfluenceView(self.store, self.queries)  # answers; recomputes run in a worker process
         self.lock = WorkerLock(database_url, data_dir, "projector", limits)

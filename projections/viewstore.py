@@ -34,7 +34,7 @@ from ledger.connections import (
     private_sqlite_file,
 )
 from ledger.dialect import SQLITE, Dialect, dialect_of
-from ledger.locks import schema_lock
+from ledger.schema import SchemaMode, SchemaPart, ensure_schema
 
 KEYS_PER_QUERY = 500
 VIEWS_CACHE_KIB = 64 * 1024  # per connection
@@ -196,12 +196,15 @@ def _moved_tables(ddl: Sequence[str]) -> list[str]:
     return [m.group(2) for s in ddl if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)", s))]
 
 
+VIEWS_SCHEMA = SchemaPart("views", version=1, probe_table="view_participants")
+
+
 class ViewStore:
     """The views database and the library's tracking recorder on it."""
 
     def __init__(
         self, database_url: str | None, data_dir: Path, ddl: Sequence[str], reader_mmap_bytes: int = READER_MMAP_BYTES,
-        limits: ConnectionLimits = DEFAULT_LIMITS,
+        limits: ConnectionLimits = DEFAULT_LIMITS, schema_mode: SchemaMode = SchemaMode.CREATE,
     ) -> None:  # fmt: skip
         self.dialect = dialect_of(database_url)
         self.postgres = self.dialect.postgres
@@ -226,14 +229,17 @@ class ViewStore:
         self._readers_lock = threading.Lock()
         self._async_reader: psycopg.AsyncConnection[Any] | None = None
         self._async_reader_loop: asyncio.AbstractEventLoop | None = None
-        with schema_lock(database_url):
-            self.tracking.create_table()
-            with self.transaction() as cursor:
-                if not self.postgres:
-                    for table in _moved_tables(ddl):  # left in the main file by a version before the split
-                        cursor.execute(f"DROP TABLE IF EXISTS main.{table}")
-                for statement in (QUARANTINE_DDL, *ddl):
-                    cursor.execute(self._ddl(statement))
+        self.schema_found = self._ensure_schema(ddl, schema_mode)
+
+    def _ensure_schema(self, ddl: Sequence[str], mode: SchemaMode) -> int | None:
+        """Creates or upgrades the views' tables as `mode` allows (ledger/schema.py); the version found before."""
+        statements = [self._ddl(statement) for statement in (QUARANTINE_DDL, *ddl)]
+        if not self.postgres:  # an unversioned file may hold tables in the main file that moved out of it
+            statements[:0] = [f"DROP TABLE IF EXISTS main.{table}" for table in _moved_tables(ddl)]
+        return ensure_schema(
+            VIEWS_SCHEMA, mode, self.dialect, self.transaction, statements,
+            database_url=self._database_url or None, limits=self.limits, library_tables=self.tracking.create_table,
+        )  # fmt: skip
 
     def _ddl(self, statement: str) -> str:
         # PostgreSQL keeps every view in the store's schema: the attached files' schema names are SQLite's.

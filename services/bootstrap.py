@@ -13,12 +13,14 @@ from functools import partial
 import structlog
 
 from ledger.group_commit import FactWriter, GroupCommitter, ThreadWriter
+from ledger.registry import SCHEMA_PART as REGISTRY_SCHEMA
 from ledger.registry import KeyAuth, Registry, RegistrySnapshot, SourceAuth
+from ledger.schema import SchemaMode
 from ledger.sql import Database
-from ledger.store import LEDGER_FILE, Ledger, open_ledger
+from ledger.store import LEDGER_FILE, STORE_SCHEMA_VERSION, Ledger, open_ledger
 from projections.follower import PostgresNotifications, watch_sqlite_commits
-from projections.runtime import Projections
-from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES
+from projections.runtime import Projections, open_view_store
+from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES, VIEWS_SCHEMA
 from services.metrics import Metrics
 from services.nats_workers import BusWorkers
 from services.ratelimit import RateLimiter
@@ -28,9 +30,29 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+def registry_database(settings: Settings) -> Database:
+    return Database(settings.database_url, settings.data_dir / "registry.sqlite3", settings.connection_limits())
+
+
 def open_registry(settings: Settings) -> Registry:
-    database = Database(settings.database_url, settings.data_dir / "registry.sqlite3", settings.connection_limits())
-    return Registry(database)
+    return Registry(registry_database(settings), settings.schema_mode())
+
+
+def ensure_schemas(settings: Settings, mode: SchemaMode) -> dict[str, tuple[int | None, int]]:
+    """Opens store, registry and views once as `mode` allows (ledger/schema.py), before any part runs:
+    each part's version found and this release's. Raises SchemaError when the process must not start."""
+    limits = settings.connection_limits()
+    ledger = open_ledger(settings.database_url, settings.data_dir, limits, mode)
+    ledger.close()
+    registry = Registry(registry_database(settings), mode)
+    registry.db.close()
+    views = open_view_store(settings.database_url, settings.data_dir, limits=limits, schema_mode=mode)
+    views.close()
+    return {
+        "store": (ledger.schema_found, STORE_SCHEMA_VERSION),
+        "registry": (registry.schema_found, REGISTRY_SCHEMA.version),
+        "views": (views.schema_found, VIEWS_SCHEMA.version),
+    }
 
 
 class RegistryCache:
@@ -105,7 +127,9 @@ async def open_components(
     micro service, projector builds the views and writes KV, relay publishes the stream."""
     parts = parts or role_parts(settings.role)
     limits = settings.connection_limits()
-    ledger = await asyncio.to_thread(open_ledger, settings.database_url, settings.data_dir, limits)
+    ledger = await asyncio.to_thread(
+        open_ledger, settings.database_url, settings.data_dir, limits, settings.schema_mode()
+    )
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
     projections = await _start_projections(settings, parts, ledger, metrics)
@@ -142,6 +166,7 @@ async def _start_projections(
         poll_s=POLL_S,
         reader_mmap_bytes=READER_MMAP_BYTES if "query" in parts else BACKGROUND_READER_MMAP_BYTES,
         limits=settings.connection_limits(),
+        schema_mode=settings.schema_mode(),
         on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
     )
     await projections.start()

@@ -25,9 +25,10 @@ from contracts import export
 from contracts.types import SLUG_PATTERN
 from contracts.webhook_bodies import FactType
 from ledger.registry import SCOPES, Registry, RegistryError
+from ledger.schema import SchemaError, SchemaMode
 from ledger.signatures import secret_key, sign
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
-from services.bootstrap import open_registry
+from services.bootstrap import ensure_schemas, open_registry
 from services.demo import run_demo
 from services.serve import serve
 from services.settings import Settings, SettingsError, env_name
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ, **_flag_overrides(args))
         result = args.run(settings, args)
-    except (CommandError, RegistryError, SettingsError, ValueError) as failure:
+    except (CommandError, RegistryError, SchemaError, SettingsError, ValueError) as failure:
         _fail(args, str(failure))
         return EXIT_FAILED
     if result is not None:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_tail,
         _add_demo,
         _add_rebuild,
+        _add_migrate,
         _add_contracts,
     ):
         add_group(commands, common)
@@ -179,6 +181,13 @@ def _add_rebuild(commands: Commands, common: argparse.ArgumentParser) -> None:
     rebuild_view.add_argument("view", nargs="?", choices=VIEWS, help="one view (default: all; influence follows)")
     rebuild_view.add_argument("--wait-s", type=float, default=10.0, help="how long to wait for the projector lock")
     rebuild_view.set_defaults(run=_rebuild)
+
+
+def _add_migrate(commands: Commands, common: argparse.ArgumentParser) -> None:
+    migrate = commands.add_parser(
+        "migrate", parents=[common], help="create the schema of store, registry and views, or upgrade it"
+    )
+    migrate.set_defaults(run=_migrate)
 
 
 def _add_contracts(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -311,6 +320,14 @@ def _rebuild(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(str(refused)) from None
 
 
+def _migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Each part's schema version before and after; running it again changes nothing."""
+    return {
+        part: {"found": found, "version": version}
+        for part, (found, version) in ensure_schemas(settings, SchemaMode.MIGRATE).items()
+    }
+
+
 def _contracts_export(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if args.check:
         stale = export.stale_files()
@@ -328,6 +345,8 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print(json.dumps(result))
         return
     for name, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{key} {part}" for key, part in value.items())
         print(f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
     if "secret" in result or "key" in result:
         print("(shown once: store it now; it cannot be shown again)", file=sys.stderr)

@@ -15,7 +15,9 @@ import sys
 
 import structlog
 
+from ledger.schema import SchemaError
 from services.background import WatchedProcess
+from services.bootstrap import ensure_schemas
 from services.http.app import create_app
 from services.http_worker import SOCKET_FD_ENV, run_http
 from services.logs import configure_logging, redact_url
@@ -29,6 +31,11 @@ log = structlog.get_logger(__name__)
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
+    try:  # before any process starts: a schema this release may not use stops serve here, with the command to run
+        ensure_schemas(settings, settings.schema_mode())
+    except SchemaError as refused:
+        log.error("schema_refused", error=str(refused))
+        sys.exit(f"reciprocity: {refused}")
     embedded = None
     if not settings.nats_url:
         embedded = EmbeddedNatsServer(settings.data_dir, settings.nats_port)

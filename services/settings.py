@@ -14,6 +14,7 @@ from pydantic import Field, FilePath, ValidationError, field_validator, model_va
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
+from ledger.schema import SchemaMode
 from services.roles import ROLES, RoleName
 
 ENV_PREFIX = "RECIPROCITY_"
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     pg_connect_timeout_s: int = Field(
         DEFAULT_LIMITS.connect_timeout_s, ge=1, description="how long to wait for a PostgreSQL connection"
     )
+    migrate: bool = Field(
+        True, description="create a missing schema at start (false: only `reciprocity migrate` changes the schema)"
+    )
     lock_timeout_s: int = Field(
         int(DEFAULT_LIMITS.lock_timeout_s), ge=1, description="how long a write waits for another's lock, then fails"
     )
@@ -111,6 +115,10 @@ class Settings(BaseSettings):
             connect_timeout_s=self.pg_connect_timeout_s,
             lock_timeout_s=self.lock_timeout_s,
         )
+
+    def schema_mode(self) -> SchemaMode:
+        """What a process started with these settings may do to the schema (ledger/schema.py)."""
+        return SchemaMode.CREATE if self.migrate else SchemaMode.EXISTING
 
     def with_(self, **changes: Any) -> Settings:
         return self.model_copy(update=changes)

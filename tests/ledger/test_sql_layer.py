@@ -107,7 +107,8 @@ def test_the_registry_waits_for_a_lock_only_as_long_as_the_lock_timeout(sqlite_s
     """Our own SQLite tables (the registry's) wait for another writer as long as the lock timeout says."""
     path = sqlite_settings.data_dir / "registry.sqlite3"
     database = Database(None, path, ConnectionLimits(lock_timeout_s=0.3))
-    database.create(["CREATE TABLE IF NOT EXISTS t (n INTEGER)"])
+    with database.transaction() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:

@@ -1,4 +1,4 @@
-"""Stores written by an earlier release open and answer the same, as they are and after a rebuild.
+"""Stores written by an earlier release migrate, then answer the same, as they are and after a rebuild.
 
 tests/fixtures/store_457f0f2/ holds a SQLite data directory (`data_dir/`) that commit 457f0f2 wrote through
 its CLI and webhooks, and every answer its read API gave (`answers.json`); store_457f0f2_postgres/ holds the
@@ -18,7 +18,7 @@ import pytest
 
 from services.settings import Settings
 from tests.helpers import Sender, acknowledgement, envelope, reversal
-from tests.processes import Server, cli_json
+from tests.processes import Server, cli, cli_json
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,12 @@ def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings,
             connection.execute(dump)
     recorded = json.loads((fixture / "answers.json").read_text())
     return Settings(data_dir=tmp_path / "data", database_url=database_url), recorded
+
+
+def migrated(settings: Settings) -> None:
+    """`reciprocity migrate` on the old store: each part had tables but no recorded version (0)."""
+    done = cli_json(settings, "migrate")
+    assert done == {part: {"found": 0, "version": 1} for part in ("store", "registry", "views")}
 
 
 def caught_up(server: Server, recorded: dict[str, Any]) -> None:
@@ -71,6 +77,7 @@ def test_an_old_store_answers_as_it_did_and_again_after_a_rebuild(old_store, tmp
     """Today's serve on 457f0f2's store: every read answered as then; then `reciprocity rebuild`, and again."""
     settings, recorded = old_store
     assert len(recorded["answers"]) > 200  # every tenant's balances, pairs, influence, maintenance and events
+    migrated(settings)
     server = Server(settings, tmp_path / "serve.log")
     try:
         server.start()
@@ -94,6 +101,7 @@ def test_an_old_store_takes_facts_that_refer_to_its_old_ones(old_store, tmp_path
     crm = Sender("acme", "crm", recorded["source_secrets"]["acme/crm"], recorded["read_keys"]["acme"])
     events = next(a for a in recorded["answers"] if a["path"] == "/v1/tenants/acme/events?limit=1000")["answer"]
     old = {event["external_id"]: event for event in events["events"] if event["source"] == "crm"}
+    migrated(settings)
     server = Server(settings, tmp_path / "serve.log")
 
     def post(fact_type: str, data: dict[str, Any]) -> tuple[int, Any]:
@@ -121,5 +129,27 @@ def test_an_old_store_takes_facts_that_refer_to_its_old_ones(old_store, tmp_path
             crm.read_headers(),
         )
         assert status == 200 and balance["position"] >= reversed_["position"]
+    finally:
+        server.stop()
+
+
+def test_an_old_store_is_refused_until_it_is_migrated(old_store, tmp_path):
+    """No process changes a schema of another version: serve and the admin commands stop, naming the command;
+    after `reciprocity migrate` they start, even when they may not create a schema themselves."""
+    settings, recorded = old_store
+    server = Server(settings, tmp_path / "serve.log")
+    with pytest.raises(RuntimeError, match=r"serve exited with 1.*store schema is version 0.*reciprocity migrate"):
+        server.start()
+    refused = cli(settings, "tenant", "create", "late", "--json")
+    assert refused.returncode != 0
+    assert "run `reciprocity migrate` first" in json.loads(refused.stdout)["error"]
+    migrated(settings)
+    assert cli_json(settings, "migrate") == {
+        part: {"found": 1, "version": 1} for part in ("store", "registry", "views")
+    }  # again: nothing to do
+    server = Server(settings, tmp_path / "serve-again.log", RECIPROCITY_MIGRATE="false")
+    try:
+        server.start()
+        caught_up(server, recorded)
     finally:
         server.stop()
