@@ -242,7 +242,7 @@ async def test_a_worker_whose_lock_was_lost_stops_and_one_process_holds_it_again
         await until_true(lambda: len(starts) == 1)
         assert not second.try_acquire()
         with postgres_connect(postgres_schema_url) as admin:  # the holder's connection dies
-            admin.execute("SELECT pg_terminate_backend(%s)", (first._held.info.backend_pid,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (first.session_pid(),))
         await asyncio.wait_for(stopped.wait(), 10)
         took_over = second.try_acquire()  # racing the first, which tries again at once
         await asyncio.sleep(0.3)
