@@ -69,7 +69,6 @@ def private_uses(tree: ast.AST, ours: set[str]) -> Iterator[tuple[int, str]]:
 WAITING = {
     ("tests/projections/test_views_runtime.py", "._stage"),  # projections/replay.py
     ("tests/projections/test_views_runtime.py", '"_stage"'),  # projections/replay.py
-    ("tests/projections/test_views_runtime.py", "._async_reader"),  # projections/viewstore.py
 }
 
 

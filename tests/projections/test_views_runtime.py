@@ -298,7 +298,7 @@ async def test_concurrent_balance_reads_on_postgresql_go_out_together_and_each_g
         assert len(statements) == 1  # six requests, one statement
 
         with postgres_connect(postgres_schema_url) as admin:  # the loop's connection dies
-            admin.execute("SELECT pg_terminate_backend(%s)", (views._async_reader.info.backend_pid,))
+            admin.execute("SELECT pg_terminate_backend(%s)", (views.async_reader_pid(),))
         failed = await asyncio.gather(*(queries.balance_json_async(t, p) for t, p in asked[:2]), return_exceptions=True)
         assert all(isinstance(outcome, psycopg.OperationalError) for outcome in failed)
         assert await queries.balance_json_async("acme", "ana") == answers[0]  # on a new connection
