@@ -99,6 +99,11 @@ class WorkerLock:
             self._held = None
             return False
 
+    def session_pid(self) -> int | None:
+        """The PostgreSQL backend pid of the session holding the lock (None if not held, or on SQLite): the
+        session an operator sees in pg_locks, and whose end lets another process take the lock."""
+        return self._held.info.backend_pid if self._database_url and self._held is not None else None
+
     def release(self) -> None:
         if self._held is not None:
             self._held.close()  # closing the session or the file releases the lock

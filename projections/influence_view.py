@@ -119,12 +119,13 @@ class InfluenceView:
             written = cursor.execute("SELECT position FROM view_influence_tenants WHERE tenant = ?", (tenant,))
             if written and written[0][0] == kept[0]:
                 return kept[1]
-        return {
-            row[1]: (tuple(row[:-1]), row[-1])
-            for row in cursor.execute(
-                f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
-            )
-        }
+        return read_stored_rows(cursor, tenant)
+
+    def kept_rows(self, tenant: str) -> StoredRows | None:
+        """The tenant's rows as this object last wrote them, if it keeps them for its next recompute (then they
+        must be the stored rows: it writes only the rows that differ from them)."""
+        kept = self._written.get(tenant)
+        return None if kept is None else kept[1]
 
     def _keep_written(self, tenant: str, position: int, stored: StoredRows) -> None:
         """Keeps what is now stored for a tenant whose pairs are kept too (a large one, whose rows are slow
@@ -253,6 +254,16 @@ class InfluenceView:
 
 ITEM_COLUMNS = "participant, score, rank, burt_constraint, effective_size, introductions_paid_off, contributions"
 ROW_COLUMNS = ("tenant", *ITEM_COLUMNS.split(", "), "changed_position")  # a stored row, as recompute builds it
+
+
+def read_stored_rows(cursor, tenant: str) -> StoredRows:
+    """A tenant's rows as stored, by participant: (answer row, changed_position)."""
+    return {
+        row[1]: (tuple(row[:-1]), row[-1])
+        for row in cursor.execute(
+            f"SELECT tenant, {ITEM_COLUMNS}, changed_position FROM view_influence WHERE tenant = ?", (tenant,)
+        )
+    }
 
 
 def _changed_rows(rows: list[tuple], stored: StoredRows, position: int) -> list[tuple]:

@@ -295,6 +295,11 @@ class ViewStore:
             await connection.close()  # it never suspends: safe even while being cancelled
             raise
 
+    def async_reader_pid(self) -> int | None:
+        """The PostgreSQL backend pid of `read_async`'s connection, None until it has one: which session to
+        look for (or end) among the server's."""
+        return self._async_reader.info.backend_pid if self._async_reader is not None else None
+
     async def _connect_async(self) -> psycopg.AsyncConnection[Any]:
         return await postgres_connect_async(self._database_url, self.limits, row_factory=tuple_row)
 

@@ -64,30 +64,15 @@ def private_uses(tree: ast.AST, ours: set[str]) -> Iterator[tuple[int, str]]:
                     yield node.lineno, f'"{argument.value}"'
 
 
-# Reaches left for the owners of the modules (being restructured): a public name there, or the test through
-# behaviour. An entry that no longer occurs fails the test too, so this list only shrinks.
-WAITING = {
-    ("tests/projections/test_reciprocity_views.py", "._columns"),  # projections/reciprocity.py
-    ("tests/projections/test_reciprocity_views.py", "._stored_rows"),  # projections/influence_view.py
-    ("tests/projections/test_reciprocity_views.py", "._written"),  # projections/influence_view.py
-    ("tests/projections/test_views_runtime.py", "._stage"),  # projections/replay.py
-    ("tests/projections/test_views_runtime.py", '"_stage"'),  # projections/replay.py
-    ("tests/projections/test_views_runtime.py", "._held"),  # projections/runtime.py: WorkerLock
-    ("tests/projections/test_views_runtime.py", "._async_reader"),  # projections/viewstore.py
-}
-
-
 def test_no_test_reaches_a_private_name_of_our_packages():
     """Every file under tests/ (fixtures and helpers included) uses our packages only by public names."""
     ours = private_names_of_our_packages()
-    found = {
-        (str(path.relative_to(ROOT)), use): line
+    reaching = [
+        f"{path.relative_to(ROOT)}:{line}: {use}"
         for path in sorted(TESTS.rglob("*.py"))
         for line, use in sorted(private_uses(ast.parse(path.read_text()), ours))
-    }
-    reaching = sorted(f"{path}:{line}: {use}" for (path, use), line in found.items() if (path, use) not in WAITING)
+    ]
     assert reaching == [], "tests reach private names:\n" + "\n".join(reaching)
-    assert sorted(WAITING - found.keys()) == [], "no longer reached: take these out of WAITING"
 
 
 def test_the_check_finds_each_way_of_reaching_in():

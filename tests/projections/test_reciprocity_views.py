@@ -18,15 +18,15 @@ from contracts.webhook_bodies import read_webhook
 from ledger.facts import ReceivedFact
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
-from projections import influence_view, reciprocity
+from projections import influence_view
 from projections.follower import Follower
 from projections.influence_pairs import PairCache
-from projections.influence_view import InfluenceView
+from projections.influence_view import InfluenceView, read_stored_rows
 from projections.queries import ReciprocityQueries
 from projections.reciprocity import DDL, TABLES, VIEW, ReciprocityProjection
 from projections.replay import replay
 from projections.viewstore import ViewStore
-from tests.helpers import acknowledgement, envelope, give, introduction, reversal
+from tests.helpers import acknowledgement, envelope, give, introduction, reversal, view_columns
 from tests.reference import reference_views
 
 PEOPLE = ["ann", "bob", "cas", "Dan", "eve"]  # "Dan" sorts before "ann" by byte value
@@ -143,7 +143,7 @@ def view_rows(store: ViewStore) -> dict[str, list[tuple]]:
     how the log was paged; a replay writes every row at its last position)."""
     rows = {}
     for table in TABLES:
-        columns = ["tenant", "changed_position"] if table == "view_tenants" else reciprocity._columns(table)
+        columns = ["tenant", "changed_position"] if table == "view_tenants" else view_columns(store, table)
         rows[table] = sorted(map(tuple, store.read(f"SELECT {', '.join(columns)} FROM {table}")))
     return rows
 
@@ -219,7 +219,7 @@ def test_influence_from_kept_pairs_equals_influence_read_afresh(settings, steps,
             kept[0].recompute(tenant)
             assert tenant in kept[0].pairs
             with store.snapshot() as cursor:  # what it kept of the written rows is what is stored
-                assert kept[0]._written[tenant][1] == InfluenceView(store, None)._stored_rows(cursor, tenant)
+                assert kept[0].kept_rows(tenant) == read_stored_rows(cursor, tenant)
             afresh = InfluenceView(store, ReciprocityQueries(store)).recompute(tenant)
             assert afresh["changed"] == 0, tenant
 
