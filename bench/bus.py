@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import CONTENT_LENGTH, give_body, signed_requests
 from bench.views import views_caught_up, wait_until
+from contracts.webhook_bodies import FactType
 from ledger.facts import ReceivedFact, fact_event_id
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
@@ -68,7 +69,7 @@ def fill_store(data_dir: Path, facts: int) -> None:
         for n in range(start, min(facts, start + 2_000)):
             data = give_body("relay", n)["data"]
             event_id = fact_event_id(TENANT, SOURCE, data["id"])
-            batch.append(ReceivedFact(TENANT, SOURCE, "give.recorded", data, None, received_at, event_id))
+            batch.append(ReceivedFact(TENANT, SOURCE, FactType.GIVE, data, None, received_at, event_id))
         writer.commit(batch)
     writer.ledger.close()
 

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import DEFAULT_DATABASE_URL, _result, drive, give_body, measure, signed_requests
 from contracts.types import utc_text
+from contracts.webhook_bodies import FactType
 from ledger.facts import ReceivedFact, fact_event_id
 from ledger.group_commit import FactWriter
 from ledger.store import Ledger, open_ledger
@@ -111,7 +112,7 @@ class FactGenerator:
         self.counts[kind] += 1
         data = {"id": external_id, "occurred_at": utc_text(at), **body}
         event_id = fact_event_id(self.tenant, self.source, external_id)
-        return ReceivedFact(self.tenant, self.source, kind, data, at, self.received_at, event_id)
+        return ReceivedFact(self.tenant, self.source, FactType(kind), data, at, self.received_at, event_id)
 
     def skewed(self) -> int:
         return int(self.participants * self.rng.random() ** 3)  # the top 1% give about a fifth
