@@ -79,9 +79,11 @@ class Ref:
 # Records are built straight from the stored JSON, which the edge validated when the fact arrived: a rebuild
 # decodes every fact of the log, so nothing here validates again. `to_json()` gives back exactly the JSON that
 # was stored (keys in the same order, absent options absent), which is what the log and the stream show.
+# They are read-only by convention, not frozen: a frozen dataclass sets each field through object.__setattr__,
+# which made decoding a fact twice as slow, and the relay and the rebuild decode every fact.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordedFact:
     """What every recorded fact has."""
 
@@ -129,7 +131,7 @@ def _envelope(fact: dict[str, Any], data: dict[str, Any]) -> tuple[str, str, str
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Give(RecordedFact):
     """Someone helped someone else (give.recorded)."""
 
@@ -159,7 +161,7 @@ class Give(RecordedFact):
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Introduction(RecordedFact):
     """Someone introduced two people to each other (introduction.made)."""
 
@@ -185,7 +187,7 @@ class Introduction(RecordedFact):
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Acknowledgement(RecordedFact):
     """Someone who was helped thanks for a give or an introduction (acknowledgement.recorded)."""
 
@@ -217,7 +219,7 @@ class Acknowledgement(RecordedFact):
         return data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reversal(RecordedFact):
     """The recording source takes back one of its facts (reversal.recorded)."""
 

@@ -8,9 +8,8 @@ as the events, so one tenant's log can be read in order without scanning everybo
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -41,23 +40,25 @@ IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
 
 
-@dataclass(frozen=True)
-class StoredFact:
-    """A fact as read back from the store: its place in the global order and the fact itself."""
+class StoredFact(NamedTuple):
+    """A fact as read back from the store: its place in the global order, the fact itself, and the JSON the
+    store holds (which the log and the stream show as it is, without encoding the record again)."""
 
     position: int
     fact: Fact
+    stored_json: dict[str, Any] | None = None
 
     def as_logged(self) -> dict[str, Any]:
         """The fact as the log shows it: the stored JSON and its position."""
-        logged = self.fact.to_json()
+        logged = self.fact.to_json() if self.stored_json is None else dict(self.stored_json)
         logged["position"] = self.position
         return logged
 
 
-def fact_from_state(state: bytes) -> Fact:
-    """The fact inside a stored `Recorded` event (its other attributes are the library's)."""
-    return fact_from_json(orjson.loads(state)["fact"])
+def stored_fact(position: int, state: bytes) -> StoredFact:
+    """The fact inside a stored `Recorded` event (its other attributes are the library's), decoded once."""
+    stored = orjson.loads(state)["fact"]
+    return StoredFact(position, fact_from_json(stored), stored)
 
 
 def _fact_tenants(kwargs: dict[str, Any]) -> dict[UUID, str]:
@@ -105,7 +106,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             with self.datastore.transaction(commit=False) as c:
                 c.execute(statement, chunk)
                 for row in c.fetchall():
-                    found[UUID(row[1])] = StoredFact(row[0], fact_from_state(row[2]))
+                    found[UUID(row[1])] = stored_fact(row[0], row[2])
         return found
 
     def select_tenant_facts(self, tenant: str, after: int, limit: int) -> list[StoredFact]:
@@ -115,7 +116,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 "WHERE f.tenant = ? AND f.position > ? ORDER BY f.position LIMIT ?",
                 (tenant, after, limit),
             )
-            return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
+            return [stored_fact(row[0], row[1]) for row in c.fetchall()]
 
     def select_log(self, after: int, limit: int, topics: Sequence[str] = FACT_TOPICS) -> list[StoredFact]:
         """The library's `select_notifications(topics=FACT_TOPICS)`, without its notification objects, whose
@@ -126,7 +127,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         with self.datastore.transaction(commit=False) as c:
             c.execute(statement, (after, *topics, limit))
-            return [StoredFact(row[0], fact_from_state(row[1])) for row in c.fetchall()]
+            return [stored_fact(row[0], row[1]) for row in c.fetchall()]
 
     def max_fact_position(self) -> int:
         with self.datastore.transaction(commit=False) as c:
@@ -196,18 +197,18 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.select_facts_statement, (list(event_ids),), prepare=True)
             return {
-                row["originator_id"]: StoredFact(row["notification_id"], fact_from_state(row["state"]))
+                row["originator_id"]: stored_fact(row["notification_id"], row["state"])
                 for row in curs.fetchall()
             }
 
     def select_tenant_facts(self, tenant: str, after: int, limit: int) -> list[StoredFact]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.select_tenant_facts_statement, (tenant, after, limit), prepare=True)
-            return [StoredFact(row["notification_id"], fact_from_state(row["state"])) for row in curs.fetchall()]
+            return [stored_fact(row["notification_id"], row["state"]) for row in curs.fetchall()]
 
     def select_log(self, after: int, limit: int, topics: Sequence[str] = FACT_TOPICS) -> list[StoredFact]:
         notifications = self.select_notifications(start=after, limit=limit, topics=topics, inclusive_of_start=False)
-        return [StoredFact(n.id, fact_from_state(n.state)) for n in notifications]
+        return [stored_fact(n.id, n.state) for n in notifications]
 
     def max_fact_position(self) -> int:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
