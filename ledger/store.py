@@ -196,10 +196,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.select_facts_statement, (list(event_ids),), prepare=True)
-            return {
-                row["originator_id"]: stored_fact(row["notification_id"], row["state"])
-                for row in curs.fetchall()
-            }
+            return {row["originator_id"]: stored_fact(row["notification_id"], row["state"]) for row in curs.fetchall()}
 
     def select_tenant_facts(self, tenant: str, after: int, limit: int) -> list[StoredFact]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
