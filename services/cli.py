@@ -1,7 +1,7 @@
 """The `reciprocity` command: run the service, administer tenants, sources and keys, try it by hand.
 
 Every command takes `--json`; scripts rely on `source add`/`source rotate` printing
-{"tenant", "source", "secret"}, `key add` printing {"tenant", "key", "scopes"}, `tenant create` {"tenant"}.
+{"tenant", "source", "secret"}, `key add` printing {"tenant", "key", "scopes", "id"}, `tenant create` {"tenant"}.
 """
 
 from __future__ import annotations
@@ -239,7 +239,8 @@ def _source_rotate(settings: Settings, args: argparse.Namespace) -> dict[str, An
 
 def _key_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     scopes = sorted(set(args.scope))
-    return {"tenant": args.tenant, "key": _registry(settings).add_key(args.tenant, scopes), "scopes": scopes}
+    new = _registry(settings).add_key(args.tenant, scopes)
+    return {"tenant": args.tenant, "key": new.key, "scopes": scopes, "id": new.id}
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
