@@ -7,6 +7,7 @@ same community written to PostgreSQL, as pg_dump gave it. make_store_fixture.py 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import urllib.parse
@@ -155,3 +156,20 @@ def test_an_old_store_is_refused_until_it_is_migrated(old_store, tmp_path):
     finally:
         server.stop()
 
+
+def test_an_old_stores_keys_get_ids_by_which_they_are_listed_and_revoked(old_store):
+    """After migrate each key the old release made is listed under the first 16 hex digits of its hash (the
+    key itself never shown), and revoking it by that id works."""
+    settings, recorded = old_store
+    migrated(settings)
+    ids = {tenant: hashlib.sha256(key.encode()).hexdigest()[:16] for tenant, key in recorded["read_keys"].items()}
+    for tenant, key_id in ids.items():
+        listed = cli_json(settings, "key", "list", tenant)
+        assert [(key["id"], key["scopes"], key["last_used_at"]) for key in listed["keys"]] == [(key_id, ["read"], None)]
+        assert recorded["read_keys"][tenant] not in json.dumps(listed)
+    assert cli_json(settings, "key", "revoke", "acme", ids["acme"]) == {
+        "tenant": "acme",
+        "id": ids["acme"],
+        "revoked": True,
+    }
+    assert cli_json(settings, "key", "list", "acme")["keys"] == []
