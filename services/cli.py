@@ -400,7 +400,9 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{key} {part}" for key, part in value.items())
-        print(f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
+        print(f"{name}: {value}")
     if "secret" in result or "key" in result:
         print("(shown once: store it now; it cannot be shown again)", file=sys.stderr)
 
