@@ -61,9 +61,16 @@ class SingleFlight:
 
 
 class RegistryCache:
-    def __init__(self, registry: Registry, refresh_s: float, checks_per_s_max: float = CHECKS_PER_S_MAX) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        refresh_s: float,
+        checks_per_s_max: float = CHECKS_PER_S_MAX,
+        key_use_write_s: float = KEY_USE_RESOLUTION_S,
+    ) -> None:
         self.registry = registry
         self.refresh_s = refresh_s
+        self.key_use_write_s = key_use_write_s
         self.snapshot: RegistrySnapshot = registry.snapshot()
         self.change_checks = SingleFlight(self._reload_if_changed, 1 / checks_per_s_max)
         self._keys_used: dict[str, float] = {}  # key id -> last use, written out at most once a minute
@@ -93,12 +100,12 @@ class RegistryCache:
 
     async def follow(self) -> None:
         """Polls for changes (a revoked key is refused within a second) and writes when keys were used."""
-        next_write_at = time.monotonic() + KEY_USE_RESOLUTION_S
+        next_write_at = time.monotonic() + self.key_use_write_s
         while True:
             await asyncio.sleep(self.refresh_s)
             await self.refresh()
             if time.monotonic() >= next_write_at:
-                next_write_at = time.monotonic() + KEY_USE_RESOLUTION_S
+                next_write_at = time.monotonic() + self.key_use_write_s
                 await self.write_keys_used()
 
     async def write_keys_used(self) -> None:

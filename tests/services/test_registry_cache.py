@@ -4,6 +4,7 @@ those looks are single-flight and rate-limited, and key use is written in the ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from ledger.registry import NewKey, Registry
 from services.bootstrap import open_registry
 from services.registry_cache import RegistryCache
 from services.settings import Settings
+from tests.helpers import until
 
 BOGUS_KEY = "rk_no-such-key"
 
@@ -138,3 +140,23 @@ async def test_key_use_is_kept_in_memory_and_written_in_the_background(cache, ad
     version = admin.version()
     await cache.write_keys_used()  # nothing used since: nothing written, and no reload for anyone
     assert admin.version() == version
+
+
+async def test_the_follower_writes_key_use_on_its_own(settings, admin):
+    """The follower task, not a request, writes when a key was last used (here every 0.1 s, not a minute)."""
+    admin.create_tenant("acme")
+    new = admin.add_key("acme", ["read"])
+    cache = RegistryCache(open_registry(settings), refresh_s=0.02, key_use_write_s=0.1)
+    follower = asyncio.create_task(cache.follow())
+
+    async def written() -> bool:
+        return admin.keys("acme")[0].last_used_at is not None
+
+    try:
+        assert cache.api_key(new.key) is not None
+        await until(written, 10, "last_used_at written")
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await cache.close()
