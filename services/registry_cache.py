@@ -61,6 +61,8 @@ class SingleFlight:
 
 
 class RegistryCache:
+    """One process's registry: lookups read the snapshot; misses and the follower task read the database."""
+
     def __init__(
         self,
         registry: Registry,
