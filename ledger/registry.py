@@ -1,8 +1,9 @@
 """Tenants, their sources (with signing secrets) and API keys: ordinary tables, never facts.
 
-Admin commands write here while the server runs; the server reloads when `registry_version` changes,
-so a new source, secret or key works within a second. Secrets are stored recoverably (HMAC needs them);
-API keys only as SHA-256 hashes. Neither is ever logged or shown twice.
+Admin commands write here while the server runs; every change bumps `registry_version`, which a running
+process reads before it refuses an unknown key or source and polls for revocations. Secrets are stored
+recoverably (HMAC needs them); API keys only as SHA-256 hashes, named by a non-secret id. Neither a secret
+nor a key is ever logged, listed or shown twice.
 """
 
 from __future__ import annotations
@@ -28,13 +29,25 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS registry_source_secrets ("
     " tenant TEXT NOT NULL, source TEXT NOT NULL, secret TEXT NOT NULL,"
     " created_at DOUBLE PRECISION NOT NULL, valid_until DOUBLE PRECISION, PRIMARY KEY (tenant, source, secret))",
+    # id and last_used_at last, with a default, as version 2's ALTER TABLE adds them: both shapes are the same.
     "CREATE TABLE IF NOT EXISTS registry_api_keys ("
-    " key_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, scopes TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
+    " key_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, scopes TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,"
+    " id TEXT NOT NULL DEFAULT '', last_used_at DOUBLE PRECISION)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS registry_api_keys_id ON registry_api_keys (id)",
     "CREATE TABLE IF NOT EXISTS registry_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
 )
 
+# Version 2: keys get an id to list and revoke them by. SQLite adds a NOT NULL column only with a default.
+# A key made before gets the first 16 hex digits of its hash: stable, and no help in finding the key.
+KEY_IDS_UPGRADE = (
+    "ALTER TABLE registry_api_keys ADD COLUMN id TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE registry_api_keys ADD COLUMN last_used_at DOUBLE PRECISION",
+    "UPDATE registry_api_keys SET id = substr(key_hash, 1, 16)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS registry_api_keys_id ON registry_api_keys (id)",
+)
 
-SCHEMA_PART = SchemaPart("registry", version=1, probe_table="registry_tenants")
+SCHEMA_PART = SchemaPart("registry", version=2, probe_table="registry_tenants", upgrades={2: KEY_IDS_UPGRADE})
+KEY_USE_RESOLUTION_S = 60.0  # last_used_at is written at most once a minute per key
 
 
 class RegistryError(Exception):
@@ -54,6 +67,7 @@ class SourceAuth:
 
 @dataclass(frozen=True)
 class KeyAuth:
+    id: str
     tenant: str
     scopes: frozenset[str]
 
@@ -72,6 +86,35 @@ class RegistrySnapshot:
     def stale(self, now: float) -> bool:
         """Whether a grace period ended since this was taken (then a reload drops the old secret)."""
         return any(s.next_expiry is not None and s.next_expiry <= now for s in self.sources.values())
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str  # names the key in `key list` and `key revoke`; not a secret
+    key: str  # shown once, never stored
+
+
+@dataclass(frozen=True)
+class TenantEntry:
+    tenant: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    source: str
+    created_at: float
+    rate_limit_per_s: float | None
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """What `key list` shows of a key: never the key or its hash."""
+
+    id: str
+    scopes: tuple[str, ...]
+    created_at: float
+    last_used_at: float | None
 
 
 class Registry:
@@ -124,20 +167,65 @@ class Registry:
             self._bump(cur)
         return secret
 
-    def add_key(self, tenant: str, scopes: list[str]) -> str:
-        """A new random 256-bit API key (shown once; only its hash is stored)."""
+    def add_key(self, tenant: str, scopes: list[str]) -> NewKey:
+        """A new random 256-bit API key (shown once; only its hash is stored) and its id."""
         unknown = sorted(set(scopes) - set(SCOPES))
         if unknown or not scopes:
             raise RegistryError(f"scopes must be among {', '.join(SCOPES)} (got {', '.join(scopes) or 'none'})")
-        api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        new = NewKey(id=secrets.token_hex(8), key=API_KEY_PREFIX + secrets.token_urlsafe(32))
         with self.db.transaction() as cur:
             self._require_tenant(cur, tenant)
             cur.execute(
-                "INSERT INTO registry_api_keys (key_hash, tenant, scopes, created_at) VALUES (?, ?, ?, ?)",
-                (key_hash(api_key), tenant, " ".join(sorted(set(scopes))), time.time()),
+                "INSERT INTO registry_api_keys (key_hash, tenant, scopes, created_at, id) VALUES (?, ?, ?, ?, ?)",
+                (key_hash(new.key), tenant, " ".join(sorted(set(scopes))), time.time(), new.id),
             )
             self._bump(cur)
-        return api_key
+        return new
+
+    def revoke_key(self, tenant: str, key_id: str) -> None:
+        """Deletes the key; running processes refuse it from their next poll of `registry_version`."""
+        with self.db.transaction() as cur:
+            self._require_tenant(cur, tenant)
+            if not cur.execute("SELECT 1 FROM registry_api_keys WHERE tenant = ? AND id = ?", (tenant, key_id)):
+                raise RegistryError(f"no key {key_id!r} in tenant {tenant!r}; see: reciprocity key list {tenant}")
+            cur.execute("DELETE FROM registry_api_keys WHERE tenant = ? AND id = ?", (tenant, key_id))
+            self._bump(cur)
+
+    def record_keys_used(self, used_at: dict[str, float]) -> None:
+        """Each key's last use (key id -> when), unless a use less than a minute before that is recorded
+        already (by this process or another). Not a change of the registry: `registry_version` stays."""
+        rows = [(when, key_id, when - KEY_USE_RESOLUTION_S) for key_id, when in sorted(used_at.items())]
+        with self.db.transaction() as cur:
+            cur.executemany(
+                "UPDATE registry_api_keys SET last_used_at = ? "
+                "WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)",
+                rows,
+            )
+
+    def tenants(self) -> list[TenantEntry]:
+        rows = self.db.query("SELECT tenant, created_at FROM registry_tenants ORDER BY tenant")
+        return [TenantEntry(tenant, created_at) for tenant, created_at in rows]
+
+    def sources(self, tenant: str) -> list[SourceEntry]:
+        """The tenant's sources, without their secrets."""
+        with self.db.transaction() as cur:
+            self._require_tenant(cur, tenant)
+            rows = cur.execute(
+                "SELECT source, created_at, rate_limit_per_s FROM registry_sources WHERE tenant = ? ORDER BY source",
+                (tenant,),
+            )
+        return [SourceEntry(source, created_at, limit) for source, created_at, limit in rows]
+
+    def keys(self, tenant: str) -> list[KeyEntry]:
+        """The tenant's keys by id, oldest first, without the keys or their hashes."""
+        with self.db.transaction() as cur:
+            self._require_tenant(cur, tenant)
+            rows = cur.execute(
+                "SELECT id, scopes, created_at, last_used_at FROM registry_api_keys WHERE tenant = ? "
+                "ORDER BY created_at, id",
+                (tenant,),
+            )
+        return [KeyEntry(key_id, tuple(scopes.split()), created, used) for key_id, scopes, created, used in rows]
 
     def source_secret(self, tenant: str, source: str) -> str:
         """The current secret of a source, for `reciprocity send` on the same machine."""
@@ -169,8 +257,10 @@ class Registry:
                 (now,),
             )
             keys = {
-                h: KeyAuth(tenant, frozenset(scopes.split()))
-                for h, tenant, scopes in cur.execute("SELECT key_hash, tenant, scopes FROM registry_api_keys")
+                h: KeyAuth(key_id, tenant, frozenset(scopes.split()))
+                for h, key_id, tenant, scopes in cur.execute(
+                    "SELECT key_hash, id, tenant, scopes FROM registry_api_keys"
+                )
             }
         return RegistrySnapshot(
             version=version_rows[0][0] if version_rows else 0,

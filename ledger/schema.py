@@ -42,8 +42,11 @@ class SchemaError(RuntimeError):
 @dataclass(frozen=True)
 class SchemaPart:
     """One database's tables. Version 0 is a schema made before versions were recorded: its probe table is
-    there without a row in `schema_versions`. A missing or version-0 schema gets the whole DDL of this
-    release (every statement is CREATE ... IF NOT EXISTS); a later one gets the upgrades after its version."""
+    there without a row in `schema_versions`, and its tables are version 1's (recording versions changed no
+    table). A missing schema gets the whole DDL of this release (every statement is CREATE ... IF NOT
+    EXISTS); a later one gets the upgrades after its version; a version-0 one the upgrades after version 1,
+    then the DDL, which adds any table an old release did not have. So an upgrade may only change tables
+    that every version-0 schema of its part has."""
 
     name: str
     version: int
@@ -89,9 +92,12 @@ def needs_change(part: SchemaPart, found: int | None, mode: SchemaMode) -> bool:
 
 def statements_from(part: SchemaPart, found: int | None, create: Sequence[str]) -> list[str]:
     """What brings the schema from `found` to this release's version."""
-    if not found:
+    if found is None:
         return list(create)
-    return [statement for version in range(found + 1, part.version + 1) for statement in part.upgrades[version]]
+    upgrades = [
+        statement for version in range(max(found, 1) + 1, part.version + 1) for statement in part.upgrades[version]
+    ]
+    return upgrades + list(create) if found == 0 else upgrades
 
 
 def record_version(execute: Execute, dialect: Dialect, part: SchemaPart) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -14,7 +12,7 @@ import structlog
 
 from ledger.group_commit import FactWriter, GroupCommitter, ThreadWriter
 from ledger.registry import SCHEMA_PART as REGISTRY_SCHEMA
-from ledger.registry import KeyAuth, Registry, RegistrySnapshot, SourceAuth
+from ledger.registry import Registry
 from ledger.schema import SchemaMode
 from ledger.sql import Database
 from ledger.store import LEDGER_FILE, STORE_SCHEMA_VERSION, Ledger, open_ledger
@@ -24,6 +22,7 @@ from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTE
 from services.metrics import Metrics
 from services.nats_workers import BusWorkers
 from services.ratelimit import RateLimiter
+from services.registry_cache import RegistryCache
 from services.roles import role_parts
 from services.settings import Settings
 
@@ -53,35 +52,6 @@ def ensure_schemas(settings: Settings, mode: SchemaMode) -> dict[str, tuple[int 
         "registry": (registry.schema_found, REGISTRY_SCHEMA.version),
         "views": (views.schema_found, VIEWS_SCHEMA.version),
     }
-
-
-class RegistryCache:
-    """The registry as the server sees it: reloaded in the background whenever an admin command changed it."""
-
-    def __init__(self, registry: Registry, refresh_s: float) -> None:
-        self.registry = registry
-        self.refresh_s = refresh_s
-        self.snapshot: RegistrySnapshot = registry.snapshot()
-
-    def source(self, tenant: str, source: str) -> SourceAuth | None:
-        return self.snapshot.sources.get((tenant, source))
-
-    def api_key(self, api_key: str) -> KeyAuth | None:
-        return self.snapshot.keys.get(hashlib.sha256(api_key.encode()).hexdigest())
-
-    async def follow(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh()
-            except Exception as failure:  # keep serving with what we have; say so
-                log.warning("registry_refresh_failed", error=str(failure))
-
-    async def refresh(self) -> None:
-        version = await asyncio.to_thread(self.registry.version)
-        if version != self.snapshot.version or self.snapshot.stale(time.time()):
-            self.snapshot = await asyncio.to_thread(self.registry.snapshot)
-            log.info("registry_reloaded", version=self.snapshot.version)
 
 
 COMMIT_WATCH_S = 0.01  # how often a process that does not write the SQLite store checks for commits
@@ -116,7 +86,7 @@ class Components:
         if self.bus is not None:
             await self.bus.close()
         await self.projections.close()
-        self.registry.registry.db.close()
+        await self.registry.close()
         self.ledger.close()
 
 

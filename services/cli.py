@@ -1,7 +1,8 @@
 """The `reciprocity` command: run the service, administer tenants, sources and keys, try it by hand.
 
 Every command takes `--json`; scripts rely on `source add`/`source rotate` printing
-{"tenant", "source", "secret"}, `key add` printing {"tenant", "key", "scopes"}, `tenant create` {"tenant"}.
+{"tenant", "source", "secret"}, `key add` printing {"tenant", "key", "scopes", "id"}, `tenant create` {"tenant"},
+and on the lists' shapes in DESIGN section 6. No list ever shows a secret, a key or a key's hash.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from contracts import export
-from contracts.types import SLUG_PATTERN
+from contracts.types import SLUG_PATTERN, utc_text
 from contracts.webhook_bodies import FactType
 from ledger.registry import SCOPES, Registry, RegistryError
 from ledger.schema import SchemaError, SchemaMode
@@ -107,6 +108,7 @@ def _add_tenant(commands: Commands, common: argparse.ArgumentParser) -> None:
     create = tenant.add_parser("create", parents=[common], help="create a tenant")
     create.add_argument("tenant", type=_slug)
     create.set_defaults(run=_tenant_create)
+    tenant.add_parser("list", parents=[common], help="the tenants").set_defaults(run=_tenant_list)
 
 
 def _add_source(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -121,6 +123,9 @@ def _add_source(commands: Commands, common: argparse.ArgumentParser) -> None:
     rotate.add_argument("source", type=_slug)
     rotate.add_argument("--grace-s", type=int, help="how long the old secret keeps working (24 h)")
     rotate.set_defaults(run=_source_rotate)
+    listed = source.add_parser("list", parents=[common], help="a tenant's sources (never their secrets)")
+    listed.add_argument("tenant", type=_slug)
+    listed.set_defaults(run=_source_list)
 
 
 def _add_key(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -129,6 +134,13 @@ def _add_key(commands: Commands, common: argparse.ArgumentParser) -> None:
     key_add.add_argument("tenant", type=_slug)
     key_add.add_argument("--scope", action="append", choices=SCOPES, required=True, help="repeat for more")
     key_add.set_defaults(run=_key_add)
+    key_list = key.add_parser("list", parents=[common], help="a tenant's keys by id (never the keys)")
+    key_list.add_argument("tenant", type=_slug)
+    key_list.set_defaults(run=_key_list)
+    revoke = key.add_parser("revoke", parents=[common], help="revoke a key: refused within a second")
+    revoke.add_argument("tenant", type=_slug)
+    revoke.add_argument("id", help="the key's id, as `key add` and `key list` show it")
+    revoke.set_defaults(run=_key_revoke)
 
 
 def _add_send(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -224,6 +236,11 @@ def _tenant_create(settings: Settings, args: argparse.Namespace) -> dict[str, An
     return {"tenant": args.tenant}
 
 
+def _tenant_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    tenants = _registry(settings).tenants()
+    return {"tenants": [{"tenant": entry.tenant, "created_at": _utc(entry.created_at)} for entry in tenants]}
+
+
 def _source_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if args.rate_limit is not None and args.rate_limit <= 0:
         raise CommandError("--rate-limit must be above 0 facts per second")
@@ -237,9 +254,40 @@ def _source_rotate(settings: Settings, args: argparse.Namespace) -> dict[str, An
     return {"tenant": args.tenant, "source": args.source, "secret": secret, "previous_valid_for_s": grace_s}
 
 
+def _source_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    sources = [
+        {"source": entry.source, "created_at": _utc(entry.created_at), "rate_limit_per_s": entry.rate_limit_per_s}
+        for entry in _registry(settings).sources(args.tenant)
+    ]
+    return {"tenant": args.tenant, "sources": sources}
+
+
 def _key_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     scopes = sorted(set(args.scope))
-    return {"tenant": args.tenant, "key": _registry(settings).add_key(args.tenant, scopes), "scopes": scopes}
+    new = _registry(settings).add_key(args.tenant, scopes)
+    return {"tenant": args.tenant, "key": new.key, "scopes": scopes, "id": new.id}
+
+
+def _key_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    keys = [
+        {
+            "id": entry.id,
+            "scopes": list(entry.scopes),
+            "created_at": _utc(entry.created_at),
+            "last_used_at": None if entry.last_used_at is None else _utc(entry.last_used_at),
+        }
+        for entry in _registry(settings).keys(args.tenant)
+    ]
+    return {"tenant": args.tenant, "keys": keys}
+
+
+def _key_revoke(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    _registry(settings).revoke_key(args.tenant, args.id)
+    return {"tenant": args.tenant, "id": args.id, "revoked": True}
+
+
+def _utc(seconds: float) -> str:
+    return utc_text(datetime.fromtimestamp(seconds, UTC))
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -345,11 +393,24 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print(json.dumps(result))
         return
     for name, value in result.items():
+        if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            print(f"{name}:")  # a list command's rows, one a line
+            for row in value:
+                print("  " + "  ".join(f"{key} {_cell(cell)}" for key, cell in row.items()))
+            continue
         if isinstance(value, dict):
             value = ", ".join(f"{key} {part}" for key, part in value.items())
-        print(f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+        if isinstance(value, list):
+            value = ", ".join(map(str, value)) or "none"
+        print(f"{name}: {value}")
     if "secret" in result or "key" in result:
         print("(shown once: store it now; it cannot be shown again)", file=sys.stderr)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:

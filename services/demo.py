@@ -260,7 +260,7 @@ def _register(settings: Settings) -> DemoTenant:
         name = _unused_tenant(registry.snapshot().tenants)
         registry.create_tenant(name)
         secrets = {source: registry.add_source(name, source) for source in SOURCES}
-        return DemoTenant(name, secrets, registry.add_key(name, ["read"]))
+        return DemoTenant(name, secrets, registry.add_key(name, ["read"]).key)
     finally:
         registry.db.close()
 

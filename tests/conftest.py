@@ -78,7 +78,7 @@ def make_sender(settings: Settings, tenant: str, source: str) -> Sender:
         if tenant not in registry.snapshot().tenants:
             registry.create_tenant(tenant)
         secret = registry.add_source(tenant, source)
-        read_key = registry.add_key(tenant, ["read"])
+        read_key = registry.add_key(tenant, ["read"]).key
     finally:
         registry.db.close()
     return Sender(tenant=tenant, source=source, secret=secret, read_key=read_key)

@@ -16,7 +16,7 @@ from services.http.views import parse_query
 
 async def list_events(request: web.Request) -> web.StreamResponse:
     tenant = request.match_info["tenant"]
-    require_key(request, tenant, "read")
+    await require_key(request, tenant, "read")
     query = parse_query(request, LogQuery)
     facts = await asyncio.to_thread(request.app[COMPONENTS].ledger.tenant_log, tenant, query.after, query.limit)
     page = {"events": [fact.as_logged() for fact in facts], "next_after": facts[-1].position if facts else query.after}

@@ -59,7 +59,7 @@ async def _prepare(request: web.Request, model: type[Q], view: str = "reciprocit
     """Key, query contract and min_position, common to every view route."""
     tenant = request.match_info["tenant"]
     request[QUERY] = True
-    require_key(request, tenant, "read")
+    await require_key(request, tenant, "read")
     query = parse_query(request, model)
     if isinstance(query, Query) and query.min_position is not None:
         projections = request.app[COMPONENTS].projections

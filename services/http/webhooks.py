@@ -74,6 +74,8 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
     # A name that is no slug names nothing (and "evil\n" would not even be a NATS subject token).
     slugs = SLUG.fullmatch(tenant) and SLUG.fullmatch(source)
     auth = components.registry.source(tenant, source) if slugs else None
+    if auth is None and slugs:  # perhaps added a moment ago: refused only once the registry says so
+        auth = await components.registry.source_after_refresh(tenant, source)
     if auth is None:
         raise problems.ProblemException(
             problems.problem(404, "unknown-source", "Unknown tenant or source", f"no source {source!r} in {tenant!r}")

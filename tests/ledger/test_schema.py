@@ -19,7 +19,7 @@ from services.bootstrap import ensure_schemas, open_registry, registry_database
 from services.settings import Settings
 from tests.helpers import give, received
 
-PARTS = ("store", "registry", "views")
+RELEASE = {"store": 1, "registry": 2, "views": 1}  # each part's version in this release
 
 
 def versions(settings: Settings, mode: SchemaMode) -> dict[str, tuple[int | None, int]]:
@@ -27,9 +27,9 @@ def versions(settings: Settings, mode: SchemaMode) -> dict[str, tuple[int | None
 
 
 def test_migrate_creates_each_part_once_and_again_changes_nothing(settings):
-    assert versions(settings, SchemaMode.MIGRATE) == {part: (None, 1) for part in PARTS}
-    assert versions(settings, SchemaMode.MIGRATE) == {part: (1, 1) for part in PARTS}
-    assert versions(settings, SchemaMode.EXISTING) == {part: (1, 1) for part in PARTS}
+    assert versions(settings, SchemaMode.MIGRATE) == {part: (None, v) for part, v in RELEASE.items()}
+    assert versions(settings, SchemaMode.MIGRATE) == {part: (v, v) for part, v in RELEASE.items()}
+    assert versions(settings, SchemaMode.EXISTING) == {part: (v, v) for part, v in RELEASE.items()}
 
 
 def test_a_process_may_create_a_missing_schema_unless_told_not_to(settings):
@@ -39,7 +39,7 @@ def test_a_process_may_create_a_missing_schema_unless_told_not_to(settings):
         Registry(registry_database(settings), SchemaMode.EXISTING)
     with pytest.raises(SchemaError, match="views schema does not exist"):
         open_view_store(settings.database_url, settings.data_dir, schema_mode=SchemaMode.EXISTING)
-    assert versions(settings, SchemaMode.CREATE) == {part: (None, 1) for part in PARTS}
+    assert versions(settings, SchemaMode.CREATE) == {part: (None, v) for part, v in RELEASE.items()}
 
 
 def test_a_schema_of_a_newer_release_stops_every_process(settings):
@@ -49,7 +49,7 @@ def test_a_schema_of_a_newer_release_stops_every_process(settings):
         cursor.execute("UPDATE schema_versions SET version = 7 WHERE part = 'registry'")
     registry.db.close()
     for mode in SchemaMode:
-        with pytest.raises(SchemaError, match=r"registry schema is version 7, newer than this release knows \(1\)"):
+        with pytest.raises(SchemaError, match=r"registry schema is version 7, newer than this release knows \(2\)"):
             Registry(registry_database(settings), mode)
 
 
@@ -78,11 +78,15 @@ def test_an_unversioned_schema_is_version_0_and_refused_until_migrated(settings)
     versions(settings, SchemaMode.MIGRATE)
     registry = open_registry(settings)
     with registry.db.transaction() as cursor:
+        # Such a registry has version 1's tables: its keys have no id and no last use yet.
+        cursor.execute("DROP INDEX registry_api_keys_id")
+        cursor.execute("ALTER TABLE registry_api_keys DROP COLUMN id")
+        cursor.execute("ALTER TABLE registry_api_keys DROP COLUMN last_used_at")
         cursor.execute("DELETE FROM schema_versions WHERE part = 'registry'")
     registry.db.close()
     with pytest.raises(SchemaError, match="registry schema is version 0"):
         open_registry(settings)
-    assert versions(settings, SchemaMode.MIGRATE)["registry"] == (0, 1)
+    assert versions(settings, SchemaMode.MIGRATE)["registry"] == (0, 2)
 
 
 @pytest.mark.postgres
@@ -107,7 +111,7 @@ def test_runtime_roles_need_no_ddl_rights_on_postgresql(postgres_url, postgres_s
                 "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {user}",
             ):
                 admin.execute(SQL(grant).format(schema=Identifier(schema), user=Identifier(user)))
-            assert versions(runtime, runtime.schema_mode()) == {part: (1, 1) for part in PARTS}
+            assert versions(runtime, runtime.schema_mode()) == {part: (v, v) for part, v in RELEASE.items()}
             ledger = open_ledger(runtime.database_url, runtime.data_dir, schema_mode=runtime.schema_mode())
             try:
                 [outcome] = FactWriter(ledger).commit([received(give("g1", "ann", "bob", value="2"))])

@@ -7,6 +7,7 @@ same community written to PostgreSQL, as pg_dump gave it. make_store_fixture.py 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import urllib.parse
@@ -23,6 +24,7 @@ from tests.processes import Server, cli, cli_json
 pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
+RELEASE = {"store": 1, "registry": 2, "views": 1}  # each part's schema version in this release
 DUMPED_SCHEMA = "fixture_457f0f2"  # the schema make_store_fixture.py wrote to and pg_dump named
 
 
@@ -45,7 +47,7 @@ def old_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings,
 def migrated(settings: Settings) -> None:
     """`reciprocity migrate` on the old store: each part had tables but no recorded version (0)."""
     done = cli_json(settings, "migrate")
-    assert done == {part: {"found": 0, "version": 1} for part in ("store", "registry", "views")}
+    assert done == {part: {"found": 0, "version": version} for part, version in RELEASE.items()}
 
 
 def caught_up(server: Server, recorded: dict[str, Any]) -> None:
@@ -145,7 +147,7 @@ def test_an_old_store_is_refused_until_it_is_migrated(old_store, tmp_path):
     assert "run `reciprocity migrate` first" in json.loads(refused.stdout)["error"]
     migrated(settings)
     assert cli_json(settings, "migrate") == {
-        part: {"found": 1, "version": 1} for part in ("store", "registry", "views")
+        part: {"found": version, "version": version} for part, version in RELEASE.items()
     }  # again: nothing to do
     server = Server(settings, tmp_path / "serve-again.log", RECIPROCITY_MIGRATE="false")
     try:
@@ -153,3 +155,21 @@ def test_an_old_store_is_refused_until_it_is_migrated(old_store, tmp_path):
         caught_up(server, recorded)
     finally:
         server.stop()
+
+
+def test_an_old_stores_keys_get_ids_by_which_they_are_listed_and_revoked(old_store):
+    """After migrate each key the old release made is listed under the first 16 hex digits of its hash (the
+    key itself never shown), and revoking it by that id works."""
+    settings, recorded = old_store
+    migrated(settings)
+    ids = {tenant: hashlib.sha256(key.encode()).hexdigest()[:16] for tenant, key in recorded["read_keys"].items()}
+    for tenant, key_id in ids.items():
+        listed = cli_json(settings, "key", "list", tenant)
+        assert [(key["id"], key["scopes"], key["last_used_at"]) for key in listed["keys"]] == [(key_id, ["read"], None)]
+        assert recorded["read_keys"][tenant] not in json.dumps(listed)
+    assert cli_json(settings, "key", "revoke", "acme", ids["acme"]) == {
+        "tenant": "acme",
+        "id": ids["acme"],
+        "revoked": True,
+    }
+    assert cli_json(settings, "key", "list", "acme")["keys"] == []
