@@ -223,7 +223,8 @@ class Follower:
             if self.position() >= self.ledger.head_position():
                 self.caught_up.set()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), poll_interval_s)
+                    async with asyncio.timeout(poll_interval_s):  # wait_for can lose a cancel (3.11)
+                        await wakeup.wait()
 
 
 class PostgresNotifications:

@@ -108,7 +108,8 @@ class KvWriter:
                     written = await self._sync(publisher, bucket, rows, since)
                     if written == since:
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wakeup.wait(), POLL_INTERVAL_S)
+                            async with asyncio.timeout(POLL_INTERVAL_S):  # wait_for can lose a cancel (3.11)
+                                await wakeup.wait()
                     since = written
                     if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
                         await asyncio.to_thread(self.record_written, bucket, since, publisher.sequence)

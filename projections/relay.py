@@ -94,7 +94,8 @@ class Relay:
                     page = await next_page
                     if not page:
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wakeup.wait(), self.poll_s)
+                            async with asyncio.timeout(self.poll_s):  # wait_for can lose a cancel (3.11)
+                                await wakeup.wait()
                         next_page = asyncio.create_task(self._read(self.position))
                         continue
                     next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come

@@ -239,7 +239,8 @@ class Projections:
                 return False
             with contextlib.suppress(TimeoutError):
                 # Woken by our own follower; polled briefly when another process projects.
-                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.01))
+                async with asyncio.timeout(min(remaining, 0.01)):  # wait_for can lose a cancel (3.11)
+                    await self._advanced.wait()
         return True
 
     def record_relay_position(self, position: int) -> None:
