@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -112,7 +113,9 @@ def test_cli_commands_print_the_contracted_json(settings):
     added = cli_json(settings, "source", "add", "acme", "crm")
     assert set(added) == {"tenant", "source", "secret"} and added["secret"].startswith("whsec_")
     key = cli_json(settings, "key", "add", "acme", "--scope", "read", "--scope", "ingest")
-    assert set(key) == {"tenant", "key", "scopes"} and key["scopes"] == ["ingest", "read"]
+    # DESIGN section 6, admin lifecycle: `key add` also prints the key's non-secret id, which `key revoke` takes.
+    assert set(key) == {"tenant", "key", "scopes", "id"} and key["scopes"] == ["ingest", "read"]
+    assert re.fullmatch(r"[0-9a-f]{16}", key["id"]) and key["id"] not in key["key"]
 
 
 def test_cli_refusals_say_why_and_exit_non_zero(settings):
