@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from contracts.answers import Problem, ProblemError
-from contracts.webhook_bodies import FACT_TYPES
+from contracts.webhook_bodies import WEBHOOK_FACT_TYPES
 
 PROBLEM_TYPE_BASE = "/problems/"
 
@@ -92,7 +92,7 @@ def json_path(loc: tuple[Any, ...], prefix: str = "") -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in FACT_TYPES:
+        elif part in WEBHOOK_FACT_TYPES:
             continue  # the discriminated union's tag is not a field
         else:
             path += f".{part}" if path else str(part)
@@ -105,7 +105,7 @@ def validation_errors(error: ValidationError, prefix: str = "") -> list[ProblemE
         path = json_path(item["loc"], prefix)
         if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
             path = f"{prefix}.type" if prefix else "type"
-            message = f"must be one of {', '.join(FACT_TYPES)}"
+            message = f"must be one of {', '.join(WEBHOOK_FACT_TYPES)}"
         else:
             message = item["msg"]
         errors.append(ProblemError(path=path or prefix or "body", rule=item["type"], message=message))

@@ -30,9 +30,11 @@ class FactType(StrEnum):
     INTRODUCTION = "introduction.made"
     ACKNOWLEDGEMENT = "acknowledgement.recorded"
     REVERSAL = "reversal.recorded"
+    ERASURE = "participant.erased"  # recorded by the ledger itself, never by a webhook (DESIGN section 7)
 
 
 FACT_TYPES = tuple(FactType)
+WEBHOOK_FACT_TYPES = tuple(fact_type for fact_type in FactType if fact_type is not FactType.ERASURE)
 
 
 class Strict(BaseModel):

@@ -239,10 +239,36 @@ class Reversal(RecordedFact):
         return data
 
 
-Fact = Give | Introduction | Acknowledgement | Reversal
+@dataclass(slots=True)
+class Erasure(RecordedFact):
+    """The ledger erased a participant (participant.erased): their key and id are destroyed (DESIGN section 7)."""
+
+    type: ClassVar[FactType] = FactType.ERASURE
+    token: str
+
+    @classmethod
+    def from_json(cls, fact: dict[str, Any]) -> Erasure:
+        return cls(*_envelope(fact, fact["data"]), fact["data"]["token"])
+
+    def data_json(self) -> dict[str, Any]:
+        return {"token": self.token}
+
+
+Fact = Give | Introduction | Acknowledgement | Reversal | Erasure
 FACT_RECORDS: dict[FactType, type[Fact]] = {
-    record.type: record for record in (Give, Introduction, Acknowledgement, Reversal)
+    record.type: record for record in (Give, Introduction, Acknowledgement, Reversal, Erasure)
 }
+
+
+def named_people(fact: Fact) -> tuple[str, ...]:
+    """Whom a fact names in its own fields (as stored: tokens), in the order of its fields."""
+    if isinstance(fact, Give):
+        return (fact.giver, fact.receiver)
+    if isinstance(fact, Introduction):
+        return (fact.introducer, *fact.introduced)
+    if isinstance(fact, Acknowledgement):
+        return (fact.acknowledger,)
+    return ()
 
 
 def fact_from_json(fact: dict[str, Any]) -> Fact:
@@ -264,6 +290,8 @@ class FactHistory(Aggregate):
     @event("Recorded")
     def __init__(self, id: UUID, fact: dict[str, Any]) -> None:
         self.fact: Fact = fact_from_json(fact)
+        # The tokens of everyone it concerns: an acknowledgement's or reversal's note is sealed for them too.
+        self.participants: tuple[str, ...] = tuple(fact.get("participants", ()))
         self.reversed_by: UUID | None = None
         # Live acknowledgements by acknowledger; only gives and introductions ever fill it.
         self.acknowledgements: dict[str, UUID] = {}
@@ -304,7 +332,7 @@ class AcknowledgeableHistory(FactHistory):
             raise RuleViolation(
                 "data.acknowledger",
                 "one_acknowledgement_per_acknowledger",
-                f"{acknowledger} already acknowledged this fact",
+                "the acknowledger already acknowledged this fact",
             )
         self._acknowledged(acknowledger=acknowledger, acknowledgement_id=acknowledgement_id)
 
@@ -353,11 +381,19 @@ class ReversalHistory(FactHistory):
         raise RuleViolation("data.ref", "reversal_not_reversible", "a reversal cannot be reversed")
 
 
+class ErasureHistory(FactHistory):
+    __qualname__ = "Erasure"
+
+    def reverse(self, reversal_id: UUID) -> None:
+        raise RuleViolation("data.ref", "erasure_not_reversible", "an erasure cannot be reversed")
+
+
 HISTORIES: dict[FactType, type[FactHistory]] = {
     FactType.GIVE: GiveHistory,
     FactType.INTRODUCTION: IntroductionHistory,
     FactType.ACKNOWLEDGEMENT: AcknowledgementHistory,
     FactType.REVERSAL: ReversalHistory,
+    FactType.ERASURE: ErasureHistory,
 }
 # A stored event's topic names the module and class it was written from: releases up to 457f0f2 kept these
 # classes in services/domain.py, and later ones here under their former names. Both resolve to the histories,
@@ -392,8 +428,8 @@ class ReceivedFact:
         return cls(tenant, source, FactType(webhook.type), data, given.occurred_at, received_at, event_id)
 
 
-def record_fact(received: ReceivedFact, recorded_at: str) -> FactHistory:
-    """A new fact, after the rules that need nothing but the fact itself.
+def received_fact_json(received: ReceivedFact, recorded_at: str) -> dict[str, Any]:
+    """A new fact as the log shows it (ids, plain note), after the rules that need nothing but the fact itself.
 
     `recorded_at` is already text: one transaction records all its facts at one moment."""
     if received.occurred_at is not None and received.occurred_at > received.received_at + FUTURE_MAX:
@@ -401,7 +437,7 @@ def record_fact(received: ReceivedFact, recorded_at: str) -> FactHistory:
     data = received.data
     if "ref" in data:
         data = {**data, "ref": {"source": received.source, **data["ref"]}}
-    stored = {
+    fact = {
         "event_id": str(received.event_id),
         "tenant": received.tenant,
         "source": received.source,
@@ -411,9 +447,13 @@ def record_fact(received: ReceivedFact, recorded_at: str) -> FactHistory:
         "recorded_at": recorded_at,
         "data": data,
     }
-    history = HISTORIES[received.type](id=received.event_id, fact=stored)
-    _check_fact_rules(history.fact)  # a broken rule drops the new aggregate: nothing of it was saved
-    return history
+    _check_fact_rules(fact_from_json(fact))
+    return fact
+
+
+def history_of(stored: dict[str, Any]) -> FactHistory:
+    """A new fact's history, from the fact as it is to be stored (tokens, sealed note)."""
+    return HISTORIES[FactType(stored["type"])](id=UUID(stored["event_id"]), fact=stored)
 
 
 def _check_fact_rules(fact: Fact) -> None:

@@ -35,8 +35,22 @@ from ledger.facts import (
     Reversal,
     RuleViolation,
     UnknownReference,
-    record_fact,
+    fact_event_id,
+    fact_from_json,
+    history_of,
+    received_fact_json,
     same_fact,
+)
+from ledger.participants import (
+    ERASURE_SOURCE,
+    PERSON_FIELDS,
+    SEALED_NOTE,
+    KeyRow,
+    ParticipantKey,
+    id_digest,
+    new_participant,
+    revealed_data,
+    seal_note,
 )
 from ledger.store import Ledger, StoredFact
 
@@ -79,7 +93,22 @@ class _Plan:
     events: list[Any] = field(default_factory=list)
     fact_tenants: dict[UUID, str] = field(default_factory=dict)
     working: dict[UUID, FactHistory] = field(default_factory=dict)
-    created: dict[UUID, FactHistory] = field(default_factory=dict)
+    created: dict[UUID, Fact] = field(default_factory=dict)  # as the log shows them, to compare resends
+    # Participants: (tenant, id) -> token and key, read once per plan or made new in it.
+    people: dict[tuple[str, str], ParticipantKey] = field(default_factory=dict)
+    new_participants: list[KeyRow] = field(default_factory=list)
+    used_tokens: set[str] = field(default_factory=set)  # existing participants the plan names
+    fact_participants: dict[UUID, tuple[str, ...]] = field(default_factory=dict)
+    keys_by_token: dict[str, bytes | None] = field(default_factory=dict)  # for sealing notes of acks, reversals
+
+
+@dataclass(frozen=True)
+class Erased:
+    """A participant's erasure, recorded: their token and the position of the `participant.erased` fact."""
+
+    token: str
+    event_id: UUID
+    position: int
 
 
 class ConflictPersisted(Exception):
@@ -128,7 +157,13 @@ class FactWriter:
             return {}
         # The library's event store directly: Application.save() would only add snapshotting and
         # notification hooks we do not use, and costs a protocol check per event.
-        recordings = self.ledger.events.put(plan.events, fact_tenants=plan.fact_tenants)
+        recordings = self.ledger.events.put(
+            plan.events,
+            fact_tenants=plan.fact_tenants,
+            new_participants=plan.new_participants,
+            used_tokens=plan.used_tokens,
+            fact_participants=plan.fact_participants,
+        )
         return {
             r.domain_event.originator_id: r.notification.id
             for r in recordings
@@ -144,49 +179,141 @@ class FactWriter:
         plan = _Plan()
         recorded_at = utc_text(self.clock())
         recorded = self.ledger.find_facts({item.event_id for item in incoming})
+        plan.people = self._known_people(incoming)
         for item in incoming:
             plan.outcomes.append(self._apply(plan, item, recorded, recorded_at))
         return plan
+
+    def _known_people(self, incoming: Sequence[ReceivedFact]) -> dict[tuple[str, str], ParticipantKey]:
+        """The tokens and keys of everyone the facts name who already has one: one lookup per tenant."""
+        named: dict[str, set[str]] = {}
+        for item in incoming:
+            people = named.setdefault(item.tenant, set())
+            people.update(item.data[name] for name in PERSON_FIELDS if name in item.data)
+            people.update(item.data.get("introduced", ()))
+        known: dict[tuple[str, str], ParticipantKey] = {}
+        for tenant, people in named.items():
+            digests = {id_digest(tenant, person): person for person in people}
+            for digest, key in self.ledger.participant_keys(tenant, list(digests)).items():
+                known[tenant, digests[digest]] = key
+        return known
 
     def _apply(
         self, plan: _Plan, item: ReceivedFact, recorded: dict[UUID, StoredFact], recorded_at: str
     ) -> Outcome | _Pending:
         try:
-            history = record_fact(item, recorded_at)
+            shown = received_fact_json(item, recorded_at)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
-        event_id = history.id
+        event_id = item.event_id
         if event_id in recorded:
-            return self._same_or_conflict(recorded[event_id].fact, history, recorded[event_id].position)
+            return self._same_or_conflict_stored(recorded[event_id], shown)
         if event_id in plan.created:
-            return self._same_or_conflict(plan.created[event_id].fact, history, None)
+            return self._same_or_conflict(plan.created[event_id], fact_from_json(shown), None)
         try:
-            touched = self._act_on_references(plan, history)
+            target = self._target(plan, fact_from_json(shown))
+            stored, fresh = self._sealed(plan, shown, target)
+            history = history_of(stored)
+            touched = self._act_on_references(plan, history, target)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
         except UnknownReference as unknown:
             return rejected(problems.unknown_reference(unknown.path, str(unknown)))
         except AlreadyReversed as first:
             return self._first_reversal(plan, first.reversal_id)
-        plan.created[event_id] = plan.working[event_id] = history
+        for person, row in fresh.items():
+            plan.people[item.tenant, person] = ParticipantKey(row.token, row.data_key)
+            plan.new_participants.append(row)
+        plan.used_tokens.update(token for token in stored["participants"] if token not in plan.keys_by_token)
+        plan.used_tokens.difference_update(row.token for row in plan.new_participants)
+        plan.created[event_id] = fact_from_json(shown)
+        plan.working[event_id] = history
         plan.fact_tenants[event_id] = item.tenant
+        plan.fact_participants[event_id] = tuple(stored["participants"])
         for aggregate in (history, *touched):
             plan.events.extend(aggregate.collect_events())
         return _Pending("recorded", event_id)
 
-    def _same_or_conflict(self, recorded: Fact, candidate: FactHistory, position: int | None) -> Outcome | _Pending:
-        if not same_fact(recorded, candidate.fact):
+    def _sealed(
+        self, plan: _Plan, shown: dict[str, Any], target: FactHistory | None
+    ) -> tuple[dict[str, Any], dict[str, KeyRow]]:
+        """The fact as it is stored: tokens for ids, the note sealed; and the participants it makes new."""
+        tenant = shown["tenant"]
+        fresh: dict[str, KeyRow] = {}
+        keys: dict[str, bytes] = {}
+
+        def token_of(person: str) -> str:
+            key = plan.people.get((tenant, person))
+            if key is None:
+                if person not in fresh:
+                    fresh[person] = new_participant(tenant, person)
+                key = ParticipantKey(fresh[person].token, fresh[person].data_key)
+            keys[key.token] = key.data_key
+            return key.token
+
+        data: dict[str, Any] = {}
+        for name, value in shown["data"].items():
+            if name in PERSON_FIELDS:
+                data[name] = token_of(value)
+            elif name == "introduced":
+                data[name] = [token_of(person) for person in value]
+            else:
+                data[name] = value
+        named = list(keys)
+        concerned = named + [token for token in (target.participants if target else ()) if token not in keys]
+        if "note" in data:
+            data = self._with_sealed_note(plan, data, concerned, keys, shown["event_id"])
+        return {**shown, "participants": concerned, "data": data}, fresh
+
+    def _with_sealed_note(
+        self, plan: _Plan, data: dict[str, Any], concerned: list[str], keys: dict[str, bytes], event_id: str
+    ) -> dict[str, Any]:
+        # Only the participants the fact refers to through its ref need a lookup; an erased one's key is gone,
+        # and a note that could never be read again is not stored at all.
+        missing = [token for token in concerned if token not in keys and token not in plan.keys_by_token]
+        if missing:
+            found = self.ledger.names(missing).keys
+            plan.keys_by_token.update((token, found.get(token)) for token in missing)
+        data_keys = [keys.get(token) or plan.keys_by_token.get(token) for token in concerned]
+        sealed: dict[str, Any] = {}
+        for name, value in data.items():
+            if name != "note":
+                sealed[name] = value
+            elif all(data_keys):
+                sealed[SEALED_NOTE] = seal_note(value, data_keys, event_id)  # type: ignore[arg-type]
+        return sealed
+
+    def _same_or_conflict_stored(self, recorded: StoredFact, shown: dict[str, Any]) -> Outcome | _Pending:
+        names = self.ledger.names_of([recorded])
+        event_id = UUID(shown["event_id"])
+        if any(names.erased(token) for token in recorded.participants):
+            # Its content can no longer be compared, and recording it again would bring the person back.
+            return Outcome("duplicate", event_id, recorded.position)
+        stored = recorded.stored_json or recorded.fact.to_json()
+        revealed = fact_from_json(
+            {**stored, "data": revealed_data(stored["data"], recorded.participants, stored["event_id"], names)}
+        )
+        return self._same_or_conflict(revealed, fact_from_json(shown), recorded.position)
+
+    def _same_or_conflict(self, recorded: Fact, candidate: Fact, position: int | None) -> Outcome | _Pending:
+        event_id = UUID(candidate.event_id)
+        if not same_fact(recorded, candidate):
             return rejected(problems.identity_conflict(recorded.event_id))
         if position is None:
-            return _Pending("duplicate", candidate.id)
-        return Outcome("duplicate", candidate.id, position)
+            return _Pending("duplicate", event_id)
+        return Outcome("duplicate", event_id, position)
 
-    def _act_on_references(self, plan: _Plan, history: FactHistory) -> list[FactHistory]:
+    def _target(self, plan: _Plan, fact: Fact) -> FactHistory | None:
+        """The fact an acknowledgement or a reversal refers to (None for other facts)."""
+        if not isinstance(fact, Acknowledgement | Reversal):
+            return None
+        return self._load(plan, fact.ref.event_id(fact.tenant), fact)
+
+    def _act_on_references(self, plan: _Plan, history: FactHistory, target: FactHistory | None) -> list[FactHistory]:
         """Applies an acknowledgement or reversal to what it refers to; returns the facts it changed."""
         fact = history.fact
-        if not isinstance(fact, Acknowledgement | Reversal):
+        if target is None or not isinstance(fact, Acknowledgement | Reversal):
             return []
-        target = self._load(plan, fact.ref.event_id(fact.tenant), fact)
         if isinstance(fact, Acknowledgement):
             target.acknowledge(fact.acknowledger, history.id)
             return [target]
@@ -210,6 +337,36 @@ class FactWriter:
             return _Pending("duplicate", reversal_id)
         first = self.ledger.find_facts([reversal_id])[reversal_id]
         return Outcome("duplicate", reversal_id, first.position)
+
+    def erase(self, tenant: str, participant: str) -> Erased | None:
+        """Erases a participant: deletes their key row and records `participant.erased`, in one transaction.
+
+        None when no live participant has this id (never named, or erased already)."""
+        digest = id_digest(tenant, participant)
+        for _ in range(CONFLICT_RETRIES_MAX):
+            key = self.ledger.participant_keys(tenant, [digest]).get(digest)
+            if key is None:
+                return None
+            at = utc_text(self.clock())
+            external_id = f"erase-{key.token}"
+            event_id = fact_event_id(tenant, ERASURE_SOURCE, external_id)
+            stored = {
+                "event_id": str(event_id), "tenant": tenant, "source": ERASURE_SOURCE, "external_id": external_id,
+                "type": "participant.erased", "occurred_at": at, "recorded_at": at,
+                "participants": [key.token], "data": {"token": key.token},
+            }  # fmt: skip
+            try:
+                recordings = self.ledger.events.put(
+                    history_of(stored).collect_events(),
+                    fact_tenants={event_id: tenant},
+                    fact_participants={event_id: (key.token,)},
+                    erased_tokens=[key.token],
+                )
+            except IntegrityError:
+                log.info("erasure_conflict_replanned", tenant=tenant)
+                continue
+            return Erased(key.token, event_id, recordings[0].notification.id)
+        raise ConflictPersisted
 
 
 def _conflict_persisted_problem() -> Problem:
@@ -237,6 +394,10 @@ class ThreadWriter:
 
     async def commit(self, items: list[ReceivedFact]) -> list[Outcome]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.commit, items)
+
+    async def erase(self, tenant: str, participant: str) -> Erased | None:
+        """On the writer's thread, between two commits of facts."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.writer.erase, tenant, participant)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)

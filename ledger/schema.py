@@ -52,6 +52,8 @@ class SchemaPart:
     version: int
     probe_table: str
     upgrades: Mapping[int, Sequence[str]] = field(default_factory=dict)  # version -> statements that reach it
+    oldest_readable: int = 0  # an older schema cannot be converted: refused in every mode
+    what_changed: str = ""  # since that version, for the refusal
 
 
 def table_exists(execute: Execute, dialect: Dialect, table: str) -> bool:
@@ -73,6 +75,12 @@ def needs_change(part: SchemaPart, found: int | None, mode: SchemaMode) -> bool:
     """Whether this process is to create or upgrade the schema; raises when it may not and must not start."""
     if found == part.version:
         return False
+    if found is not None and found < part.oldest_readable:
+        raise SchemaError(
+            f"the {part.name} is format version {found} (version 0: written before versions were recorded); "
+            f"this release reads version {part.oldest_readable} or later only ({part.what_changed}) and cannot "
+            "convert it: keep running the release that wrote it, or start with a new, empty store"
+        )
     if found is not None and found > part.version:
         raise SchemaError(
             f"the {part.name} schema is version {found}, newer than this release knows ({part.version}); "

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.application import Application
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import Environment
@@ -31,12 +31,16 @@ from ledger.connections import (
     private_sqlite_file,
 )
 from ledger.facts import FACT_TOPICS, STORED_TOPICS, Fact, fact_from_json
+from ledger.participants import KeyRow, ParticipantKey, ParticipantNames, revealed_data
 from ledger.schema import SchemaMode, SchemaPart, ensure_schema
 from ledger.sql import Database
 
 LEDGER_FILE = "ledger.sqlite3"
-# The library's tables and our fact index, all created by the recorder (`construct_create_table_statements`).
-STORE_SCHEMA_VERSION = 1
+# The library's tables, our fact index and the participants' key table, all created by the recorder
+# (`construct_create_table_statements`). Version 2 stores tokens instead of ids (DESIGN section 7); a store
+# of version 1 holds ids in its events, and is refused rather than converted.
+STORE_SCHEMA_VERSION = 2
+STORE_OLDEST_READABLE = 2
 IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
 
@@ -49,9 +53,18 @@ class StoredFact(NamedTuple):
     fact: Fact
     stored_json: dict[str, Any] | None = None
 
-    def as_logged(self) -> dict[str, Any]:
-        """The fact as the log shows it: the stored JSON and its position."""
-        logged = self.fact.to_json() if self.stored_json is None else dict(self.stored_json)
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """The tokens of everyone the fact concerns: whom it names, and for an acknowledgement or reversal
+        also whom the fact it refers to concerns."""
+        return tuple(self.stored_json.get("participants", ())) if self.stored_json is not None else ()
+
+    def as_logged(self, names: ParticipantNames) -> dict[str, Any]:
+        """The fact as the log shows it, with its position: ids (or tombstones) for tokens, the note opened
+        (or left out when anyone it concerns was erased)."""
+        stored = self.fact.to_json() if self.stored_json is None else self.stored_json
+        logged = {key: value for key, value in stored.items() if key != "participants"}
+        logged["data"] = revealed_data(stored["data"], self.participants, stored["event_id"], names)
         logged["position"] = self.position
         return logged
 
@@ -91,6 +104,33 @@ def _index_rows(
     ]
 
 
+def _participant_rows(
+    stored_events: Sequence[StoredEvent], positions: Sequence[int], people: dict[UUID, Sequence[str]]
+) -> list[tuple[str, int]]:
+    return [
+        (token, position)
+        for s, position in zip(stored_events, positions, strict=True)
+        if s.originator_version == 1
+        for token in people.get(s.originator_id, ())
+    ]
+
+
+class KeyTableChanged(IntegrityError):
+    """A participant this transaction names was erased meanwhile, or erased twice: re-plan."""
+
+
+# The key table and the index of facts by participant token (DESIGN section 7). A row of the key table is
+# deleted when its participant is erased; nothing else ever changes it.
+PARTICIPANT_KEYS_DDL = (
+    "CREATE TABLE IF NOT EXISTS participant_keys (token TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
+    " digest TEXT NOT NULL, data_key BLOB NOT NULL, sealed_id BLOB NOT NULL, UNIQUE (tenant, digest))"
+)
+FACT_PARTICIPANTS_DDL = (
+    "CREATE TABLE IF NOT EXISTS fact_participants (token TEXT NOT NULL, position INTEGER NOT NULL,"
+    " PRIMARY KEY (token, position))"
+)
+
+
 # --- SQLite -------------------------------------------------------------------------------------------
 
 
@@ -100,13 +140,72 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             *super().construct_create_table_statements(),
             "CREATE TABLE IF NOT EXISTS fact_index (position INTEGER PRIMARY KEY, tenant TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS fact_index_by_tenant ON fact_index (tenant, position)",
+            PARTICIPANT_KEYS_DDL,
+            FACT_PARTICIPANTS_DDL + " WITHOUT ROWID",
         ]
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        # Inside the write transaction: SQLite lets one writer at a time through, so the key rows checked
+        # here cannot be deleted before this commits.
         positions = super()._insert_events(c, stored_events, **kwargs)
         rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
         c.executemany("INSERT INTO fact_index (tenant, position) VALUES (?, ?)", rows)
+        used = sorted(kwargs.get("used_tokens") or ())
+        for start in range(0, len(used), IN_CLAUSE_IDS_MAX):
+            chunk = used[start : start + IN_CLAUSE_IDS_MAX]
+            c.execute(f"SELECT COUNT(*) FROM participant_keys WHERE token IN ({','.join('?' * len(chunk))})", chunk)
+            if c.fetchone()[0] != len(chunk):
+                raise KeyTableChanged("a participant named by this transaction was erased meanwhile")
+        new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
+        c.executemany(
+            "INSERT INTO participant_keys (tenant, token, digest, data_key, sealed_id) VALUES (?, ?, ?, ?, ?)",
+            new_keys,
+        )
+        c.executemany(
+            "INSERT INTO fact_participants (token, position) VALUES (?, ?)",
+            _participant_rows(stored_events, positions, kwargs.get("fact_participants") or {}),
+        )
+        for token in kwargs.get("erased_tokens") or ():
+            c.execute("DELETE FROM participant_keys WHERE token = ?", (token,))
+            if c.rowcount != 1:
+                raise KeyTableChanged(f"participant {token} was erased meanwhile")
         return positions
+
+    def select_participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:
+        found: dict[str, ParticipantKey] = {}
+        for start in range(0, len(digests), IN_CLAUSE_IDS_MAX):
+            chunk = list(digests[start : start + IN_CLAUSE_IDS_MAX])
+            with self.datastore.transaction(commit=False) as c:
+                c.execute(
+                    "SELECT digest, token, data_key FROM participant_keys "
+                    f"WHERE tenant = ? AND digest IN ({','.join('?' * len(chunk))})",
+                    (tenant, *chunk),
+                )
+                found.update((row[0], ParticipantKey(row[1], bytes(row[2]))) for row in c.fetchall())
+        return found
+
+    def select_key_rows(self, tokens: Sequence[str] | None) -> list[tuple[str, str, bytes, bytes]]:
+        """(tenant, token, data_key, sealed_id) of these tokens that are not erased (of every one: None)."""
+        select = "SELECT tenant, token, data_key, sealed_id FROM participant_keys"
+        with self.datastore.transaction(commit=False) as c:
+            if tokens is None:
+                c.execute(select)
+                return c.fetchall()
+            rows = []
+            for start in range(0, len(tokens), IN_CLAUSE_IDS_MAX):
+                chunk = list(tokens[start : start + IN_CLAUSE_IDS_MAX])
+                c.execute(f"{select} WHERE token IN ({','.join('?' * len(chunk))})", chunk)
+                rows.extend(c.fetchall())
+            return rows
+
+    def select_participant_facts(self, token: str) -> list[StoredFact]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT s.rowid, s.state FROM fact_participants f JOIN stored_events s ON s.rowid = f.position "
+                "WHERE f.token = ? ORDER BY f.position",
+                (token,),
+            )
+            return stored_facts(c.fetchall())
 
     def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
         found: dict[UUID, StoredFact] = {}
@@ -186,6 +285,34 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.insert_index_statement = SQL("INSERT INTO {schema}.fact_index (tenant, position) VALUES (%s, %s)").format(
             schema=schema
         )
+        for ddl in (PARTICIPANT_KEYS_DDL, FACT_PARTICIPANTS_DDL):
+            qualified = ddl.replace("BLOB", "bytea").replace("INTEGER", "bigint")
+            qualified = qualified.replace("EXISTS ", "EXISTS {schema}.", 1)
+            self.sql_create_statements.append(SQL(qualified).format(schema=schema))  # type: ignore[arg-type]
+        self.count_keys_statement = SQL(
+            "SELECT COUNT(*) AS found FROM {schema}.participant_keys WHERE token = ANY(%s)"
+        ).format(schema=schema)
+        self.insert_key_statement = SQL(
+            "INSERT INTO {schema}.participant_keys (tenant, token, digest, data_key, sealed_id) "
+            "VALUES (%s, %s, %s, %s, %s)"
+        ).format(schema=schema)
+        self.insert_fact_participant_statement = SQL(
+            "INSERT INTO {schema}.fact_participants (token, position) VALUES (%s, %s)"
+        ).format(schema=schema)
+        self.delete_key_statement = SQL("DELETE FROM {schema}.participant_keys WHERE token = %s").format(schema=schema)
+        self.select_keys_by_digest_statement = SQL(
+            "SELECT digest, token, data_key FROM {schema}.participant_keys WHERE tenant = %s AND digest = ANY(%s)"
+        ).format(schema=schema)
+        self.select_key_rows_statement = SQL(
+            "SELECT tenant, token, data_key, sealed_id FROM {schema}.participant_keys WHERE token = ANY(%s)"
+        ).format(schema=schema)
+        self.select_all_key_rows_statement = SQL(
+            "SELECT tenant, token, data_key, sealed_id FROM {schema}.participant_keys"
+        ).format(schema=schema)
+        self.select_participant_facts_statement = SQL(
+            "SELECT e.notification_id, e.state FROM {schema}.fact_participants f "
+            "JOIN {schema}.{table} e ON e.notification_id = f.position WHERE f.token = %s ORDER BY f.position"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.select_facts_statement = SQL(
             "SELECT notification_id, originator_id, state FROM {schema}.{table} "
             "WHERE originator_id = ANY(%s) AND originator_version = 1"
@@ -205,7 +332,42 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
         if rows:
             curs.executemany(self.insert_index_statement, rows)
+        # An erasure deletes its key row in a transaction like this one, under the same table lock: the key
+        # rows checked here stay until this commits.
+        used = sorted(kwargs.get("used_tokens") or ())
+        if used:
+            curs.execute(self.count_keys_statement, (used,))
+            if curs.fetchone()["found"] != len(used):
+                raise KeyTableChanged("a participant named by this transaction was erased meanwhile")
+        new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
+        if new_keys:
+            curs.executemany(self.insert_key_statement, new_keys)
+        people = _participant_rows(stored_events, positions, kwargs.get("fact_participants") or {})
+        if people:
+            curs.executemany(self.insert_fact_participant_statement, people)
+        for token in kwargs.get("erased_tokens") or ():
+            curs.execute(self.delete_key_statement, (token,))
+            if curs.rowcount != 1:
+                raise KeyTableChanged(f"participant {token} was erased meanwhile")
         return positions
+
+    def select_participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_keys_by_digest_statement, (tenant, list(digests)), prepare=True)
+            return {row["digest"]: ParticipantKey(row["token"], bytes(row["data_key"])) for row in curs.fetchall()}
+
+    def select_key_rows(self, tokens: Sequence[str] | None) -> list[tuple[str, str, bytes, bytes]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            if tokens is None:
+                curs.execute(self.select_all_key_rows_statement)
+            else:
+                curs.execute(self.select_key_rows_statement, (list(tokens),), prepare=True)
+            return [(r["tenant"], r["token"], bytes(r["data_key"]), bytes(r["sealed_id"])) for r in curs.fetchall()]
+
+    def select_participant_facts(self, token: str) -> list[StoredFact]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_participant_facts_statement, (token,))
+            return stored_facts((row["notification_id"], row["state"]) for row in curs.fetchall())
 
     def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -264,6 +426,32 @@ class Ledger(Application[UUID]):
         """The position of the newest fact (0 when there is none)."""
         return self.recorder.max_fact_position()
 
+    # --- participants (ledger/participants.py) ---
+
+    def participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:
+        """The live participants among these id digests, by digest."""
+        return self.recorder.select_participant_keys(tenant, digests) if digests else {}
+
+    def names(self, tokens: Iterable[str] | None = None) -> ParticipantNames:
+        """What these tokens show as (every live participant's: None), each id decrypted once."""
+        wanted = None if tokens is None else sorted(set(tokens))
+        if wanted == []:
+            return ParticipantNames({}, {})
+        return ParticipantNames.from_rows(self.recorder.select_key_rows(wanted))
+
+    def names_of(self, facts: Iterable[StoredFact]) -> ParticipantNames:
+        """What the tokens of these stored facts show as: one lookup for a page."""
+        return self.names(token for stored in facts for token in stored.participants)
+
+    def logged(self, facts: Sequence[StoredFact]) -> list[dict[str, Any]]:
+        """A page of facts as the log shows them."""
+        names = self.names_of(facts)
+        return [stored.as_logged(names) for stored in facts]
+
+    def participant_facts(self, token: str) -> list[StoredFact]:
+        """Every fact that concerns this token, in position order."""
+        return self.recorder.select_participant_facts(token)
+
     @property
     def sqlite_file(self) -> Path | None:
         """The store's SQLite file; None on PostgreSQL."""
@@ -301,7 +489,10 @@ def open_ledger(
     ledger = Ledger(env={**ledger_env(database_url, data_dir, limits), "CREATE_TABLE": "false"})
     database = Database(database_url, data_dir / LEDGER_FILE, limits)
     try:
-        part = SchemaPart("store", STORE_SCHEMA_VERSION, probe_table=ledger.recorder.events_table_name)
+        part = SchemaPart(
+            "store", STORE_SCHEMA_VERSION, probe_table=ledger.recorder.events_table_name,
+            oldest_readable=STORE_OLDEST_READABLE, what_changed="stores participants' tokens instead of their ids",
+        )  # fmt: skip
         ledger.schema_found = ensure_schema(
             part, schema_mode, database.dialect, database.transaction, (),
             database_url=database_url, limits=limits, library_tables=ledger.recorder.create_table,

@@ -24,7 +24,7 @@ from typing import Any, TypeAlias
 
 from contracts import export
 from contracts.types import SLUG_PATTERN, utc_text
-from contracts.webhook_bodies import FactType
+from contracts.webhook_bodies import WEBHOOK_FACT_TYPES
 from ledger.registry import SCOPES, Registry, RegistryError
 from ledger.schema import SchemaError, SchemaMode
 from ledger.signatures import secret_key, sign
@@ -149,7 +149,7 @@ def _add_send(commands: Commands, common: argparse.ArgumentParser) -> None:
     send.add_argument("source", type=_slug)
     send.add_argument(
         "type",
-        choices=[fact_type.value for fact_type in FactType],
+        choices=list(WEBHOOK_FACT_TYPES),
     )
     send.add_argument(
         "fields",

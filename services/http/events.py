@@ -18,6 +18,8 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     tenant = request.match_info["tenant"]
     await require_key(request, tenant, "read")
     query = parse_query(request, LogQuery)
-    facts = await asyncio.to_thread(request.app[COMPONENTS].ledger.tenant_log, tenant, query.after, query.limit)
-    page = {"events": [fact.as_logged() for fact in facts], "next_after": facts[-1].position if facts else query.after}
+    ledger = request.app[COMPONENTS].ledger
+    facts = await asyncio.to_thread(ledger.tenant_log, tenant, query.after, query.limit)
+    events = await asyncio.to_thread(ledger.logged, facts)
+    page = {"events": events, "next_after": facts[-1].position if facts else query.after}
     return json_answer(EventsPage.model_validate(page))

@@ -14,7 +14,8 @@ from ledger.facts import (
     Ref,
     RuleViolation,
     fact_event_id,
-    record_fact,
+    history_of,
+    received_fact_json,
     same_fact,
 )
 from tests.helpers import acknowledgement, envelope, give, introduction, reversal
@@ -24,7 +25,10 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 def recorded(fact, source="crm", received_at=NOW):
     webhook = read_webhook(json.dumps(envelope(fact)).encode())
-    return record_fact(ReceivedFact.from_webhook("acme", source, webhook, received_at), utc_text(NOW))
+    # The aggregate works the same on ids as on the tokens the writer gives it.
+    return history_of(
+        received_fact_json(ReceivedFact.from_webhook("acme", source, webhook, received_at), utc_text(NOW))
+    )
 
 
 def broken_rule(fact, source="crm"):
