@@ -362,8 +362,8 @@ class FactWriter:
                     fact_participants={event_id: (key.token,)},
                     erased_tokens=[key.token],
                 )
-            except IntegrityError:
-                log.info("erasure_conflict_replanned", tenant=tenant)
+            except IntegrityError as conflict:
+                log.info("erasure_conflict_replanned", tenant=tenant, error=str(conflict))
                 continue
             return Erased(key.token, event_id, recordings[0].notification.id)
         raise ConflictPersisted

@@ -19,7 +19,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
 from eventsourcing.utils import Environment
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from contracts.webhook_bodies import FactType
 from ledger.connections import (
@@ -166,8 +166,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             _participant_rows(stored_events, positions, kwargs.get("fact_participants") or {}),
         )
         for token in kwargs.get("erased_tokens") or ():
-            c.execute("DELETE FROM participant_keys WHERE token = ?", (token,))
-            if c.rowcount != 1:
+            c.execute("DELETE FROM participant_keys WHERE token = ? RETURNING token", (token,))
+            if not c.fetchall():
                 raise KeyTableChanged(f"participant {token} was erased meanwhile")
         return positions
 
@@ -299,7 +299,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.insert_fact_participant_statement = SQL(
             "INSERT INTO {schema}.fact_participants (token, position) VALUES (%s, %s)"
         ).format(schema=schema)
-        self.delete_key_statement = SQL("DELETE FROM {schema}.participant_keys WHERE token = %s").format(schema=schema)
+        self.delete_key_statement = SQL("DELETE FROM {schema}.participant_keys WHERE token = %s RETURNING token").format(
+            schema=schema
+        )
         self.select_keys_by_digest_statement = SQL(
             "SELECT digest, token, data_key FROM {schema}.participant_keys WHERE tenant = %s AND digest = ANY(%s)"
         ).format(schema=schema)
@@ -338,7 +340,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         if used:
             curs.execute(self.count_keys_statement, (used,))
             if curs.fetchone()["found"] != len(used):
-                raise KeyTableChanged("a participant named by this transaction was erased meanwhile")
+                _abort(curs, "a participant named by this transaction was erased meanwhile")
         new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
         if new_keys:
             curs.executemany(self.insert_key_statement, new_keys)
@@ -346,9 +348,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         if people:
             curs.executemany(self.insert_fact_participant_statement, people)
         for token in kwargs.get("erased_tokens") or ():
-            curs.execute(self.delete_key_statement, (token,))
-            if curs.rowcount != 1:
-                raise KeyTableChanged(f"participant {token} was erased meanwhile")
+            curs.execute(self.delete_key_statement, (token,))  # in the library's pipeline: no rowcount, a result
+            if not curs.fetchall():
+                _abort(curs, f"participant {token} was erased meanwhile")
         return positions
 
     def select_participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:
@@ -387,6 +389,15 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.max_fact_position_statement, prepare=True)
             return curs.fetchone()["head"] or 0
+
+
+def _abort(curs: Any, message: str) -> None:
+    """Fails the transaction in the database: the library catches an exception raised in its insert hook and
+    re-raises it only after its transaction block has exited, which would commit what the hook refused."""
+    curs.execute(
+        SQL("DO $$ BEGIN RAISE EXCEPTION {} USING ERRCODE = 'unique_violation'; END $$").format(Literal(message))
+    )
+    raise KeyTableChanged(message)
 
 
 class LedgerPostgresFactory(PostgresFactory):

@@ -1,32 +1,23 @@
-"""What the store holds does not change with the code that reads it: a store written before opens and reads the
-same, and new facts are stored exactly as before (topics, state, key order).
+"""What the store holds, and what the log shows of it.
 
-`stored_events.json` is what the store held after SCENARIO was recorded by the code before facts were typed
-records (the library's `timestamp` in each state is the moment of that run, and is not compared).
+`stored_events.json` is what the store held after SCENARIO was recorded by the code before participants had
+tokens (store format 1): the facts as the log showed them then. Today the store holds tokens and sealed notes
+(format 2, DESIGN section 7), and the log must show exactly the same facts as before.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
 import orjson
 import pytest
-from eventsourcing.persistence import StoredEvent
 
-from contracts.webhook_bodies import FactType, read_webhook, webhook_adapter
-from ledger.facts import (
-    FACT_RECORDS,
-    FACT_TOPIC,
-    HISTORIES,
-    Give,
-    ReceivedFact,
-    Ref,
-    fact_event_id,
-    fact_from_json,
-)
+from contracts.webhook_bodies import WEBHOOK_FACT_TYPES, FactType, read_webhook, webhook_adapter
+from ledger.facts import FACT_RECORDS, FACT_TOPIC, HISTORIES, ReceivedFact, fact_event_id, fact_from_json
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
 from services.settings import Settings
@@ -75,69 +66,75 @@ def ledger(settings: Settings):
     ledger.close()
 
 
-def without_timestamp(state: bytes | str) -> bytes:
-    decoded = orjson.loads(state)
-    del decoded["timestamp"]
-    return orjson.dumps(decoded)
-
-
 def recorded_facts() -> list[dict]:
     return [orjson.loads(row["state"])["fact"] for row in STORED_EVENTS if row["originator_version"] == 1]
 
 
-def test_a_store_written_before_reads_the_same(ledger):
-    """The facts read back byte for byte, and every history (acknowledged, reversed) is what it was."""
-    for row in STORED_EVENTS:
-        stored = StoredEvent(UUID(row["originator_id"]), row["originator_version"], row["topic"], row["state"].encode())
-        ledger.recorder.insert_events([stored], fact_tenants={stored.originator_id: "acme"})
+def record_scenario(ledger) -> None:
+    writer = FactWriter(ledger, clock=lambda: RECORDED_AT)
+    for batch in SCENARIO:
+        assert [outcome.status for outcome in writer.commit(batch)] == ["recorded"] * len(batch)
+
+
+def test_the_log_shows_the_same_facts_as_before_tokens(ledger):
+    """Ids, notes, key order: every fact reads back as the log showed it when the store held ids."""
+    record_scenario(ledger)
     read = ledger.read_log(0, 100)
     expected = [{**fact, "position": stored.position} for fact, stored in zip(recorded_facts(), read, strict=True)]
-    assert [orjson.dumps(stored.as_logged()) for stored in read] == [orjson.dumps(fact) for fact in expected]
-    assert [stored.as_logged() for stored in ledger.tenant_log("acme", 0, 100)] == expected
+    assert [orjson.dumps(fact) for fact in ledger.logged(read)] == [orjson.dumps(fact) for fact in expected]
+    assert ledger.logged(ledger.tenant_log("acme", 0, 100)) == expected
     gives = [fact for fact in expected if fact["type"] == "give.recorded"]
-    assert [stored.as_logged() for stored in ledger.read_log(0, 100, [FactType.GIVE])] == gives
+    assert ledger.logged(ledger.read_log(0, 100, [FactType.GIVE])) == gives
 
-    def history(source: str, external_id: str):
-        return ledger.repository.get(event_id(source, external_id))
 
-    assert history("crm", "g1").acknowledgements == {}  # a1 was reversed
-    assert history("crm", "a1").reversed_by == event_id("crm", "r1")
-    assert history("crm", "i1").acknowledgements == {"ann": event_id("crm", "a2")}
-    assert history("chat", "c1").acknowledgements == {"bob": event_id("crm", "a3")}
-    assert history("chat", "c1").reversed_by == event_id("chat", "r3")
-    assert history("crm", "g2").reversed_by == event_id("crm", "r2")
-    assert history("crm", "g1").fact == Give(
-        event_id=str(event_id("crm", "g1")), tenant="acme", source="crm", external_id="g1",
-        occurred_at="2026-05-01T08:00:00.000000Z", recorded_at="2026-06-01T12:00:01.000000Z", occurred_at_sent=True,
-        giver="ann", receiver="bob", kind="knowledge", value="2.5",
-        context={"location": "Utrecht", "subject": "Python"}, note="héllo ✓",
-    )  # fmt: skip
-    assert history("crm", "r1").fact.ref == Ref(source="crm", id="a1")
+def test_stored_events_hold_tokens_and_sealed_notes_never_ids_or_notes(ledger):
+    record_scenario(ledger)
+    rows = ledger.recorder.select_notifications(start=0, limit=100)
+    # The same events as before, by the same topics: only what is inside a state changed.
+    assert [(str(n.originator_id), n.originator_version, n.topic) for n in rows] == [
+        (row["originator_id"], row["originator_version"], row["topic"]) for row in STORED_EVENTS
+    ]
+    states = b"".join(bytes(n.state) for n in rows)
+    for text in (b'"ann"', b'"bob"', b'"cas"', b'"dan"', "héllo".encode(), b"thanks", b'"meet"'):
+        assert text not in states
+    names = ledger.names()
+    token = {name: token for token, name in names.names.items()}
+    assert sorted(token) == ["ann", "bob", "cas", "dan"]
+    assert all(re.fullmatch("[0-9a-f]{16}", value) for value in token.values())
+    facts = {stored.fact.external_id: stored for stored in ledger.read_log(0, 100)}
+    assert (facts["g1"].fact.giver, facts["g1"].fact.receiver) == (token["ann"], token["bob"])
+    # Whom each fact concerns: those it names, then those of the fact it refers to.
+    assert facts["g1"].participants == (token["ann"], token["bob"])
+    assert facts["i1"].participants == (token["cas"], token["ann"], token["bob"])
+    assert facts["a1"].participants == (token["bob"], token["ann"])
+    assert facts["r1"].participants == (token["bob"], token["ann"])
+    assert "sealed_note" in facts["g1"].stored_json["data"] and "note" not in facts["g1"].stored_json["data"]
+    assert ledger.repository.get(event_id("crm", "i1")).acknowledgements == {token["ann"]: event_id("crm", "a2")}
 
-    writer = FactWriter(ledger)
-    outcomes = writer.commit([
+
+def test_the_rules_hold_on_tokens(ledger):
+    record_scenario(ledger)
+    outcomes = FactWriter(ledger).commit([
         incoming(acknowledgement("a4", "ann", "g3")),
         incoming(acknowledgement("a5", "ann", "g2")),
         incoming(reversal("r4", "r1")),
         incoming(acknowledgement("a6", "bob", "g1")),
+        incoming(acknowledgement("a7", "cas", "g1")),
+        incoming(acknowledgement("a8", "ann", "i1")),
+        incoming(give("g1", "ann", "bob", value="2.50", kind="knowledge")),
     ])  # fmt: skip
     rules = [outcome.problem.errors[0].rule if outcome.problem else outcome.status for outcome in outcomes]
-    assert rules == ["recorded", "ref_not_reversed", "reversal_not_reversible", "recorded"]
+    assert rules == [
+        "recorded", "ref_not_reversed", "reversal_not_reversible", "recorded", "acknowledger_was_helped",
+        "one_acknowledgement_per_acknowledger", "same_id_same_fact",
+    ]  # fmt: skip
+    assert outcomes[-1].problem.status == 409  # the same identity with other content (the note is left out)
 
 
-def test_new_facts_are_stored_as_before(ledger):
-    """Same topics, same state, same key order as the store held before facts were typed records."""
-    writer = FactWriter(ledger, clock=lambda: RECORDED_AT)
-    for batch in SCENARIO:
-        assert [outcome.status for outcome in writer.commit(batch)] == ["recorded"] * len(batch)
-    rows = [
-        (str(n.originator_id), n.originator_version, n.topic, without_timestamp(n.state))
-        for n in ledger.recorder.select_notifications(start=0, limit=100)
-    ]
-    assert rows == [
-        (row["originator_id"], row["originator_version"], row["topic"], without_timestamp(row["state"]))
-        for row in STORED_EVENTS
-    ]
+def test_a_resent_fact_is_a_duplicate_its_note_compared_in_the_open(ledger):
+    record_scenario(ledger)
+    again = FactWriter(ledger).commit([batch[0] for batch in SCENARIO])
+    assert [outcome.status for outcome in again] == ["duplicate"] * len(SCENARIO)
 
 
 def test_a_fact_round_trips_through_its_record():
@@ -146,15 +143,17 @@ def test_a_fact_round_trips_through_its_record():
         assert orjson.dumps(fact_from_json(fact).to_json()) == orjson.dumps(fact)
 
 
-def test_every_fact_type_has_its_webhook_record_history_and_stored_topic():
-    """The enum, the webhook's tags, the records and the aggregates name the same four types, stored by the
-    topics the store has always held."""
+def test_every_fact_type_has_its_record_history_and_stored_topic():
+    """The webhook's tags name the four facts a sender may send; the enum, the records and the aggregates also
+    name the erasure, which only the ledger records. The topics are those the store has always held."""
     tags = webhook_adapter.json_schema()["discriminator"]["mapping"]
-    assert set(tags) == set(FactType) == set(FACT_RECORDS) == set(HISTORIES)
+    assert set(tags) == set(WEBHOOK_FACT_TYPES) == set(FactType) - {FactType.ERASURE}
+    assert set(FactType) == set(FACT_RECORDS) == set(HISTORIES)
     assert all(FACT_RECORDS[fact_type].type is fact_type for fact_type in FactType)
     assert FACT_TOPIC == {
         FactType.GIVE: "ledger.facts:Give.Recorded",
         FactType.INTRODUCTION: "ledger.facts:Introduction.Recorded",
         FactType.ACKNOWLEDGEMENT: "ledger.facts:Acknowledgement.Recorded",
         FactType.REVERSAL: "ledger.facts:Reversal.Recorded",
+        FactType.ERASURE: "ledger.facts:Erasure.Recorded",
     }
