@@ -299,9 +299,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.insert_fact_participant_statement = SQL(
             "INSERT INTO {schema}.fact_participants (token, position) VALUES (%s, %s)"
         ).format(schema=schema)
-        self.delete_key_statement = SQL("DELETE FROM {schema}.participant_keys WHERE token = %s RETURNING token").format(
-            schema=schema
-        )
+        self.delete_key_statement = SQL(
+            "DELETE FROM {schema}.participant_keys WHERE token = %s RETURNING token"
+        ).format(schema=schema)
         self.select_keys_by_digest_statement = SQL(
             "SELECT digest, token, data_key FROM {schema}.participant_keys WHERE tenant = %s AND digest = ANY(%s)"
         ).format(schema=schema)
