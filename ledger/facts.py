@@ -428,8 +428,9 @@ class ReceivedFact:
         return cls(tenant, source, FactType(webhook.type), data, given.occurred_at, received_at, event_id)
 
 
-def received_fact_json(received: ReceivedFact, recorded_at: str) -> dict[str, Any]:
-    """A new fact as the log shows it (ids, plain note), after the rules that need nothing but the fact itself.
+def received_fact_json(received: ReceivedFact, recorded_at: str) -> tuple[dict[str, Any], Fact]:
+    """A new fact as the log shows it (ids, plain note), and as a record, after the rules that need nothing but
+    the fact itself.
 
     `recorded_at` is already text: one transaction records all its facts at one moment."""
     if received.occurred_at is not None and received.occurred_at > received.received_at + FUTURE_MAX:
@@ -447,8 +448,9 @@ def received_fact_json(received: ReceivedFact, recorded_at: str) -> dict[str, An
         "recorded_at": recorded_at,
         "data": data,
     }
-    _check_fact_rules(fact_from_json(fact))
-    return fact
+    record = fact_from_json(fact)
+    _check_fact_rules(record)
+    return fact, record
 
 
 def history_of(stored: dict[str, Any]) -> FactHistory:

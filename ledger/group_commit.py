@@ -38,6 +38,7 @@ from ledger.facts import (
     fact_event_id,
     fact_from_json,
     history_of,
+    named_people,
     received_fact_json,
     same_fact,
 )
@@ -57,6 +58,7 @@ from ledger.store import Ledger, StoredFact
 log = structlog.get_logger(__name__)
 
 CONFLICT_RETRIES_MAX = 5
+PEOPLE_CACHED_MAX = 200_000  # participants whose tokens and keys a writer keeps (about 200 bytes each)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,7 @@ class _Plan:
     # Participants: (tenant, id) -> token and key, read once per plan or made new in it.
     people: dict[tuple[str, str], ParticipantKey] = field(default_factory=dict)
     new_participants: list[KeyRow] = field(default_factory=list)
-    used_tokens: set[str] = field(default_factory=set)  # existing participants the plan names
-    fact_participants: dict[UUID, tuple[str, ...]] = field(default_factory=dict)
+    used_tokens: set[str] = field(default_factory=set)  # everyone the plan's facts name
     keys_by_token: dict[str, bytes | None] = field(default_factory=dict)  # for sealing notes of acks, reversals
 
 
@@ -121,6 +122,10 @@ class FactWriter:
     def __init__(self, ledger: Ledger, clock: Callable[[], datetime] | None = None) -> None:
         self.ledger = ledger
         self.clock = clock or (lambda: datetime.now(UTC))
+        # Participants' tokens and keys met before, so a plan looks up only people new to this writer. An entry
+        # may go stale when another process erases the person: the transaction then finds the key row gone,
+        # and the writer forgets everything and plans again.
+        self.people: dict[tuple[str, str], ParticipantKey] = {}
 
     def commit(self, incoming: Sequence[ReceivedFact]) -> list[Outcome]:
         """Applies the facts in order and commits them together; falls back to one by one on conflicts."""
@@ -144,11 +149,15 @@ class FactWriter:
             try:
                 positions = self._save(plan)
             except IntegrityError:
+                self.people.clear()
                 # Another process recorded one of these ids, or acted on one of their targets, after we
                 # read. The store refused the whole transaction; read again and re-plan, so duplicates are
                 # answered as such and the rules see the newer history.
                 log.info("commit_conflict_replanned", facts=len(incoming))
                 continue
+            if len(self.people) > PEOPLE_CACHED_MAX:
+                self.people.clear()
+            self.people.update(plan.people)
             return [self._resolve(outcome, positions) for outcome in plan.outcomes]
         raise ConflictPersisted
 
@@ -162,7 +171,6 @@ class FactWriter:
             fact_tenants=plan.fact_tenants,
             new_participants=plan.new_participants,
             used_tokens=plan.used_tokens,
-            fact_participants=plan.fact_participants,
         )
         return {
             r.domain_event.originator_id: r.notification.id
@@ -187,12 +195,19 @@ class FactWriter:
     def _known_people(self, incoming: Sequence[ReceivedFact]) -> dict[tuple[str, str], ParticipantKey]:
         """The tokens and keys of everyone the facts name who already has one: one lookup per tenant."""
         named: dict[str, set[str]] = {}
+        known: dict[tuple[str, str], ParticipantKey] = {}
         for item in incoming:
             people = named.setdefault(item.tenant, set())
-            people.update(item.data[name] for name in PERSON_FIELDS if name in item.data)
-            people.update(item.data.get("introduced", ()))
-        known: dict[tuple[str, str], ParticipantKey] = {}
+            data = item.data
+            for person in (*(data[name] for name in PERSON_FIELDS if name in data), *data.get("introduced", ())):
+                key = self.people.get((item.tenant, person))
+                if key is None:
+                    people.add(person)
+                else:
+                    known[item.tenant, person] = key
         for tenant, people in named.items():
+            if not people:
+                continue
             digests = {id_digest(tenant, person): person for person in people}
             for digest, key in self.ledger.participant_keys(tenant, list(digests)).items():
                 known[tenant, digests[digest]] = key
@@ -202,16 +217,16 @@ class FactWriter:
         self, plan: _Plan, item: ReceivedFact, recorded: dict[UUID, StoredFact], recorded_at: str
     ) -> Outcome | _Pending:
         try:
-            shown = received_fact_json(item, recorded_at)
+            shown, record = received_fact_json(item, recorded_at)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
         event_id = item.event_id
         if event_id in recorded:
-            return self._same_or_conflict_stored(recorded[event_id], shown)
+            return self._same_or_conflict_stored(recorded[event_id], record)
         if event_id in plan.created:
-            return self._same_or_conflict(plan.created[event_id], fact_from_json(shown), None)
+            return self._same_or_conflict(plan.created[event_id], record, None)
         try:
-            target = self._target(plan, fact_from_json(shown))
+            target = self._target(plan, record)
             stored, fresh = self._sealed(plan, shown, target)
             history = history_of(stored)
             touched = self._act_on_references(plan, history, target)
@@ -224,12 +239,12 @@ class FactWriter:
         for person, row in fresh.items():
             plan.people[item.tenant, person] = ParticipantKey(row.token, row.data_key)
             plan.new_participants.append(row)
-        plan.used_tokens.update(token for token in stored["participants"] if token not in plan.keys_by_token)
-        plan.used_tokens.difference_update(row.token for row in plan.new_participants)
-        plan.created[event_id] = fact_from_json(shown)
+        # The people it names must still be there when it commits (an erasure may come between); whom it
+        # concerns through its ref may have been erased before, which changes nothing.
+        plan.used_tokens.update(named_people(history.fact))  # checked after the new ones are inserted
+        plan.created[event_id] = record
         plan.working[event_id] = history
         plan.fact_tenants[event_id] = item.tenant
-        plan.fact_participants[event_id] = tuple(stored["participants"])
         for aggregate in (history, *touched):
             plan.events.extend(aggregate.collect_events())
         return _Pending("recorded", event_id)
@@ -283,9 +298,9 @@ class FactWriter:
                 sealed[SEALED_NOTE] = seal_note(value, data_keys, event_id)  # type: ignore[arg-type]
         return sealed
 
-    def _same_or_conflict_stored(self, recorded: StoredFact, shown: dict[str, Any]) -> Outcome | _Pending:
+    def _same_or_conflict_stored(self, recorded: StoredFact, candidate: Fact) -> Outcome | _Pending:
         names = self.ledger.names_of([recorded])
-        event_id = UUID(shown["event_id"])
+        event_id = UUID(candidate.event_id)
         if any(names.erased(token) for token in recorded.participants):
             # Its content can no longer be compared, and recording it again would bring the person back.
             return Outcome("duplicate", event_id, recorded.position)
@@ -293,7 +308,7 @@ class FactWriter:
         revealed = fact_from_json(
             {**stored, "data": revealed_data(stored["data"], recorded.participants, stored["event_id"], names)}
         )
-        return self._same_or_conflict(revealed, fact_from_json(shown), recorded.position)
+        return self._same_or_conflict(revealed, candidate, recorded.position)
 
     def _same_or_conflict(self, recorded: Fact, candidate: Fact, position: int | None) -> Outcome | _Pending:
         event_id = UUID(candidate.event_id)
@@ -359,12 +374,13 @@ class FactWriter:
                 recordings = self.ledger.events.put(
                     history_of(stored).collect_events(),
                     fact_tenants={event_id: tenant},
-                    fact_participants={event_id: (key.token,)},
                     erased_tokens=[key.token],
                 )
             except IntegrityError as conflict:
+                self.people.clear()
                 log.info("erasure_conflict_replanned", tenant=tenant, error=str(conflict))
                 continue
+            self.people.pop((tenant, participant), None)
             return Erased(key.token, event_id, recordings[0].notification.id)
         raise ConflictPersisted
 

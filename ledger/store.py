@@ -104,31 +104,22 @@ def _index_rows(
     ]
 
 
-def _participant_rows(
-    stored_events: Sequence[StoredEvent], positions: Sequence[int], people: dict[UUID, Sequence[str]]
-) -> list[tuple[str, int]]:
-    return [
-        (token, position)
-        for s, position in zip(stored_events, positions, strict=True)
-        if s.originator_version == 1
-        for token in people.get(s.originator_id, ())
-    ]
-
-
 class KeyTableChanged(IntegrityError):
     """A participant this transaction names was erased meanwhile, or erased twice: re-plan."""
 
 
-# The key table and the index of facts by participant token (DESIGN section 7). A row of the key table is
-# deleted when its participant is erased; nothing else ever changes it.
+# The key table (DESIGN section 7). A row is deleted when its participant is erased; nothing else changes it.
+# Facts are not indexed by token: such an index costs every ingest transaction a page per person it names
+# (tokens are random), while only an export or an erasure asks, and a scan of one tenant's facts serves them.
 PARTICIPANT_KEYS_DDL = (
     "CREATE TABLE IF NOT EXISTS participant_keys (token TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
     " digest TEXT NOT NULL, data_key BLOB NOT NULL, sealed_id BLOB NOT NULL, UNIQUE (tenant, digest))"
 )
-FACT_PARTICIPANTS_DDL = (
-    "CREATE TABLE IF NOT EXISTS fact_participants (token TEXT NOT NULL, position INTEGER NOT NULL,"
-    " PRIMARY KEY (token, position))"
-)
+
+
+def concerning(token: str, facts: Iterable[StoredFact]) -> list[StoredFact]:
+    """The facts that concern this token (the scan's byte match may also meet it as some other string)."""
+    return [stored for stored in facts if token in stored.participants]
 
 
 # --- SQLite -------------------------------------------------------------------------------------------
@@ -141,7 +132,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "CREATE TABLE IF NOT EXISTS fact_index (position INTEGER PRIMARY KEY, tenant TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS fact_index_by_tenant ON fact_index (tenant, position)",
             PARTICIPANT_KEYS_DDL,
-            FACT_PARTICIPANTS_DDL + " WITHOUT ROWID",
         ]
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
@@ -150,21 +140,17 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         positions = super()._insert_events(c, stored_events, **kwargs)
         rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
         c.executemany("INSERT INTO fact_index (tenant, position) VALUES (?, ?)", rows)
+        new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
+        c.executemany(
+            "INSERT INTO participant_keys (tenant, token, digest, data_key, sealed_id) VALUES (?, ?, ?, ?, ?)",
+            new_keys,
+        )
         used = sorted(kwargs.get("used_tokens") or ())
         for start in range(0, len(used), IN_CLAUSE_IDS_MAX):
             chunk = used[start : start + IN_CLAUSE_IDS_MAX]
             c.execute(f"SELECT COUNT(*) FROM participant_keys WHERE token IN ({','.join('?' * len(chunk))})", chunk)
             if c.fetchone()[0] != len(chunk):
                 raise KeyTableChanged("a participant named by this transaction was erased meanwhile")
-        new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
-        c.executemany(
-            "INSERT INTO participant_keys (tenant, token, digest, data_key, sealed_id) VALUES (?, ?, ?, ?, ?)",
-            new_keys,
-        )
-        c.executemany(
-            "INSERT INTO fact_participants (token, position) VALUES (?, ?)",
-            _participant_rows(stored_events, positions, kwargs.get("fact_participants") or {}),
-        )
         for token in kwargs.get("erased_tokens") or ():
             c.execute("DELETE FROM participant_keys WHERE token = ? RETURNING token", (token,))
             if not c.fetchall():
@@ -198,14 +184,14 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 rows.extend(c.fetchall())
             return rows
 
-    def select_participant_facts(self, token: str) -> list[StoredFact]:
+    def select_participant_facts(self, tenant: str, token: str) -> list[StoredFact]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                "SELECT s.rowid, s.state FROM fact_participants f JOIN stored_events s ON s.rowid = f.position "
-                "WHERE f.token = ? ORDER BY f.position",
-                (token,),
+                "SELECT s.rowid, s.state FROM fact_index f JOIN stored_events s ON s.rowid = f.position "
+                "WHERE f.tenant = ? AND instr(s.state, ?) > 0 ORDER BY f.position",
+                (tenant, f'"{token}"'.encode()),
             )
-            return stored_facts(c.fetchall())
+            return concerning(token, stored_facts(c.fetchall()))
 
     def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
         found: dict[UUID, StoredFact] = {}
@@ -285,19 +271,14 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.insert_index_statement = SQL("INSERT INTO {schema}.fact_index (tenant, position) VALUES (%s, %s)").format(
             schema=schema
         )
-        for ddl in (PARTICIPANT_KEYS_DDL, FACT_PARTICIPANTS_DDL):
-            qualified = ddl.replace("BLOB", "bytea").replace("INTEGER", "bigint")
-            qualified = qualified.replace("EXISTS ", "EXISTS {schema}.", 1)
-            self.sql_create_statements.append(SQL(qualified).format(schema=schema))  # type: ignore[arg-type]
+        qualified = PARTICIPANT_KEYS_DDL.replace("BLOB", "bytea").replace("EXISTS ", "EXISTS {schema}.", 1)
+        self.sql_create_statements.append(SQL(qualified).format(schema=schema))  # type: ignore[arg-type]
         self.count_keys_statement = SQL(
             "SELECT COUNT(*) AS found FROM {schema}.participant_keys WHERE token = ANY(%s)"
         ).format(schema=schema)
         self.insert_key_statement = SQL(
             "INSERT INTO {schema}.participant_keys (tenant, token, digest, data_key, sealed_id) "
             "VALUES (%s, %s, %s, %s, %s)"
-        ).format(schema=schema)
-        self.insert_fact_participant_statement = SQL(
-            "INSERT INTO {schema}.fact_participants (token, position) VALUES (%s, %s)"
         ).format(schema=schema)
         self.delete_key_statement = SQL(
             "DELETE FROM {schema}.participant_keys WHERE token = %s RETURNING token"
@@ -312,8 +293,9 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "SELECT tenant, token, data_key, sealed_id FROM {schema}.participant_keys"
         ).format(schema=schema)
         self.select_participant_facts_statement = SQL(
-            "SELECT e.notification_id, e.state FROM {schema}.fact_participants f "
-            "JOIN {schema}.{table} e ON e.notification_id = f.position WHERE f.token = %s ORDER BY f.position"
+            "SELECT e.notification_id, e.state FROM {schema}.fact_index f "
+            "JOIN {schema}.{table} e ON e.notification_id = f.position "
+            "WHERE f.tenant = %s AND position(%s::bytea IN e.state) > 0 ORDER BY f.position"
         ).format(schema=schema, table=Identifier(self.events_table_name))
         self.select_facts_statement = SQL(
             "SELECT notification_id, originator_id, state FROM {schema}.{table} "
@@ -336,17 +318,14 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.executemany(self.insert_index_statement, rows)
         # An erasure deletes its key row in a transaction like this one, under the same table lock: the key
         # rows checked here stay until this commits.
+        new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
+        if new_keys:
+            curs.executemany(self.insert_key_statement, new_keys)
         used = sorted(kwargs.get("used_tokens") or ())
         if used:
             curs.execute(self.count_keys_statement, (used,))
             if curs.fetchone()["found"] != len(used):
                 _abort(curs, "a participant named by this transaction was erased meanwhile")
-        new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
-        if new_keys:
-            curs.executemany(self.insert_key_statement, new_keys)
-        people = _participant_rows(stored_events, positions, kwargs.get("fact_participants") or {})
-        if people:
-            curs.executemany(self.insert_fact_participant_statement, people)
         for token in kwargs.get("erased_tokens") or ():
             curs.execute(self.delete_key_statement, (token,))  # in the library's pipeline: no rowcount, a result
             if not curs.fetchall():
@@ -366,10 +345,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 curs.execute(self.select_key_rows_statement, (list(tokens),), prepare=True)
             return [(r["tenant"], r["token"], bytes(r["data_key"]), bytes(r["sealed_id"])) for r in curs.fetchall()]
 
-    def select_participant_facts(self, token: str) -> list[StoredFact]:
+    def select_participant_facts(self, tenant: str, token: str) -> list[StoredFact]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.select_participant_facts_statement, (token,))
-            return stored_facts((row["notification_id"], row["state"]) for row in curs.fetchall())
+            curs.execute(self.select_participant_facts_statement, (tenant, f'"{token}"'.encode()))
+            return concerning(token, stored_facts((row["notification_id"], row["state"]) for row in curs.fetchall()))
 
     def select_facts(self, event_ids: Iterable[UUID]) -> dict[UUID, StoredFact]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -459,9 +438,10 @@ class Ledger(Application[UUID]):
         names = self.names_of(facts)
         return [stored.as_logged(names) for stored in facts]
 
-    def participant_facts(self, token: str) -> list[StoredFact]:
-        """Every fact that concerns this token, in position order."""
-        return self.recorder.select_participant_facts(token)
+    def participant_facts(self, tenant: str, token: str) -> list[StoredFact]:
+        """Every fact of the tenant that concerns this token, in position order: whom it names, and for an
+        acknowledgement or reversal whom the fact it refers to concerns (a scan of the tenant's facts)."""
+        return self.recorder.select_participant_facts(tenant, token)
 
     @property
     def sqlite_file(self) -> Path | None:

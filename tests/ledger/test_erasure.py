@@ -107,13 +107,21 @@ def test_a_resent_fact_that_named_an_erased_person_is_a_duplicate_and_does_not_b
     assert [fact["external_id"] for fact in log] == ["g1", f"erase-{erased.token}"]
 
 
-def test_acknowledging_an_erased_persons_give_works_and_keeps_no_note(ledger):
+def test_acknowledging_or_reversing_an_erased_persons_give_works_and_keeps_no_note(ledger):
     writer = FactWriter(ledger)
-    record(writer, give("g1", "ann", "bob"))
+    record(writer, give("g1", "ann", "bob"), give("g2", "ann", "bob"), give("g3", "ann", "cas"))
     writer.erase("acme", "ann")
     record(writer, acknowledgement("a1", "bob", "g1", note="thank you, whoever you were"))
+    record(writer, acknowledgement("a2", "bob", "g2"), reversal("r3", "g3"))
     log = ledger.logged(ledger.tenant_log("acme", 0, 100))
-    assert log[-1]["data"]["acknowledger"] == "bob" and "note" not in log[-1]["data"]
+    assert [fact["external_id"] for fact in log[-3:]] == ["a1", "a2", "r3"]
+    assert log[-3]["data"]["acknowledger"] == "bob" and "note" not in log[-3]["data"]
+
+
+def test_a_new_person_named_twice_in_one_transaction_gets_one_token(ledger):
+    writer = FactWriter(ledger)
+    record(writer, give("g1", "ann", "bob"), give("g2", "bob", "ann"), introduction("i1", "cas", "ann", "bob"))
+    assert sorted(ledger.names().names.values()) == ["ann", "bob", "cas"]
 
 
 def test_the_facts_concerning_a_participant_are_those_naming_them_and_what_refers_to_those(ledger):
@@ -151,7 +159,9 @@ def test_the_facts_concerning_a_participant_are_those_naming_them_and_what_refer
     tokens = {name: token for token, name in ledger.names().names.items()}
     for person in people:
         expected = sorted((by_id[fact_id], fact_id) for fact_id, named in names.items() if person in named)
-        found = [(stored.position, stored.fact.external_id) for stored in ledger.participant_facts(tokens[person])]
+        found = [
+            (stored.position, stored.fact.external_id) for stored in ledger.participant_facts("acme", tokens[person])
+        ]
         assert found == expected
 
 
