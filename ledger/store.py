@@ -443,6 +443,11 @@ class Ledger(Application[UUID]):
         acknowledgement or reversal whom the fact it refers to concerns (a scan of the tenant's facts)."""
         return self.recorder.select_participant_facts(tenant, token)
 
+    def participant_positions(self, tenant: str, token: str, before: int) -> list[int]:
+        """The positions of the facts before `before` that concern this token, in order: what an erasure at
+        `before` deletes from the stream."""
+        return [stored.position for stored in self.participant_facts(tenant, token) if stored.position < before]
+
     @property
     def sqlite_file(self) -> Path | None:
         """The store's SQLite file; None on PostgreSQL."""
