@@ -27,7 +27,13 @@ VALUE_DECIMAL_PLACES_MAX = 6
 NOTE_CHARS_MAX = 2_000
 CONTEXT_CHARS_MAX = 100
 
+# An erased participant shows as `erased-<token>` (ledger/participants.py, DESIGN section 7); no sender may
+# name one, or a fact could pass itself off as the erased person's.
+RESERVED_PARTICIPANT_PREFIX = "erased-"
+NEW_PARTICIPANT_PATTERN = rf"^(?!{RESERVED_PARTICIPANT_PREFIX})[A-Za-z0-9_-]{{1,128}}$"
+
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+# Where the read API takes a participant: any id, a tombstone included (a counterpart may be erased).
 ParticipantId = Annotated[str, StringConstraints(pattern=PARTICIPANT_PATTERN)]
 ExternalId = Annotated[str, StringConstraints(pattern=EXTERNAL_ID_PATTERN)]
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)  # no fact of this ledger is older; bounds date arithmetic
@@ -48,6 +54,29 @@ def _refuse(pattern: re.Pattern[str], text: str) -> str:
 
 def _note_text(text: str) -> str:
     return _refuse(_NOTE_CONTROL, text)
+
+
+def _not_reserved(participant: str) -> str:
+    if participant.startswith(RESERVED_PARTICIPANT_PREFIX):
+        raise PydanticCustomError(
+            "participant_not_reserved",
+            "must not begin with {prefix}: such ids name erased participants",
+            {"prefix": RESERVED_PARTICIPANT_PREFIX},
+        )
+    return participant
+
+
+# Where a fact names a participant (webhooks): an id that is not a tombstone. The pattern (with its
+# look-ahead) is what the published schemas say; the validator names the rule.
+NewParticipantId = Annotated[
+    str,
+    StringConstraints(pattern=PARTICIPANT_PATTERN),
+    AfterValidator(_not_reserved),
+    Field(
+        json_schema_extra={"pattern": NEW_PARTICIPANT_PATTERN},
+        description=f"A participant id; ids beginning with `{RESERVED_PARTICIPANT_PREFIX}` are reserved (422).",
+    ),
+]
 
 
 # The same rules as JSON Schema patterns, so the published schemas state what the validators enforce.

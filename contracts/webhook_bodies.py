@@ -13,8 +13,8 @@ from contracts import json_body
 from contracts.types import (
     ContextText,
     ExternalId,
+    NewParticipantId,
     Note,
-    ParticipantId,
     Slug,
     Timestamp,
     Value,
@@ -64,8 +64,8 @@ class FactData(Strict):
 
 
 class GiveData(FactData):
-    giver: ParticipantId
-    receiver: ParticipantId
+    giver: NewParticipantId
+    receiver: NewParticipantId
     kind: Literal["knowledge", "help", "time", "referral", "endorsement", "other"]
     value: Value = Field(default=Decimal(1))
     context: Context | None = None
@@ -73,14 +73,14 @@ class GiveData(FactData):
 
 
 class IntroductionData(FactData):
-    introducer: ParticipantId
-    introduced: Annotated[list[ParticipantId], Field(min_length=2, max_length=2)]
+    introducer: NewParticipantId
+    introduced: Annotated[list[NewParticipantId], Field(min_length=2, max_length=2)]
     context: Context | None = None
     note: Note | None = None
 
 
 class AcknowledgementData(FactData):
-    acknowledger: ParticipantId
+    acknowledger: NewParticipantId
     ref: Ref
     note: Note | None = None
     value: Value | None = Field(default=None, description="Informational: what came back. Never summed.")
