@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from ledger.participants import ERASURE_SOURCE
 from ledger.schema import SchemaMode, SchemaPart
 from ledger.signatures import new_secret, secret_key
 from ledger.sql import Cursor, Database
@@ -131,6 +132,8 @@ class Registry:
 
     def add_source(self, tenant: str, source: str, rate_limit_per_s: float | None = None) -> str:
         """Adds a source and returns its new secret (shown once)."""
+        if source == ERASURE_SOURCE:  # the ledger's own facts (erasures) come from it: no sender may pose as it
+            raise RegistryError(f"the source name {source!r} is reserved for facts the ledger records itself")
         secret = new_secret()
         now = time.time()
         with self.db.transaction() as cur:

@@ -19,6 +19,7 @@ from contracts.types import SLUG_PATTERN
 from contracts.webhook_bodies import BATCH_EVENTS_MAX, BatchShape, Webhook, read_webhook, webhook_adapter
 from ledger.facts import ReceivedFact
 from ledger.group_commit import Outcome, Overloaded, StoreFailed, rejected
+from ledger.participants import ERASURE_SOURCE
 from ledger.registry import SourceAuth
 from ledger.signatures import SignatureError, verify
 from services.bootstrap import Components
@@ -71,8 +72,9 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
     request[LOG_FIELDS] = {"tenant": tenant, "source": source}
     if request.content_length is not None and request.content_length > limit:
         raise problems.ProblemException(_too_large(limit))  # refused before reading any of it
-    # A name that is no slug names nothing (and "evil\n" would not even be a NATS subject token).
-    slugs = SLUG.fullmatch(tenant) and SLUG.fullmatch(source)
+    # A name that is no slug names nothing (and "evil\n" would not even be a NATS subject token). The
+    # ledger's own source is never a sender's, even in a registry that let one be added before it was reserved.
+    slugs = SLUG.fullmatch(tenant) and SLUG.fullmatch(source) and source != ERASURE_SOURCE
     auth = components.registry.source(tenant, source) if slugs else None
     if auth is None and slugs:  # perhaps added a moment ago: refused only once the registry says so
         auth = await components.registry.source_after_refresh(tenant, source)

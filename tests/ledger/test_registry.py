@@ -111,6 +111,16 @@ def test_tenants_and_sources_are_listed_without_secrets(registry):
     assert registry.sources("beta") == [] and registry.keys("beta") == []
 
 
+def test_the_ledgers_own_source_name_is_reserved(registry):
+    """Erasures are recorded by the ledger itself as source `reciprocity` (DESIGN section 2): no tenant may add it."""
+    version = registry.version()
+    with pytest.raises(RegistryError, match="'reciprocity' is reserved"):
+        registry.add_source("acme", "reciprocity")
+    assert registry.sources("acme") == [] and registry.version() == version
+    registry.add_source("acme", "reciprocity-crm")  # only the name itself is reserved
+    assert [entry.source for entry in registry.sources("acme")] == ["reciprocity-crm"]
+
+
 def test_revoking_a_key_removes_it_and_tells_running_processes(registry):
     """The snapshot no longer holds it and `registry_version` moved, which is what running processes poll."""
     kept, revoked = registry.add_key("acme", ["read"]), registry.add_key("acme", ["read"])
