@@ -148,17 +148,36 @@ PRIVATE_FILE_MODE = 0o600
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
+def secure_delete(connection: sqlite3.Connection) -> None:
+    """SQLite overwrites what a connection deletes, instead of leaving it in free pages: an erased
+    participant's key row must not outlive its DELETE in the file (DESIGN section 7). It is a setting of each
+    connection (and of the files attached to it), so every connection that may write sets it."""
+    connection.execute("PRAGMA secure_delete=ON")
+    if connection.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+        raise RuntimeError("SQLite refused secure_delete=ON; deleted rows would stay readable in the file")
+
+
 def sqlite_connect(path: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> sqlite3.Connection:
     """A durable connection for our own small SQLite files (registry), in autocommit."""
     private_sqlite_file(path)
     connection = sqlite3.connect(path, timeout=limits.lock_timeout_s, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
+    secure_delete(connection)
     return connection
 
 
-class DurableSQLiteConnectionPool(SQLiteConnectionPool):
-    """The library's pool, with every connection made durable: a commit is on disk when it returns."""
+class SecureSQLiteConnectionPool(SQLiteConnectionPool):
+    """The library's pool, with every connection deleting securely (`secure_delete`): the base of our pools."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        secure_delete(connection._sqlite_conn)
+        return connection
+
+
+class DurableSQLiteConnectionPool(SecureSQLiteConnectionPool):
+    """Every connection made durable as well: a commit is on disk when it returns."""
 
     def _create_connection(self) -> SQLiteConnection:
         connection = super()._create_connection()
@@ -173,7 +192,7 @@ class DurableSQLiteConnectionPool(SQLiteConnectionPool):
 class PooledSQLiteDatastore(SQLiteDatastore):
     """The library's SQLite datastore with a connection pool of our own, which sets up each connection."""
 
-    pool_class: type[SQLiteConnectionPool] = SQLiteConnectionPool
+    pool_class: type[SQLiteConnectionPool] = SecureSQLiteConnectionPool
 
     def __init__(self, db_name: str, **kwargs: Any) -> None:
         super().__init__(db_name, **kwargs)
