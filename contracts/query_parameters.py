@@ -55,6 +55,12 @@ class MaintenanceQuery(Query):
     as_of: Moment | None = None
 
 
+class NoQuery(BaseModel):
+    """A route that takes no query parameters: any one given is refused, like a typo anywhere else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class LogQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.bootstrap import Components, open_components
-from services.http import events, ops, views, webhooks
+from services.http import events, ops, privacy, views, webhooks
 from services.http.keys import COMPONENTS
 from services.http.middleware import request_middleware
 from services.metrics import Metrics
@@ -43,6 +43,7 @@ def create_app(
     if "ingest" in parts:
         app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}", webhooks.receive_one)
         app.router.add_post("/v1/tenants/{tenant}/webhooks/{source}/batch", webhooks.receive_batch)
+        app.router.add_delete("/v1/tenants/{tenant}/participants/{participant}", privacy.erase)
     if "query" in parts:
         app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/balance", views.balance)
@@ -51,6 +52,7 @@ def create_app(
         app.router.add_get("/v1/tenants/{tenant}/influence", views.influence)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/influence", views.participant_influence)
         app.router.add_get("/v1/tenants/{tenant}/maintenance", views.maintenance)
+        app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/export", privacy.export)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)

@@ -61,6 +61,13 @@ async def _prepare(request: web.Request, model: type[Q], view: str = "reciprocit
     request[QUERY] = True
     await require_key(request, tenant, "read")
     query = parse_query(request, model)
+    await wait_for_view(request, tenant, query, view)
+    return tenant, query
+
+
+async def wait_for_view(request: web.Request, tenant: str, query: BaseModel, view: str = "reciprocity") -> None:
+    """Waits (at most MIN_POSITION_WAIT_S) until the view reflects the query's min_position, if it gives one;
+    past that, 503 with Retry-After."""
     if isinstance(query, Query) and query.min_position is not None:
         projections = request.app[COMPONENTS].projections
         position: Callable[[], int] | None = None
@@ -77,7 +84,6 @@ async def _prepare(request: web.Request, model: type[Q], view: str = "reciprocit
                 ),
                 {"Retry-After": "1"},
             )
-    return tenant, query
 
 
 async def _read(request: web.Request, function: Callable[..., Any], *args: Any) -> Any:

@@ -1,0 +1,74 @@
+"""A person's data over HTTP (DESIGN section 7): export (query role) and erasure (ingest role), admin keys only."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from eventsourcing.persistence import PersistenceError
+
+from contracts import problems
+from contracts.answers import ParticipantErased
+from contracts.query_parameters import NoQuery, Query
+from ledger.group_commit import ConflictPersisted
+from services.http.auth import require_key
+from services.http.keys import COMPONENTS, LOG_FIELDS, OUTCOME, QUERY
+from services.http.responses import json_answer
+from services.http.views import parse_query, path_participant, wait_for_view
+from services.privacy import participant_export
+
+SCOPE = "admin"
+
+
+def _no_participant(participant: str) -> problems.ProblemException:
+    # An erased id answers like one never seen: the answer must not tell that this person was ever here.
+    return problems.ProblemException(
+        problems.problem(404, "not-found", "Not found", f"no participant {participant!r} in this tenant")
+    )
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    tenant = request.match_info["tenant"]
+    request[QUERY] = True
+    await require_key(request, tenant, SCOPE)
+    participant = path_participant(request)
+    query = parse_query(request, Query)
+    await wait_for_view(request, tenant, query)
+    components = request.app[COMPONENTS]
+    projections = components.projections
+    answer = await asyncio.to_thread(
+        participant_export, components.ledger, projections.queries, projections.influence, tenant, participant
+    )
+    if answer is None:
+        raise _no_participant(participant)
+    return json_answer(answer)
+
+
+async def erase(request: web.Request) -> web.StreamResponse:
+    tenant = request.match_info["tenant"]
+    request[LOG_FIELDS] = {"tenant": tenant}
+    await require_key(request, tenant, SCOPE)
+    participant = path_participant(request)
+    parse_query(request, NoQuery)
+    committer = request.app[COMPONENTS].committer
+    assert committer is not None  # the route exists only where ingest runs
+    try:
+        # On the writer's thread, between two group commits: an erasure never interleaves with a batch.
+        erased = await committer.writer.erase(tenant, participant)
+    except ConflictPersisted:
+        raise problems.ProblemException(
+            problems.problem(
+                409,
+                "write-contention",
+                "Other writers kept changing the same participant",
+                "the store refused the erasure repeatedly because other requests named this participant; retry",
+                retryable=True,
+            )
+        ) from None
+    except PersistenceError as failure:  # the store refused or is unreachable: nothing was erased
+        raise problems.ProblemException(problems.store_unavailable(str(failure)), {"Retry-After": "1"}) from None
+    if erased is None:
+        raise _no_participant(participant)
+    committer.on_commit()  # the projector and the relay follow at once, as after any commit
+    request[OUTCOME] = "erased"
+    return json_answer(ParticipantErased(status="erased", token=erased.token, position=erased.position))
