@@ -3,6 +3,8 @@
 Every command takes `--json`; scripts rely on `source add`/`source rotate` printing
 {"tenant", "source", "secret"}, `key add` printing {"tenant", "key", "scopes", "id"}, `tenant create` {"tenant"},
 and on the lists' shapes in DESIGN section 6. No list ever shows a secret, a key or a key's hash.
+`participant export` prints what the export route answers; `participant erase --json` prints
+{"tenant", "status": "erased", "token", "position"} (DESIGN section 7).
 """
 
 from __future__ import annotations
@@ -23,14 +25,20 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from contracts import export
-from contracts.types import SLUG_PATTERN, utc_text
+from contracts.types import PARTICIPANT_PATTERN, SLUG_PATTERN, utc_text
 from contracts.webhook_bodies import WEBHOOK_FACT_TYPES
+from ledger.group_commit import ConflictPersisted, FactWriter
 from ledger.registry import SCOPES, Registry, RegistryError
 from ledger.schema import SchemaError, SchemaMode
 from ledger.signatures import secret_key, sign
+from ledger.store import open_ledger
+from projections.influence_view import InfluenceView
+from projections.queries import ReciprocityQueries
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
+from projections.runtime import open_view_store
 from services.bootstrap import ensure_schemas, open_registry
 from services.demo import run_demo
+from services.privacy import participant_export
 from services.serve import serve
 from services.settings import Settings, SettingsError, env_name
 from services.tail import DurableOfAnotherTenant, run_tail
@@ -83,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_tenant,
         _add_source,
         _add_key,
+        _add_participant,
         _add_send,
         _add_tail,
         _add_demo,
@@ -141,6 +150,24 @@ def _add_key(commands: Commands, common: argparse.ArgumentParser) -> None:
     revoke.add_argument("tenant", type=_slug)
     revoke.add_argument("id", help="the key's id, as `key add` and `key list` show it")
     revoke.set_defaults(run=_key_revoke)
+
+
+def _add_participant(commands: Commands, common: argparse.ArgumentParser) -> None:
+    participant = commands.add_parser("participant", help="a person's data: export, erase").add_subparsers(
+        metavar="ACTION"
+    )
+    exported = participant.add_parser(
+        "export", parents=[common], help="everything held about a participant, as JSON (like the export route)"
+    )
+    exported.add_argument("tenant", type=_slug)
+    exported.add_argument("participant", type=_participant)
+    exported.set_defaults(run=_participant_export)
+    erase = participant.add_parser(
+        "erase", parents=[common], help="erase a participant: their key and id are destroyed (cannot be undone)"
+    )
+    erase.add_argument("tenant", type=_slug)
+    erase.add_argument("participant", type=_participant)
+    erase.set_defaults(run=_participant_erase)
 
 
 def _add_send(commands: Commands, common: argparse.ArgumentParser) -> None:
@@ -215,6 +242,12 @@ def _slug(text: str) -> str:
     return text
 
 
+def _participant(text: str) -> str:
+    if not re.fullmatch(PARTICIPANT_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a participant id ({PARTICIPANT_PATTERN})")
+    return text
+
+
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     # Flags arrive as text, as the variables do: Settings parses and checks both the same way.
     return {name: getattr(args, name, None) for name in Settings.model_fields}
@@ -284,6 +317,49 @@ def _key_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 def _key_revoke(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     _registry(settings).revoke_key(args.tenant, args.id)
     return {"tenant": args.tenant, "id": args.id, "revoked": True}
+
+
+def _require_tenant(settings: Settings, tenant: str) -> None:
+    registry = _registry(settings)
+    try:
+        if tenant not in registry.snapshot().tenants:
+            raise CommandError(f"no tenant {tenant!r}")
+    finally:
+        registry.db.close()
+
+
+def _participant_export(settings: Settings, args: argparse.Namespace) -> None:
+    """Prints the export as JSON whether or not --json is given (indented for a person without it)."""
+    _require_tenant(settings, args.tenant)
+    limits, mode = settings.connection_limits(), settings.schema_mode()
+    ledger = open_ledger(settings.database_url, settings.data_dir, limits, mode)
+    try:
+        views = open_view_store(settings.database_url, settings.data_dir, limits=limits, schema_mode=mode)
+        try:
+            queries = ReciprocityQueries(views)
+            answer = participant_export(ledger, queries, InfluenceView(views, queries), args.tenant, args.participant)
+        finally:
+            views.close()
+    finally:
+        ledger.close()
+    if answer is None:
+        raise CommandError(f"no participant {args.participant!r} in tenant {args.tenant!r}")
+    print(answer.model_dump_json(indent=None if getattr(args, "json", False) else 2))
+
+
+def _participant_erase(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Through a writer of its own: the store's transactions keep it apart from a running server's commits."""
+    _require_tenant(settings, args.tenant)
+    ledger = open_ledger(settings.database_url, settings.data_dir, settings.connection_limits(), settings.schema_mode())
+    try:
+        erased = FactWriter(ledger).erase(args.tenant, args.participant)
+    except ConflictPersisted:
+        raise CommandError("other writers kept naming this participant; run the command again") from None
+    finally:
+        ledger.close()
+    if erased is None:
+        raise CommandError(f"no participant {args.participant!r} in tenant {args.tenant!r} (or erased already)")
+    return {"tenant": args.tenant, "status": "erased", "token": erased.token, "position": erased.position}
 
 
 def _utc(seconds: float) -> str:
