@@ -15,7 +15,15 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from contracts.answers import BatchAnswer, EventsPage, FactAccepted, LoggedFact, Problem
+from contracts.answers import (
+    BatchAnswer,
+    EventsPage,
+    FactAccepted,
+    LoggedFact,
+    ParticipantErased,
+    ParticipantExport,
+    Problem,
+)
 from contracts.asyncapi import asyncapi_document
 from contracts.openapi import openapi_document
 from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
@@ -38,6 +46,8 @@ OUTPUTS: dict[str, Any] = {
     "influence-page": InfluencePage,
     "participant-influence": ParticipantInfluence,
     "maintenance": Maintenance,
+    "participant-export": ParticipantExport,
+    "participant-erased": ParticipantErased,
 }
 
 

@@ -11,17 +11,25 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from contracts.answers import BatchAnswer, EventsPage, FactAccepted, Problem
+from contracts.answers import BatchAnswer, EventsPage, FactAccepted, ParticipantErased, ParticipantExport, Problem
 from contracts.query_parameters import (
     MIN_POSITION_WAIT_S,
     PAGE_MAX,
     BalancesQuery,
     LogQuery,
     MaintenanceQuery,
+    NoQuery,
     PageQuery,
     Query,
 )
-from contracts.types import CONTEXT_CHARS_MAX, EARLIEST, FUTURE_MAX, PARTICIPANT_PATTERN, SLUG_PATTERN
+from contracts.types import (
+    CONTEXT_CHARS_MAX,
+    EARLIEST,
+    FUTURE_MAX,
+    PARTICIPANT_PATTERN,
+    RESERVED_PARTICIPANT_PREFIX,
+    SLUG_PATTERN,
+)
 from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
 from contracts.webhook_bodies import BATCH_EVENTS_MAX, Batch, Webhook
 
@@ -34,10 +42,16 @@ UNKNOWN_PARAMETER = "an unknown query parameter is refused (422) so that a typo 
 PATH_PARAMETERS = {
     "tenant": (SLUG_PATTERN, "acme", "The tenant's slug (a name that is no slug names no tenant: 404)."),
     "source": (SLUG_PATTERN, "crm", "The source's slug (a name that is no slug names no source: 404)."),
-    "participant": (PARTICIPANT_PATTERN, "ann", "A participant id (anything else: 422 at `path.participant`)."),
-    "a": (PARTICIPANT_PATTERN, "ann", "A participant id (anything else: 422 at `path.a`)."),
-    "b": (PARTICIPANT_PATTERN, "bob", "A participant id (anything else: 422 at `path.b`)."),
+    "participant": (
+        PARTICIPANT_PATTERN,
+        "ann",
+        "A participant id{tombstone} (anything else: 422 at `path.participant`).",
+    ),
+    "a": (PARTICIPANT_PATTERN, "ann", "A participant id{tombstone} (anything else: 422 at `path.a`)."),
+    "b": (PARTICIPANT_PATTERN, "bob", "A participant id{tombstone} (anything else: 422 at `path.b`)."),
 }
+# Where an erased participant was, answers show their tombstone, and the read routes take it like an id.
+TOMBSTONE = f", or the tombstone `{RESERVED_PARTICIPANT_PREFIX}<token>` that answers show for an erased one"
 
 # What JSON Schema cannot say about a query parameter, said in words; the schema says the rest.
 QUERY_DESCRIPTIONS = {
@@ -96,6 +110,26 @@ VIEW_ERRORS = {
     **READ_ERRORS,
     "503": f"The view did not reach `min_position` within {MIN_POSITION_WAIT_S} s (`/problems/view-behind`)",
 }
+EXPORT_ERRORS = {
+    **VIEW_ERRORS,
+    "403": "The key lacks the `admin` scope",
+    "404": "Unknown tenant (or another tenant's), or no live participant of that id: never named, or erased",
+}
+ERASURE_ERRORS = {
+    "400": READ_ERRORS["400"],
+    "401": READ_ERRORS["401"],
+    "403": "The key lacks the `admin` scope",
+    "404": "Unknown tenant (or another tenant's), or no live participant of that id: never named, or erased already",
+    "409": "Other writers kept naming the participant meanwhile (`retryable`)",
+    "422": "The participant is no id (`path.participant`), or a query parameter was given (it takes none)",
+    "503": "Store unavailable (`Retry-After`)",
+}
+ERASURE_DESCRIPTION = (
+    "Crypto-shredding (DESIGN section 7): the participant's key and id are destroyed and a `participant.erased` "
+    "fact is appended at `position`; stored facts are never changed. From then on, wherever they were, answers "
+    "show `erased-<token>` and leave out the notes of the facts that named them; their own balance, maintenance "
+    "and export answer 404. A later fact naming the same id starts a new participant. Cannot be undone."
+)
 WEBHOOK_ERRORS = {
     "400": "Not JSON that reads one way only: malformed, not UTF-8, a repeated key or a lone surrogate",
     "401": "Bad or missing signature headers",
@@ -127,7 +161,10 @@ def openapi_document() -> dict[str, Any]:
         "paths": _paths(),
         "components": {
             "schemas": dict(sorted(components.items())),
-            "securitySchemes": {"readKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "readKey": {"type": "http", "scheme": "bearer", "description": "An API key with the `read` scope"},
+                "adminKey": {"type": "http", "scheme": "bearer", "description": "An API key with the `admin` scope"},
+            },
         },
     }
 
@@ -143,6 +180,8 @@ _ANSWERS: list[type[BaseModel]] = [
     InfluencePage,
     ParticipantInfluence,
     Maintenance,
+    ParticipantExport,
+    ParticipantErased,
 ]
 
 
@@ -176,6 +215,29 @@ def _paths() -> dict[str, Any]:
         f"{tenant}/maintenance": {
             "get": _read("Dormant ties and pending thanks", MaintenanceQuery, "Maintenance", VIEW_ERRORS)
         },
+        f"{tenant}/participants/{{participant}}/export": {
+            "get": _read(
+                "Everything held about a participant (access and portability; query role)",
+                Query,
+                "ParticipantExport",
+                EXPORT_ERRORS,
+                ["participant"],
+                key="adminKey",
+            )
+        },
+        f"{tenant}/participants/{{participant}}": {
+            "delete": {
+                **_read(
+                    "Erase a participant (ingest role)",
+                    NoQuery,
+                    "ParticipantErased",
+                    ERASURE_ERRORS,
+                    ["participant"],
+                    key="adminKey",
+                ),
+                "description": f"{ERASURE_DESCRIPTION} It takes no query parameters; {UNKNOWN_PARAMETER}.",
+            }
+        },
         "/healthz": {"get": _plain("The process is alive")},
         "/readyz": {
             "get": _plain(
@@ -194,7 +256,7 @@ def _path_parameters(names: list[str]) -> list[dict[str, Any]]:
             "name": name,
             "in": "path",
             "required": True,
-            "description": description,
+            "description": description.format(tombstone=TOMBSTONE),
             "schema": {"type": "string", "pattern": pattern},
             "example": example,
         }
@@ -243,12 +305,17 @@ def _webhook(body: str, summary: str, success: dict[str, str]) -> dict[str, Any]
 
 
 def _read(
-    summary: str, query: type[BaseModel], answer: str, errors: dict[str, str], path: list[str] | None = None
+    summary: str,
+    query: type[BaseModel],
+    answer: str,
+    errors: dict[str, str],
+    path: list[str] | None = None,
+    key: str = "readKey",
 ) -> dict[str, Any]:
     return {
         "summary": summary,
         "description": f"Each query parameter may be given once; {UNKNOWN_PARAMETER}.",
-        "security": [{"readKey": []}],
+        "security": [{key: []}],
         "parameters": _path_parameters(["tenant", *(path or [])]) + _query_parameters(query),
         "responses": {"200": _json(answer), **_errors(errors)},
     }

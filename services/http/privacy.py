@@ -31,8 +31,8 @@ async def export(request: web.Request) -> web.StreamResponse:
     tenant = request.match_info["tenant"]
     request[QUERY] = True
     await require_key(request, tenant, SCOPE)
+    query = parse_query(request, Query)  # before the path, as on every read route: a repeated parameter is 400
     participant = path_participant(request)
-    query = parse_query(request, Query)
     await wait_for_view(request, tenant, query)
     components = request.app[COMPONENTS]
     projections = components.projections
@@ -48,8 +48,8 @@ async def erase(request: web.Request) -> web.StreamResponse:
     tenant = request.match_info["tenant"]
     request[LOG_FIELDS] = {"tenant": tenant}
     await require_key(request, tenant, SCOPE)
-    participant = path_participant(request)
     parse_query(request, NoQuery)
+    participant = path_participant(request)
     committer = request.app[COMPONENTS].committer
     assert committer is not None  # the route exists only where ingest runs
     try:

@@ -30,7 +30,7 @@ from contracts import json_body
 from contracts.answers import Problem
 from contracts.webhook_bodies import read_webhook, webhook_adapter
 from ledger.signatures import secret_key, sign
-from services.bootstrap import open_components
+from services.bootstrap import open_components, open_registry
 from services.http import views
 from services.http.app import create_app
 from services.settings import Settings
@@ -76,10 +76,16 @@ def run_in(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -
 
 
 @pytest.fixture(scope="module")
-def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sender]]:
-    """The real app on 127.0.0.1 (SQLite), with a few facts recorded; yields its base URL and the sender."""
+def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Sender, str]]:
+    """The real app on 127.0.0.1 (SQLite), with a few facts recorded; yields its base URL, the sender and an
+    admin key (for export and erasure)."""
     settings = Settings(data_dir=Path(tmp_path_factory.mktemp("fuzz")) / "data", registry_refresh_s=0.05)
     sender = make_sender(settings, "acme", "crm")
+    registry = open_registry(settings)
+    try:
+        admin_key = registry.add_key("acme", ["admin"]).key
+    finally:
+        registry.db.close()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -95,7 +101,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Se
             run_in(loop, site.start())
             base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
             _record_facts(base_url, sender)
-            yield base_url, sender
+            yield base_url, sender, admin_key
         finally:
             run_in(loop, runner.cleanup())
             run_in(loop, components.close())
@@ -129,13 +135,15 @@ def _record_facts(base_url: str, sender: Sender) -> None:
 
 
 @pytest.fixture(scope="module")
-def api_schema(live_app: tuple[str, Sender]) -> schemathesis.BaseSchema:
-    base_url, sender = live_app
+def api_schema(live_app: tuple[str, Sender, str]) -> schemathesis.BaseSchema:
+    base_url, sender, admin_key = live_app
     config = schemathesis.Config.from_dict(
         {
             "seed": SEED,
             "base-url": base_url,
-            "auth": {"openapi": {"readKey": {"bearer": sender.read_key}}},
+            # Erasure runs among the last operations (the document's order), after every view route was fuzzed
+            # with the participants it may erase.
+            "auth": {"openapi": {"readKey": {"bearer": sender.read_key}, "adminKey": {"bearer": admin_key}}},
             "generation": {"max-examples": MAX_EXAMPLES, "database": "none", "no-shrink": True},
             # Inputs come from the seed alone, never from answers (whose ids and timings vary), so a failure
             # found once is found again.
@@ -274,8 +282,8 @@ def _accepted_bodies_keep_the_contract(case: schemathesis.Case, response: schema
 
 
 @schema.parametrize()
-def test_the_api_keeps_its_contract(case: schemathesis.Case, live_app: tuple[str, Sender]) -> None:
-    _, sender = live_app
+def test_the_api_keeps_its_contract(case: schemathesis.Case, live_app: tuple[str, Sender, str]) -> None:
+    _, sender, _ = live_app
     response = case.call_and_validate(
         additional_checks=[
             refusals_are_problems,
@@ -288,9 +296,9 @@ def test_the_api_keeps_its_contract(case: schemathesis.Case, live_app: tuple[str
     _accepted_bodies_keep_the_contract(case, response)
 
 
-def test_the_fuzzer_reaches_authorised_answers(live_app: tuple[str, Sender]) -> None:
+def test_the_fuzzer_reaches_authorised_answers(live_app: tuple[str, Sender, str]) -> None:
     """The read key works against the live app, so the fuzzing above is not all 401s."""
-    base_url, sender = live_app
+    base_url, sender, _ = live_app
     response = requests.get(f"{base_url}/v1/tenants/acme/balances", headers=sender.read_headers(), timeout=10)
     assert response.status_code == 200 and response.json()["items"]
 

@@ -202,6 +202,34 @@ async def test_the_ledgers_own_source_takes_no_webhooks(client, settings):
     assert await events(client) == []
 
 
+async def test_the_published_document_states_the_reserved_ids_and_the_admin_routes(client):
+    document = await (await client.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    fields = [
+        schemas["GiveData"]["properties"]["giver"],
+        schemas["GiveData"]["properties"]["receiver"],
+        schemas["IntroductionData"]["properties"]["introducer"],
+        schemas["IntroductionData"]["properties"]["introduced"]["items"],
+        schemas["AcknowledgementData"]["properties"]["acknowledger"],
+    ]
+    for field in fields:
+        assert re.search(field["pattern"], "ann") and not re.search(field["pattern"], "erased-0123456789abcdef")
+        assert "erased-" in field["description"]
+    participant = document["paths"]["/v1/tenants/{tenant}/participants/{participant}"]
+    export = document["paths"]["/v1/tenants/{tenant}/participants/{participant}/export"]
+    assert participant["delete"]["security"] == export["get"]["security"] == [{"adminKey": []}]
+    assert participant["delete"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ParticipantErased"
+    )
+    assert export["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ParticipantExport"
+    )
+    # A read route's participant may be a tombstone: its pattern takes one.
+    balance = document["paths"]["/v1/tenants/{tenant}/participants/{participant}/balance"]["get"]
+    (path_participant,) = [p for p in balance["parameters"] if p["name"] == "participant"]
+    assert re.search(path_participant["schema"]["pattern"], "erased-0123456789abcdef")
+
+
 # --- export ----------------------------------------------------------------------------------------------
 
 
