@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from contracts import problems
-from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME, QUERY
+from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, LOGGED_PATH, OUTCOME, QUERY
 from services.http.responses import problem_answer
 from services.metrics import Metrics
 
@@ -84,7 +84,7 @@ def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awa
             "request",
             request_id=request_id,
             method=request.method,
-            path=request.path,
+            path=request.get(LOGGED_PATH, request.path),
             status=response.status,
             outcome=request.get(OUTCOME),
             event_ids=request.get(EVENT_IDS),

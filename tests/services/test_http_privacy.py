@@ -80,6 +80,17 @@ async def test_erasure_answers_the_token_and_the_log_shows_the_tombstone_without
     assert erasure["data"] == {"token": erased["token"]}
 
 
+async def test_the_request_log_never_names_whom_it_erased_or_exported(client, admin, capsys):
+    await post_all(client, [give("g1", PERSON, "bob")])
+    capsys.readouterr()
+    await client.get(f"/v1/tenants/acme/participants/{PERSON}/export", headers=admin)
+    erased = await erase(client, admin, PERSON)
+    await erase(client, admin, PERSON, 404)
+    logged = capsys.readouterr().out
+    assert PERSON not in logged
+    assert logged.count("/v1/tenants/acme/participants/{participant}") == 3 and erased["token"] in logged
+
+
 async def test_erasing_twice_or_an_unknown_id_is_404(client, admin):
     await post_all(client, [give("g1", PERSON, "bob")])
     await erase(client, admin, PERSON)
