@@ -1,7 +1,8 @@
 """What each role runs, and in which of serve's processes: the one table of roles -> parts -> processes.
 
-A part is a job of the service: `ingest` (webhooks in, group commit), `query` (the read API and NATS
-micro service), `projector` (the views, influence and the KV buckets) and `relay` (the NATS stream).
+A part is a job of the service: `ingest` (webhooks in, group commit, and erasure, which writes), `query`
+(the read API, exports and the NATS micro service), `projector` (the views, influence and the KV buckets) and
+`relay` (the NATS stream).
 `all` is `reciprocity serve` on one machine; the other roles are one part each, for Kubernetes, where they
 share PostgreSQL and NATS.
 """
