@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,13 @@ QUARANTINE_DDL = (
 )
 
 
+def secure_delete(connection: sqlite3.Connection) -> None:
+    """Deleted and overwritten content is zeroed in the file, not left in free space (DESIGN section 7: after an
+    erasure no file holds the id). Set on the main file before any ATTACH, which each attached file inherits."""
+    if connection.execute("PRAGMA secure_delete=ON").fetchone()[0] != 1:
+        raise RuntimeError("SQLite refused secure_delete: an erased participant's id could stay in the views file")
+
+
 def attach_files(connection: sqlite3.Connection, main_file: Path, *pragmas: str) -> None:
     """Attaches the views' other files beside `main_file`, each with `pragmas` (set per schema)."""
     for schema, file_name in ATTACHED_FILES.items():
@@ -76,6 +84,7 @@ class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
     def _create_connection(self) -> Any:
         connection = super()._create_connection()
         raw = connection._sqlite_conn
+        secure_delete(raw)
         raw.execute("PRAGMA synchronous=NORMAL")
         # A page reads and rewrites rows all over the view tables and their indexes: keep more of them
         # cached than SQLite's default 2 MiB, so a large view is not re-read from the OS page by page.
@@ -196,7 +205,11 @@ def _moved_tables(ddl: Sequence[str]) -> list[str]:
     return [m.group(2) for s in ddl if (m := re.match(r"CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)", s))]
 
 
-VIEWS_SCHEMA = SchemaPart("views", version=1, probe_table="view_participants")
+# Version 2: participants' tokens and names (`view_names`), erasures (`view_erasures`, view_tenants'
+# erased_position). A version-1 database is upgraded by dropping every view and building it again from the log:
+# views are derived, and version 1's were written from a store that held ids (DESIGN section 7).
+VIEWS_SCHEMA = SchemaPart("views", version=2, probe_table="view_participants")
+_CREATED_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS ((?:\w+\.)?\w+)")
 
 
 class ViewStore:
@@ -236,10 +249,16 @@ class ViewStore:
         statements = [self._ddl(statement) for statement in (QUARANTINE_DDL, *ddl)]
         if not self.postgres:  # an unversioned file may hold tables in the main file that moved out of it
             statements[:0] = [f"DROP TABLE IF EXISTS main.{table}" for table in _moved_tables(ddl)]
+        part = replace(VIEWS_SCHEMA, upgrades={2: [*self._dropped(statements), *statements]})
         return ensure_schema(
-            VIEWS_SCHEMA, mode, self.dialect, self.transaction, statements,
+            part, mode, self.dialect, self.transaction, statements,
             database_url=self._database_url or None, limits=self.limits, library_tables=self.tracking.create_table,
         )  # fmt: skip
+
+    def _dropped(self, statements: Sequence[str]) -> list[str]:
+        """Every view table and the views' tracking rows, for an upgrade that builds the views again."""
+        tables = [m.group(1) for statement in statements if (m := _CREATED_TABLE.match(statement))]
+        return [*(f"DROP TABLE IF EXISTS {table}" for table in tables), f"DELETE FROM {self.tracking_table}"]
 
     def _ddl(self, statement: str) -> str:
         # PostgreSQL keeps every view in the store's schema: the attached files' schema names are SQLite's.
@@ -319,6 +338,7 @@ class ViewStore:
                 connection = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=self.limits.lock_timeout_s
                 )
+                secure_delete(connection)  # (a reader deletes nothing; set on every connection all the same)
                 connection.execute("PRAGMA query_only=ON")
                 connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
                 mmap = f"mmap_size={self.reader_mmap_bytes}"
@@ -385,6 +405,7 @@ class ViewStore:
         )
         rollback_journal = False
         try:
+            secure_delete(connection)
             rollback_journal = leave_wal(connection)
             connection.execute(f"PRAGMA cache_size=-{VIEWS_CACHE_KIB}")
             connection.execute("PRAGMA temp_store=MEMORY")
