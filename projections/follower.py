@@ -19,7 +19,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -32,7 +32,9 @@ import structlog
 from eventsourcing import persistence
 
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect
+from ledger.facts import Erasure
 from ledger.store import Ledger, StoredFact
+from projections.view_names import TenantToken, ViewNames
 from projections.viewstore import ViewStore
 
 log = structlog.get_logger(__name__)
@@ -48,8 +50,11 @@ PROGRAM_LIMIT_CLASS = "54"
 class View(Protocol):
     name: str
     tables: tuple[str, ...]
+    store: ViewStore  # where the view's rows are, `view_names` among them
 
-    def process_page(self, page: list[StoredFact], position: int | None = None) -> Any: ...
+    def process_page(
+        self, page: list[StoredFact], position: int | None = None, new_names: Mapping[TenantToken, str] | None = None
+    ) -> Any: ...
 
 
 def transient(failure: BaseException) -> bool:
@@ -145,6 +150,8 @@ class Follower:
         self.quarantine = quarantine
         self.on_failure = on_failure
         self.skipped: set[str] = set()
+        self.failed_alone: set[int] = set()  # positions of facts that failed by themselves, never tried again
+        self.names = ViewNames(view.store, ledger.names)
         self.caught_up = asyncio.Event()
 
     def catch_up(self, *, pages_max: int | None = None) -> int:
@@ -158,33 +165,42 @@ class Follower:
             page = self.ledger.read_log(after, self.page_facts_max)
             if not page:
                 break
-            self._apply(after, page)
+            new_names = self.names.resolve(page, after)  # once per page read: its facts then hold names
+            self._apply(after, page, new_names)
             applied += len(page)
             pages += 1
             if len(page) < self.page_facts_max:
                 break
         return applied
 
-    def _apply(self, after: int, page: list[StoredFact]) -> None:
+    def _apply(self, after: int, page: list[StoredFact], new_names: Mapping[TenantToken, str]) -> None:
         """Applies `page` (but quarantined tenants' facts) in one transaction, tracking its last position.
 
         If it fails for its content, its halves are applied, each in a transaction of its own, down to the
-        fact that fails alone: about twice log2(n) transactions find one poison fact among n."""
-        kept = [stored for stored in page if stored.fact.tenant not in self.skipped]
+        fact that fails alone: about twice log2(n) transactions find one poison fact among n. A quarantined
+        tenant's erasures are still applied: its rows stay as they were, but without the erased person's id."""
+        kept = [stored for stored in page if self._kept(stored)]
         try:
-            changes = self.view.process_page(kept, page[-1].position)
+            changes = self.view.process_page(kept, page[-1].position, new_names)
         except Exception as failure:
             if self.quarantine is None or not kept or transient(failure):
                 raise  # (an empty page that fails is no fact's doing)
             if len(page) > 1:
                 middle = len(page) // 2
-                self._apply(after, page[:middle])
-                self._apply(page[middle - 1].position, page[middle:])
+                self._apply(after, page[:middle], new_names)
+                self._apply(page[middle - 1].position, page[middle:], new_names)
             else:
                 self._quarantine(after, page[0], failure)
-                self._apply(after, page)  # now without it: the view moves past it
+                self.failed_alone.add(page[0].position)
+                self._apply(after, page, new_names)  # now without it: the view moves past it
             return
+        self.names.committed(new_names, kept, page[-1].position)
         self.on_page(after, changes)  # outside the try: an observer's failure is not the page's
+
+    def _kept(self, stored: StoredFact) -> bool:
+        if stored.position in self.failed_alone:
+            return False
+        return stored.fact.tenant not in self.skipped or isinstance(stored.fact, Erasure)
 
     def _quarantine(self, after: int, stored: StoredFact, failure: Exception) -> None:
         assert self.quarantine is not None
