@@ -131,12 +131,13 @@ class PairCache:
         self.tenant_pairs_min = tenant_pairs_min
         self._tenants: OrderedDict[str, TenantPairs] = OrderedDict()
 
-    def read(self, cursor, tenant: str, position: int) -> OrderedPairs:
+    def read(self, cursor, tenant: str, position: int, erased_at: int = 0) -> OrderedPairs:
         """The tenant's participants and pairs as of at least `position`, which must have been read before
         this cursor's snapshot began (rows changed after it are read again next time, which changes nothing).
-        Pairs are read before participants, so every pair's participants are among them."""
+        Pairs are read before participants, so every pair's participants are among them. `erased_at` is the
+        tenant's last erasure: pairs kept from before it name an id where the view now has a tombstone."""
         pairs = self._tenants.pop(tenant, None)
-        if pairs is None or pairs.position > position:  # never seen, or the view was rebuilt since
+        if pairs is None or pairs.position > position or pairs.position < erased_at:  # (or rebuilt since)
             pairs = TenantPairs()
             # In key order: by the primary key, not by the strength index and a table read per row.
             rows = cursor.execute(

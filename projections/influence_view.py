@@ -81,9 +81,12 @@ class InfluenceView:
         started = time.perf_counter()
         with self.store.snapshot() as cursor:  # participants, pairs and introductions as of one moment
             position = self.store.position("reciprocity")
-            tenant_graph = self._read_graph(cursor, tenant, position)
+            # An erasure renamed rows: what is kept from before it names the id, not the tombstone.
+            erased = cursor.execute("SELECT erased_position FROM view_tenants WHERE tenant = ?", (tenant,))
+            erased_at = erased[0][0] if erased else 0
+            tenant_graph = self._read_graph(cursor, tenant, position, erased_at)
             # Only this thread writes influence rows, so what it read here is still what is stored below.
-            stored = self._stored_rows(cursor, tenant)
+            stored = self._stored_rows(cursor, tenant, erased_at)
         table = influence_table(tenant_graph.graph)
         contributions = contributions_json(table.givers, table.amounts, table.offsets)
         ranking = np.asarray(table.ranking, np.int64)
@@ -111,11 +114,12 @@ class InfluenceView:
             "compute_s": round(computed - started, 3), "write_s": round(time.perf_counter() - computed, 3),
         }  # fmt: skip
 
-    def _stored_rows(self, cursor, tenant: str) -> StoredRows:
+    def _stored_rows(self, cursor, tenant: str, erased_at: int) -> StoredRows:
         """The tenant's stored rows by participant, as (answer row, changed_position): kept from this
-        object's last write when the tenant's stored position shows nobody wrote since, else read."""
+        object's last write when the tenant's stored position shows nobody wrote since (an erasure's page
+        renames rows too), else read."""
         kept = self._written.pop(tenant, None)
-        if kept is not None:
+        if kept is not None and kept[0] >= erased_at:
             written = cursor.execute("SELECT position FROM view_influence_tenants WHERE tenant = ?", (tenant,))
             if written and written[0][0] == kept[0]:
                 return kept[1]
@@ -135,13 +139,13 @@ class InfluenceView:
         if tenant in self.pairs:
             self._written[tenant] = (position, stored)
 
-    def _read_graph(self, cursor, tenant: str, position: int) -> TenantGraph:
+    def _read_graph(self, cursor, tenant: str, position: int, erased_at: int = 0) -> TenantGraph:
         """The tenant's graph, built column-wise: a million pair rows allow no per-row Python work.
 
         Edges keep the order of a row-by-row build (per pair a->b then b->a, then introductions in log order),
         so sums over parallel edges add up in the same order and the answers stay the same to the last bit.
         """
-        pairs = self.pairs.read(cursor, tenant, position)
+        pairs = self.pairs.read(cursor, tenant, position, erased_at)
         participants, index = pairs.participants, pairs.index
         as_of = self.reciprocity.latest_occurred_at(tenant)
         decay = 2.0 ** (-_days_since_epoch(as_of) / HALF_LIFE_DAYS) if as_of else 1.0

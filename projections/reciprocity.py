@@ -10,15 +10,16 @@ micro-units (6 decimal places), so sums are exact. A context value is a "scope" 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any
 
 from contracts.types import context_key
-from ledger.facts import Acknowledgement, Give, Introduction, RecordedFact, Reversal
+from ledger.facts import Acknowledgement, Erasure, Give, Introduction, RecordedFact, Reversal
 from ledger.store import StoredFact
+from projections import erasure, view_names
 from projections.reciprocity_rules import (
     ACKNOWLEDGED_PARTY,
     CONTEXT_DIMENSIONS,
@@ -47,6 +48,7 @@ from projections.reciprocity_rules import (
 from projections.reciprocity_rules import DECAY_EPOCH as DECAY_EPOCH  # the views' readers import these from here
 from projections.reciprocity_rules import HALF_LIFE_DAYS as HALF_LIFE_DAYS
 from projections.reciprocity_rules import MICRO as MICRO
+from projections.view_names import TenantToken
 from projections.viewstore import ViewCursor, ViewStore
 
 VIEW = "reciprocity"
@@ -102,7 +104,11 @@ DDL = (
     "CREATE INDEX IF NOT EXISTS view_pairs_strength_overall ON view_pairs (tenant, strength_micro DESC)"
     " WHERE scope = ''",
     "CREATE INDEX IF NOT EXISTS view_pairs_b_overall ON view_pairs (tenant, b) WHERE scope = ''",
-    "CREATE TABLE IF NOT EXISTS view_tenants (tenant TEXT PRIMARY KEY, changed_position INTEGER NOT NULL)",
+    # erased_position: the last erasure in the tenant, which renamed rows that influence keeps between recomputes.
+    "CREATE TABLE IF NOT EXISTS view_tenants (tenant TEXT PRIMARY KEY, changed_position INTEGER NOT NULL,"
+    " erased_position INTEGER NOT NULL DEFAULT 0)",
+    *view_names.DDL,
+    *erasure.DDL,
 )
 TABLES = (
     "view_gives",
@@ -112,6 +118,8 @@ TABLES = (
     "view_pairs",
     "view_tenants",
 )
+# Not reset with them: view_names, which a rebuild compares with what it finds (`replay.Replay.rewrite_names`),
+# and view_erasures, whose KV keys stay to be purged after a rebuild.
 
 
 def to_micro(value: str) -> int:
@@ -667,6 +675,17 @@ def _values(row: Any) -> tuple[Any, ...]:
     return getter(row)
 
 
+def _segments(page: list[StoredFact]) -> Iterable[tuple[list[StoredFact], StoredFact | None]]:
+    """The page cut at its erasures: the facts before each (applied in memory, then saved) and the erasure, which
+    renames rows in the database; the facts after it load the rows again, renamed."""
+    start = 0
+    for at, stored in enumerate(page):
+        if isinstance(stored.fact, Erasure):
+            yield page[start:at], stored
+            start = at + 1
+    yield page[start:], None
+
+
 def _first(rows: list[Any]) -> Any:
     return rows[0][0] if rows else None
 
@@ -682,23 +701,52 @@ class ReciprocityProjection:
         self.analyzed_at = 0  # the position and time of the last ANALYZE (PostgreSQL)
         self.analyzed_time = float("-inf")
 
-    def process_page(self, page: list[StoredFact], position: int | None = None) -> AppliedPage:
+    def process_page(
+        self, page: list[StoredFact], position: int | None = None, new_names: Mapping[TenantToken, str] | None = None
+    ) -> AppliedPage:
         """Applies one page of facts and records the view at `position`, its last fact's unless the
         follower left facts out of it (a quarantined tenant's: the page may then be empty); returns what
-        it changed."""
+        it changed. The facts name participants as the views show them (`view_names.ViewNames.resolve`), and
+        `new_names` are the names the page met for the first time, recorded with it."""
         position = page[-1].position if position is None else position
+        balances: dict[tuple[str, str], ParticipantRow] = {}
         with self.store.transaction() as cursor:
-            state = Page(cursor)
-            state.load(page)
-            for stored in page:
-                state.apply(stored)
-            state.save(position)
+            view_names.insert_names(cursor, new_names or {})
+            for facts, erased in _segments(page):
+                if facts:
+                    state = Page(cursor)
+                    state.load(facts)
+                    for stored in facts:
+                        state.apply(stored)
+                    state.save(position)
+                    balances.update(
+                        ((key[0], key[2]), state.participants[key]) for key in state.dirty_participants if not key[1]
+                    )
+                if erased is not None:
+                    self._erase(cursor, erased, position, balances)
             self.store.record_position(cursor, VIEW, position)
         if self.store.postgres and self._analyze_due(position):
             self.store.analyze(TABLES)
             self.analyzed_at, self.analyzed_time = position, time.monotonic()
-        balances = [(key[0], key[2], state.participants[key]) for key in state.dirty_participants if not key[1]]
-        return AppliedPage(position, balances)
+        return AppliedPage(position, [(tenant, participant, row) for (tenant, participant), row in balances.items()])
+
+    def _erase(
+        self, cursor: ViewCursor, stored: StoredFact, position: int, balances: dict[tuple[str, str], ParticipantRow]
+    ) -> None:
+        """An erasure between two parts of a page: the balances the page hands on show the tombstone instead."""
+        fact = stored.fact
+        assert isinstance(fact, Erasure)
+        renamed = erasure.erase(cursor, fact.tenant, fact.token, stored.position, position)
+        if renamed is None:
+            return
+        balances.pop((fact.tenant, renamed.participant), None)
+        row = cursor.execute(
+            f"SELECT {', '.join(PARTICIPANT_COLUMNS)} FROM view_participants "
+            "WHERE tenant = ? AND scope = '' AND participant = ?",
+            (fact.tenant, renamed.tombstone),
+        )
+        if row:
+            balances[(fact.tenant, renamed.tombstone)] = ParticipantRow(*row[0])
 
     def _analyze_due(self, position: int) -> bool:
         """After a tenth more facts (and 30 s): a tenant that grew since the last ANALYZE is planned as

@@ -225,14 +225,14 @@ async def test_the_follower_retries_a_page_that_failed_transiently_and_counts_ea
     original = reciprocity.ReciprocityProjection.process_page
     attempts = []
 
-    def flaky(self, page, position=None):
+    def flaky(self, page, position=None, new_names=None):
         attempts.append(position)
         if len(attempts) <= 2:
             try:
                 raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
             except psycopg.Error as cause:
                 raise persistence.OperationalError(str(cause)) from cause
-        return original(self, page, position)
+        return original(self, page, position, new_names)
 
     monkeypatch.setattr(reciprocity.ReciprocityProjection, "process_page", flaky)
     failed: list[str] = []
