@@ -28,6 +28,7 @@ following gives.
 from __future__ import annotations
 
 import gc
+import os
 import re
 import sqlite3
 import sys
@@ -39,15 +40,19 @@ from typing import Any
 
 from contracts.types import context_key
 from contracts.webhook_bodies import FactType
-from ledger.facts import STORED_TOPICS, Acknowledgement, Fact, Give, Introduction
+from ledger.facts import STORED_TOPICS, Acknowledgement, Erasure, Fact, Give, Introduction, fact_event_id
+from ledger.participants import ERASURE_SOURCE, TOMBSTONE_PREFIX, tombstone
 from ledger.store import Ledger, StoredFact
+from projections import erasure
 from projections.influence_pairs import columns
 from projections.rebuild_columns import in_rows, rebuild_rows
 from projections.reciprocity import DDL, TABLES, VIEW, _columns, _ref_event_id, to_micro
 from projections.reciprocity_rules import CONTEXT_DIMENSIONS, decay_exponent, decayed_weight
-from projections.viewstore import ViewCursor, ViewStore
+from projections.view_names import TenantToken, insert_names
+from projections.viewstore import ViewCursor, ViewStore, secure_delete
 
 READ_PAGE_FACTS = 50_000
+SHRED_CHUNK_BYTES = 1 << 20
 INDEX_DDL = [statement for statement in DDL if statement.startswith("CREATE INDEX")]
 INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement in INDEX_DDL]  # type: ignore[union-attr]
 
@@ -118,9 +123,17 @@ class Gives:
 
 
 class Replay:
-    """The whole log's effect on the reciprocity views, built in memory and written once."""
+    """The whole log's effect on the reciprocity views, built in memory and written once.
 
-    def __init__(self) -> None:
+    `names` are the ids of every participant not erased, by token (`Ledger.names()`, read once): facts name
+    participants by token, and any other token shows as its tombstone, as it does once the follower applied
+    its erasure."""
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
+        self.names = names or {}
+        self.met: set[TenantToken] = set()  # the tokens facts read in Python hold, for view_names
+        self.erased: dict[str, int] = {}  # each tenant's last erasure
+        self.erasures: dict[TenantToken, int] = {}  # each erasure's position
         self.gives = Gives()
         self.introductions: dict[str, list[Any]] = {}  # by event id (unique across tenants)
         self.acknowledgements: dict[str, list[Any]] = {}
@@ -139,7 +152,15 @@ class Replay:
         # Interned: one string object per tenant and person, however many rows name them.
         tenant, event_id = sys.intern(fact.tenant), fact.event_id
         self._seen(tenant, position)
-        name = sys.intern
+
+        def name(token: str) -> str:
+            self.met.add((tenant, token))
+            return sys.intern(self.names.get(token) or tombstone(token))
+
+        if isinstance(fact, Erasure):  # no number changes; its participant shows as the tombstone throughout
+            self.met.add((tenant, fact.token))
+            self.erased[tenant] = self.erasures[tenant, fact.token] = position
+            return
         if isinstance(fact, Give):
             self.gives.add((
                 tenant, event_id, position, fact.external_id, name(fact.giver), name(fact.receiver),
@@ -147,9 +168,9 @@ class Replay:
             ))  # fmt: skip
         elif isinstance(fact, Introduction):
             keys = self._context(fact.context)
-            a, b = sorted(fact.introduced)
+            a, b = sorted(map(name, fact.introduced))
             self.introductions[event_id] = [
-                tenant, event_id, position, fact.external_id, name(fact.introducer), name(a), name(b),
+                tenant, event_id, position, fact.external_id, name(fact.introducer), a, b,
                 fact.occurred_at, *keys, 1,
             ]  # fmt: skip
         elif isinstance(fact, Acknowledgement):
@@ -224,6 +245,29 @@ class Replay:
 
     # 3. written once
 
+    def rewrite_names(self, cursor: ViewCursor, ledger: Ledger, gives_read: bool) -> None:
+        """Writes view_names afresh. A participant the views knew by id whose erasure the follower had not
+        applied yet is a tombstone now: the KV writer is told to purge the id's keys, as the erasure would."""
+        names = {key: self.names.get(key[1]) or tombstone(key[1]) for key in self.met}
+        tombstoned = {key for key, name in names.items() if name.startswith(TOMBSTONE_PREFIX)}
+        if gives_read:
+            tombstoned.update((tenant, token) for tenant, token in cursor.execute(TOMBSTONED_IN_READ))
+        carried = erasure.known_ids(cursor, tombstoned)
+        cursor.execute("DELETE FROM view_names")
+        if gives_read:
+            cursor.execute(NAMES_FROM_READ)
+        insert_names(cursor, names)
+        positions = dict(self.erasures)
+        missing = [key for key in carried if key not in positions]  # erased after the head this replays to
+        found = ledger.find_facts(fact_event_id(tenant, ERASURE_SOURCE, f"erase-{token}") for tenant, token in missing)
+        for stored in found.values():
+            if isinstance(stored.fact, Erasure):
+                positions[stored.fact.tenant, stored.fact.token] = stored.position
+        for (tenant, token), participant in sorted(carried.items()):
+            if (tenant, token) in positions:
+                renamed = erasure.Renamed(tenant, token, participant, tombstone(token))
+                erasure.record_for_kv(cursor, renamed, positions[tenant, token])
+
     def write(self, cursor: ViewCursor, store: ViewStore, staging: dict[str, Path] | None = None) -> None:
         """Writes every row, then the indexes. The database builds an index in its own code, without Python's
         interpreter lock, so a thread (`writer`, the only one that uses the connection from then on) builds
@@ -255,7 +299,8 @@ class Replay:
                 del rows
             for done in written:
                 done.result()
-        cursor.insert("view_tenants", ["tenant", "changed_position"], sorted(self.tenants.items()))
+        tenants = [(tenant, position, self.erased.get(tenant, 0)) for tenant, position in sorted(self.tenants.items())]
+        cursor.insert("view_tenants", ["tenant", "changed_position", "erased_position"], tenants)
         store.record_position(cursor, VIEW, self.position)
 
     def _write_facts(self, cursor: ViewCursor, gives_read: bool) -> None:
@@ -344,19 +389,38 @@ def staging_files(store: ViewStore) -> Iterator[dict[str, Path]]:
     try:
         for table, names in REBUILT_COLUMNS.items():
             path = files[f"{table}_staged"]
-            path.unlink(missing_ok=True)  # left by a rebuild that was killed
+            shred(path)  # left by a rebuild that was killed
             with closing(sqlite3.connect(path)) as connection:
+                secure_delete(connection)
                 connection.execute(f"CREATE TABLE rows ({', '.join(names)})")
         yield files
     finally:
         for path in files.values():
-            path.unlink(missing_ok=True)
+            shred(path)
+
+
+def shred(path: Path) -> None:
+    """Removes a scratch file after overwriting it with zeros, on disk before it goes: it held participants'
+    ids, and the file system would leave the freed blocks as they were (DESIGN section 7)."""
+    try:
+        with path.open("r+b") as scratch:
+            size = scratch.seek(0, os.SEEK_END)
+            scratch.seek(0)
+            zeros = bytes(SHRED_CHUNK_BYTES)
+            for start in range(0, size, len(zeros)):
+                scratch.write(zeros[: min(len(zeros), size - start)])
+            scratch.flush()
+            os.fsync(scratch.fileno())
+    except FileNotFoundError:
+        return
+    path.unlink(missing_ok=True)
 
 
 def _stage(path: Path, rows: Iterator[tuple[Any, ...]]) -> int:
     """Binds rows into a staging file's table with a connection of its own (no journal: the file is scratch);
     returns how many."""
     with closing(sqlite3.connect(path, isolation_level=None)) as connection:
+        secure_delete(connection)
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
         width = len(connection.execute("SELECT * FROM rows LIMIT 0").description)
@@ -373,12 +437,16 @@ GIVES_READ = {
     **{dimension: f"data.context.{dimension}" for dimension in CONTEXT_DIMENSIONS},
 }  # fmt: skip
 _CONTEXT_KEY = "(SELECT key FROM temp.replay_context_keys WHERE value = g.{0}) AS {0}"
+# The store's JSON names participants by token: each shows as its id (`Replay.names`, staged as
+# temp.replay_names by `stage_names`) or, erased, as its tombstone.
+_NAME = f"coalesce((SELECT participant FROM temp.replay_names WHERE token = {{0}}), '{TOMBSTONE_PREFIX}' || {{0}})"
 # view_gives from them and what `Replay._stage_gives` staged. The property test checks it gives the rows
 # following gives.
 GIVES_FROM_READ = (
     "INSERT INTO view_gives (tenant, event_id, position, external_id, giver, receiver, value_micro, occurred_at, "
     f"{', '.join(CONTEXT_DIMENSIONS)}, live, acknowledged) "
-    "SELECT g.tenant, g.event_id, g.position, g.external_id, g.giver, g.receiver, v.micro, g.occurred_at, "
+    f"SELECT g.tenant, g.event_id, g.position, g.external_id, {_NAME.format('g.giver')}, "
+    f"{_NAME.format('g.receiver')}, v.micro, g.occurred_at, "
     f"{', '.join(_CONTEXT_KEY.format(d) for d in CONTEXT_DIMENSIONS)}, "
     "coalesce(f.live, 1), coalesce(f.acknowledged, 0) "
     "FROM temp.replay_gives AS g JOIN temp.replay_values AS v ON v.value = g.value "
@@ -388,9 +456,27 @@ GIVES_FROM_READ = (
 
 # What `Replay.add_gives` takes of them, in view_gives' column order up to the flags.
 GIVES_LOADED = (
-    "SELECT tenant, event_id, position, external_id, giver, receiver, value, occurred_at, "
-    f"{', '.join(CONTEXT_DIMENSIONS)} FROM temp.replay_gives ORDER BY position"
+    f"SELECT g.tenant, g.event_id, g.position, g.external_id, {_NAME.format('g.giver')}, "
+    f"{_NAME.format('g.receiver')}, g.value, g.occurred_at, "
+    f"{', '.join(f'g.{d}' for d in CONTEXT_DIMENSIONS)} FROM temp.replay_gives AS g ORDER BY g.position"
 )
+# view_names for the tokens of the gives read (those of the other facts are bound from Python).
+TOMBSTONED_IN_READ = (
+    "SELECT DISTINCT t.tenant, t.token FROM (SELECT tenant, giver AS token FROM temp.replay_gives "
+    "UNION SELECT tenant, receiver AS token FROM temp.replay_gives) AS t "
+    "WHERE NOT EXISTS (SELECT 1 FROM temp.replay_names AS n WHERE n.token = t.token)"
+)
+NAMES_FROM_READ = (
+    f"INSERT INTO view_names (tenant, token, participant) SELECT t.tenant, t.token, {_NAME.format('t.token')} "
+    "FROM (SELECT tenant, giver AS token FROM temp.replay_gives "
+    "UNION SELECT tenant, receiver AS token FROM temp.replay_gives) AS t"
+)
+
+
+def stage_names(cursor: ViewCursor, names: dict[str, str]) -> None:
+    """The ids of the participants not erased, by token, for the statements above."""
+    cursor.execute("CREATE TEMP TABLE replay_names (token TEXT PRIMARY KEY, participant TEXT NOT NULL)")
+    cursor.insert("temp.replay_names", ("token", "participant"), names.items())
 
 
 def read_gives(cursor: ViewCursor, stored_events: str, last_position: int) -> None:
@@ -426,6 +512,12 @@ def _read_log(
         on_progress(after)
 
 
+def _names(ledger: Ledger) -> dict[str, str]:
+    # Read after the head: every token of a fact up to it was made before, so one not found here was erased
+    # (its erasure may come after the head: the follower then finds the views knew the tombstone only).
+    return ledger.names().names
+
+
 def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] = lambda position: None) -> int:
     """Builds the reciprocity views of an empty view store from the log up to its head when called; returns the
     facts applied. The caller holds the projector lock and has emptied the views (`ViewStore.reset`)."""
@@ -445,17 +537,21 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
             if store_file:  # the gives come from read_gives; the other facts are read from the log meanwhile
                 stored_events = f"ledger.{ledger.recorder.events_table_name}"
                 gives_read = reader.submit(read_gives, cursor, stored_events, head)
+                replayed.names = _names(ledger)
                 others = list(_read_log(ledger, head, NOT_GIVES, on_progress))
                 gives_read.result()
+                stage_names(cursor, replayed.names)
                 replayed.add_gives(cursor.execute(GIVES_LOADED))
                 facts: Iterable[StoredFact] = others
             else:
+                replayed.names = _names(ledger)
                 facts = _read_log(ledger, head, None, on_progress)
             applied = len(replayed.gives)
             for stored in facts:
                 replayed.apply(stored.position, stored.fact)
                 applied += 1
             if applied:
+                replayed.rewrite_names(cursor, ledger, gives_read=staging is not None)
                 replayed.write(cursor, store, staging=staging)
         if applied:
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
