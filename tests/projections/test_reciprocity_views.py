@@ -22,6 +22,7 @@ from projections import influence_view
 from projections.follower import Follower
 from projections.influence_pairs import PairCache
 from projections.influence_view import InfluenceView, read_stored_rows
+from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
 from projections.reciprocity import DDL, TABLES, VIEW, ReciprocityProjection
 from projections.replay import replay
@@ -48,6 +49,8 @@ step = st.one_of(
     st.tuples(st.just("introduction"), people, st.sampled_from(CONTEXTS), when),
     st.tuples(st.just("acknowledgement"), st.integers(0, 10_000), st.booleans(), when),
     st.tuples(st.just("reversal"), st.integers(0, 10_000)),
+    # Forgotten at its place in the history; later facts naming the same id are a new person with a new token.
+    st.tuples(st.just("erasure"), st.sampled_from(PEOPLE)),
 )
 history = st.lists(st.tuples(st.sampled_from(TENANTS), st.sampled_from(SOURCES), step), min_size=5, max_size=80)
 
@@ -102,14 +105,19 @@ def fresh_store(base):
 
 
 def build(example, steps, chunks, page_size, after_chunk=lambda store: None):
+    """Records the history in chunks of `chunks` steps through the real writer (an erasure by `FactWriter.erase`
+    at its place), following the log after each chunk."""
     ledger = open_ledger(example.database_url, example.data_dir)
     writer = FactWriter(ledger)
     store = ViewStore(example.database_url, example.data_dir, (*DDL, *influence_view.DDL))
     projection = ReciprocityProjection(store)
     follower = Follower(ledger, projection, lambda: store.position(VIEW), page_facts_max=page_size)
     earlier: list[dict] = []
-    items = []
+    items: list = []
     for n, (tenant, source, item) in enumerate(steps):
+        if item[0] == "erasure":
+            items.append((tenant, item[1]))
+            continue
         sender, fact = to_fact(n, tenant, source, item, earlier)
         data = fact[1]
         helped = [data["receiver"]] if "receiver" in data else data.get("introduced", [])
@@ -119,7 +127,15 @@ def build(example, steps, chunks, page_size, after_chunk=lambda store: None):
         webhook = read_webhook(json.dumps(envelope(fact)).encode())
         items.append(ReceivedFact.from_webhook(tenant, sender, webhook, datetime.now(UTC)))
     for start in range(0, len(items), chunks):
-        writer.commit(items[start : start + chunks])
+        facts: list[ReceivedFact] = []
+        for item in items[start : start + chunks]:
+            if isinstance(item, ReceivedFact):
+                facts.append(item)
+                continue
+            writer.commit(facts)
+            facts = []
+            writer.erase(*item)  # None when the id names nobody (never named, or erased already)
+        writer.commit(facts)
         follower.catch_up()  # incremental: the view follows the writes as they land
         after_chunk(store)
     return ledger, store, projection, follower
@@ -139,13 +155,38 @@ def snapshot(store: ViewStore) -> tuple[dict, dict]:
 
 
 def view_rows(store: ViewStore) -> dict[str, list[tuple]]:
-    """Every row of every reciprocity table, without changed_position (which page changed a row depends on
-    how the log was paged; a replay writes every row at its last position)."""
+    """Every row of every reciprocity table and of view_names, without changed_position (which page changed a
+    row depends on how the log was paged; a replay writes every row at its last position)."""
     rows = {}
-    for table in TABLES:
+    for table in (*TABLES, "view_names"):
         columns = ["tenant", "changed_position"] if table == "view_tenants" else view_columns(store, table)
         rows[table] = sorted(map(tuple, store.read(f"SELECT {', '.join(columns)} FROM {table}")))
     return rows
+
+
+def assert_no_erased_id(store: ViewStore, ledger, stored) -> None:
+    """An erased person's id is nowhere in the views but where a later fact named the id anew (a new person),
+    and the KV writer is told to purge it from every bucket; their tombstone is wherever the views had them."""
+    logged = ledger.logged(stored)
+    erased = {(f["tenant"], f["data"]["token"]) for f in logged if f["type"] == "participant.erased"}
+    for tenant, token in erased:
+        kv = store.read("SELECT bucket, participant FROM view_erasures WHERE tenant = ? AND token = ?", (tenant, token))
+        shown = store.read("SELECT participant FROM view_names WHERE tenant = ? AND token = ?", (tenant, token))
+        assert shown == [(f"erased-{token}",)]
+        if not kv:
+            continue  # the views only ever knew the tombstone
+        assert sorted(bucket for bucket, _ in kv) == sorted(BUCKETS) and len({p for _, p in kv}) == 1
+        person = kv[0][1]
+        named_anew = store.read("SELECT 1 FROM view_names WHERE tenant = ? AND participant = ?", (tenant, person))
+        if not named_anew:
+            for table in ("view_participants", "view_gives", "view_introductions", "view_acknowledgements"):
+                columns = view_columns(store, table)
+                rows = store.read(f"SELECT {', '.join(columns)} FROM {table} WHERE tenant = ?", (tenant,))
+                assert not [row for row in rows if person in row], (table, person)
+            assert store.read(
+                "SELECT COUNT(*) FROM view_participants WHERE tenant = ? AND participant = ?",
+                (tenant, f"erased-{token}"),
+            ) != [(0,)]
 
 
 def assert_books_balance(store: ViewStore) -> None:
@@ -174,7 +215,8 @@ def check_views(example, steps, chunks, page_size, rebuild_page):
         assert_books_balance(store)
 
         stored = sorted((f for t in TENANTS for f in ledger.tenant_log(t, 0, 10_000)), key=lambda f: f.position)
-        balances, pairs = reference_views([f.fact.to_json() for f in stored])
+        balances, pairs = reference_views(ledger.logged(stored))  # as the log shows them: ids and tombstones
+        assert_no_erased_id(store, ledger, stored)
         assert set(incremental[0]) == set(balances)
         for key, expected in balances.items():
             actual = incremental[0][key]
