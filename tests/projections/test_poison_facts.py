@@ -24,8 +24,9 @@ from contracts.webhook_bodies import webhook_adapter
 from ledger.connections import ConnectionLimits
 from ledger.facts import ReceivedFact
 from ledger.group_commit import FactWriter
+from ledger.participants import tombstone
 from ledger.store import open_ledger
-from projections import reciprocity
+from projections import erasure, reciprocity
 from projections.follower import Follower, Quarantine, projection_failures, transient
 from projections.runtime import open_view_store
 from services.bootstrap import open_components
@@ -131,6 +132,34 @@ def test_a_poison_fact_quarantines_its_tenant_and_the_other_tenant_moves_past_it
     assert views.position(VIEW) == ledger.head_position()
     assert (given(views, "a"), given(views, "b")) == (10, 23)
     assert len(projection_failures(views)) == 1
+
+
+def test_a_quarantined_tenants_erasures_still_take_the_id_out_of_its_rows(settings, stores, monkeypatch):
+    """Its rows stay as they stood before its poison fact, but an erasure in it still applies (DESIGN section 7:
+    no answer holds the id). An erasure that fails by itself is not tried again, and stops no one."""
+    ledger, views = stores
+    writer = FactWriter(ledger)
+    outcomes = writer.commit(interleaved(40, poison_at=20))
+    poison(settings, monkeypatch, outcomes[20].event_id)
+    follower(ledger, views).catch_up()
+    assert [failure.tenant for failure in projection_failures(views)] == ["a"] and given(views, "a") == 10
+
+    erased = writer.erase("a", "ann")
+    writer.commit([received(give("h1", "bob", "cas"), "b")])
+    follower(ledger, views).catch_up()
+    assert views.position(VIEW) == ledger.head_position()
+    assert given(views, "a") == 0 and given(views, "a", tombstone(erased.token)) == 10
+    assert "ann" not in json.dumps(tenant_rows(views, "a"))
+    assert given(views, "b", "bob") == 1
+
+    def failing(cursor, tenant, token, erased_at, position):
+        raise ValueError("simulated failing erasure")
+
+    monkeypatch.setattr(erasure, "erase", failing)
+    writer.erase("a", "bob")
+    writer.commit([received(give("h2", "bob", "cas"), "b")])
+    follower(ledger, views, page_facts_max=1).catch_up()
+    assert views.position(VIEW) == ledger.head_position() and given(views, "b", "bob") == 2
 
 
 def test_the_other_tenant_gets_exactly_the_rows_it_would_have_without_the_poison_fact(settings, stores, monkeypatch):
