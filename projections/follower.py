@@ -10,6 +10,10 @@ tenant if its page were simply tried again. A page that fails for its content is
 the fact that fails alone; that fact's tenant is quarantined in that view (skipped from then on, its rows left
 as they were at the fact before) and every other tenant moves on. A failure of the database itself (connection
 lost, lock timeout) blames no one: the page is tried again as it is.
+
+Stored facts name participants by token. Each page read is shown under the names the views use (ids, or
+tombstones) once, before it is applied (`projections/view_names.py`); the names it met first are recorded in
+its transaction.
 """
 
 from __future__ import annotations
