@@ -15,6 +15,7 @@ import orjson
 
 from ledger.participants import tombstone
 from projections.nats_bus import BUCKETS
+from projections.reciprocity_rules import CONTEXT_DIMENSIONS, OVERALL, fact_scopes
 from projections.viewstore import ViewCursor
 
 DDL = (
@@ -87,6 +88,7 @@ def known_ids(cursor: ViewCursor, tokens: set[tuple[str, str]]) -> dict[tuple[st
 def rename(cursor: ViewCursor, tenant: str, old: str, new: str, position: int) -> None:
     """Every view row of the tenant that names `old` names `new` instead; rows a KV bucket holds are marked
     changed at `position`, so the KV writer writes them under the new name."""
+    pairs = _pairs_of(cursor, tenant, old)  # read from the fact rows, before they are renamed
     for table, columns in PERSON_COLUMNS.items():
         for column in columns:
             cursor.execute(f"UPDATE {table} SET {column} = ? WHERE tenant = ? AND {column} = ?", (new, tenant, old))
@@ -95,7 +97,7 @@ def rename(cursor: ViewCursor, tenant: str, old: str, new: str, position: int) -
         "UPDATE view_participants SET participant = ?, changed_position = ? WHERE tenant = ? AND participant = ?",
         (new, position, tenant, old),
     )
-    _rename_pairs(cursor, tenant, old, new, position)
+    _rename_pairs(cursor, tenant, pairs, old, new, position)
     # Pairs that `new` introduced: their introduced_by lists it.
     introduced = cursor.execute(
         "SELECT DISTINCT a, b FROM view_introductions WHERE tenant = ? AND introducer = ?", (tenant, new)
@@ -122,14 +124,12 @@ def _rename_introduced(cursor: ViewCursor, tenant: str, old: str, new: str) -> N
     cursor.executemany("UPDATE view_introductions SET a = ?, b = ? WHERE tenant = ? AND event_id = ?", updates)
 
 
-def _rename_pairs(cursor: ViewCursor, tenant: str, old: str, new: str, position: int) -> None:
-    """Pairs in every scope: the new name takes the old one's end, and if that changes their order, the two
-    directions swap (a_to_b becomes b_to_a, each with its values)."""
-    rows = cursor.execute(
-        "SELECT scope, a, b FROM view_pairs WHERE tenant = ? AND a = ? "
-        "UNION ALL SELECT scope, a, b FROM view_pairs WHERE tenant = ? AND b = ?",
-        (tenant, old, tenant, old),
-    )
+def _rename_pairs(
+    cursor: ViewCursor, tenant: str, keys: set[tuple[str, str, str, str]], old: str, new: str, position: int
+) -> None:
+    """Pairs in every scope (`keys`, from `_pairs_of`): the new name takes the old one's end, and if that changes
+    their order, the two directions swap (a_to_b becomes b_to_a, each with its values)."""
+    rows = list(cursor.lookup("view_pairs", ("scope", "a", "b"), ("tenant", "scope", "a", "b"), keys))
     kept, swapped = [], []
     for scope, a, b in rows:
         other = b if a == old else a
@@ -139,6 +139,28 @@ def _rename_pairs(cursor: ViewCursor, tenant: str, old: str, new: str, position:
     where = "WHERE tenant = ? AND scope = ? AND a = ? AND b = ?"
     cursor.executemany(f"UPDATE view_pairs SET a = ?, b = ?, changed_position = ? {where}", kept)
     cursor.executemany(f"UPDATE view_pairs SET a = ?, b = ?, {SWAPPED}, changed_position = ? {where}", swapped)
+
+
+def _pairs_of(cursor: ViewCursor, tenant: str, person: str) -> set[tuple[str, str, str, str]]:
+    """The keys of the person's pair rows, from their facts (by the indexes on them): a give's pair in each of
+    its scopes, an introduction's overall. A large tenant's pairs are many more than one person's facts."""
+    context = ", ".join(CONTEXT_DIMENSIONS)
+    gives = cursor.execute(
+        f"SELECT giver, receiver, {context} FROM view_gives WHERE tenant = ? AND giver = ? "
+        f"UNION SELECT giver, receiver, {context} FROM view_gives WHERE tenant = ? AND receiver = ?",
+        (tenant, person, tenant, person),
+    )
+    keys = set()
+    for giver, receiver, *keys_of_context in gives:
+        a, b = sorted((giver, receiver))
+        keys.update((tenant, scope, a, b) for scope in fact_scopes(tuple(keys_of_context)))
+    introduced = cursor.execute(
+        "SELECT a, b FROM view_introductions WHERE tenant = ? AND a = ? "
+        "UNION SELECT a, b FROM view_introductions WHERE tenant = ? AND b = ?",
+        (tenant, person, tenant, person),
+    )
+    keys.update((tenant, OVERALL, a, b) for a, b in introduced)
+    return keys
 
 
 def _rename_influence(cursor: ViewCursor, tenant: str, old: str, new: str, position: int) -> None:
