@@ -100,8 +100,16 @@ class InfluenceView:
             zip(itertools.repeat(tenant), names, scores, places, constraint, effective_size, paid_off, contributions)
         )
         changed = _changed_rows(rows, stored, position)  # and `stored` is now what will be stored
+        # Rows of participants the views no longer hold: a recompute read before an erasure renamed them and
+        # wrote after it would otherwise leave the erased id's row behind for good.
+        gone = sorted(stored.keys() - set(names))
+        for participant in gone:
+            del stored[participant]
         computed = time.perf_counter()
         with self.store.transaction() as cursor:
+            cursor.executemany(
+                "DELETE FROM view_influence WHERE tenant = ? AND participant = ?", [(tenant, p) for p in gone]
+            )
             cursor.upsert("view_influence", ROW_COLUMNS, ("tenant", "participant"), changed)
             cursor.execute(
                 "INSERT INTO view_influence_tenants (tenant, position) VALUES (?, ?) "

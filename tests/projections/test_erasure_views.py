@@ -12,7 +12,7 @@ from ledger.group_commit import FactWriter
 from ledger.participants import tombstone
 from ledger.schema import SchemaError, SchemaMode
 from ledger.store import open_ledger
-from projections import reciprocity
+from projections import influence_view, reciprocity
 from projections.follower import Follower
 from projections.influence_view import InfluenceView
 from projections.nats_bus import BUCKETS
@@ -331,3 +331,26 @@ def test_influence_after_an_erasure_keeps_every_score_under_the_tombstone(stores
     assert after == renamed(before, PERSON, tombstone(erased.token))
     afresh = InfluenceView(views, ReciprocityQueries(views)).recompute("acme")
     assert afresh["changed"] == 0  # what the kept worker wrote is what a fresh read computes
+
+
+def test_an_influence_row_written_for_the_id_by_a_recompute_that_read_before_the_erasure_is_deleted(stores):
+    """A recompute reads a snapshot, computes, then writes: one that read before an erasure's page and wrote after
+    it puts the id's row back. The tenant is then still stale, and the next recompute deletes that row."""
+    ledger, views = stores
+    writer = FactWriter(ledger)
+    record(writer, history(seed=13, count=60))
+    project(ledger, views)
+    stale = views.read(
+        f"SELECT tenant, {influence_view.ITEM_COLUMNS}, changed_position FROM view_influence WHERE participant = ?",
+        (PERSON,),
+    )
+    erased = writer.erase("acme", PERSON)
+    follower(ledger, views).catch_up()
+    with views.transaction() as cursor:  # what the late write leaves: the id's row, the tenant at its old position
+        cursor.upsert("view_influence", influence_view.ROW_COLUMNS, ("tenant", "participant"), stale)
+        cursor.execute("UPDATE view_influence_tenants SET position = ? WHERE tenant = 'acme'", (erased.position - 1,))
+    influence = InfluenceView(views, ReciprocityQueries(views))
+    assert influence.stale_tenants() == ["acme"]
+    influence.recompute("acme")
+    assert influence.participant("acme", PERSON) is None and cells_naming(views, PERSON, but=("view_erasures",)) == []
+    assert influence.participant("acme", tombstone(erased.token)).score == stale[0][2]
