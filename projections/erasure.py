@@ -47,7 +47,7 @@ class Renamed:
 
 def erase(cursor: ViewCursor, tenant: str, token: str, erased_at: int, position: int) -> Renamed | None:
     """Applies the erasure of `token` (the fact at `erased_at`) in a page recorded at `position`: renames the
-    participant to the tombstone (None when the views only ever knew the tombstone), records the tokens's
+    participant to the tombstone (None when the views only ever knew the tombstone), records the token's
     name, and marks the tenant changed (influence is recomputed: the same scores, under the tombstone)."""
     gone = tombstone(token)
     known = cursor.execute("SELECT participant FROM view_names WHERE tenant = ? AND token = ?", (tenant, token))

@@ -5,6 +5,10 @@ Built page by page from the store's log: load the rows a page touches, apply its
 write the changed rows and the view's tracking position in one transaction. Values are kept as integer
 micro-units (6 decimal places), so sums are exact. A context value is a "scope" such as
 `subject=python`; scope "" holds the overall totals.
+
+Participants are named as the views show them (ids, or tombstones: `view_names`). A `participant.erased` fact
+cuts its page in two: the facts before it are saved, the erasure renames the id in the database
+(`projections/erasure.py`), and the facts after it load their rows again.
 """
 
 from __future__ import annotations
