@@ -40,6 +40,7 @@ from typing import Any
 
 from contracts.types import context_key
 from contracts.webhook_bodies import FactType
+from ledger.connections import secure_delete
 from ledger.facts import STORED_TOPICS, Acknowledgement, Erasure, Fact, Give, Introduction, fact_event_id
 from ledger.participants import ERASURE_SOURCE, TOMBSTONE_PREFIX, tombstone
 from ledger.store import Ledger, StoredFact
@@ -49,7 +50,7 @@ from projections.rebuild_columns import in_rows, rebuild_rows
 from projections.reciprocity import DDL, TABLES, VIEW, _columns, _ref_event_id, to_micro
 from projections.reciprocity_rules import CONTEXT_DIMENSIONS, decay_exponent, decayed_weight
 from projections.view_names import TenantToken, insert_names
-from projections.viewstore import ViewCursor, ViewStore, secure_delete
+from projections.viewstore import ViewCursor, ViewStore
 
 READ_PAGE_FACTS = 50_000
 SHRED_CHUNK_BYTES = 1 << 20

@@ -21,18 +21,20 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteCursor, SQLiteTrackingRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 
 from ledger.connections import (
     DEFAULT_LIMITS,
     ConnectionLimits,
     PooledSQLiteDatastore,
+    SecureSQLiteConnectionPool,
     postgres_connect,
     postgres_connect_async,
     postgres_pool,
     private_directory,
     private_sqlite_file,
+    secure_delete,
 )
 from ledger.dialect import SQLITE, Dialect, dialect_of
 from ledger.schema import SchemaMode, SchemaPart, ensure_schema
@@ -61,13 +63,6 @@ QUARANTINE_DDL = (
 )
 
 
-def secure_delete(connection: sqlite3.Connection) -> None:
-    """Deleted and overwritten content is zeroed in the file, not left in free space (DESIGN section 7: after an
-    erasure no file holds the id). Set on the main file before any ATTACH, which each attached file inherits."""
-    if connection.execute("PRAGMA secure_delete=ON").fetchone()[0] != 1:
-        raise RuntimeError("SQLite refused secure_delete: an erased participant's id could stay in the views file")
-
-
 def attach_files(connection: sqlite3.Connection, main_file: Path, *pragmas: str) -> None:
     """Attaches the views' other files beside `main_file`, each with `pragmas` (set per schema)."""
     for schema, file_name in ATTACHED_FILES.items():
@@ -76,15 +71,14 @@ def attach_files(connection: sqlite3.Connection, main_file: Path, *pragmas: str)
             connection.execute(f"PRAGMA {schema}.{pragma}")
 
 
-class ViewsSQLiteConnectionPool(SQLiteConnectionPool):
+class ViewsSQLiteConnectionPool(SecureSQLiteConnectionPool):
     """Views commit without an fsync each (WAL with synchronous=NORMAL): a power loss may take the last
     pages back, together with their tracking row, so the follower simply applies them again. The fact
     store itself keeps synchronous=FULL."""
 
     def _create_connection(self) -> Any:
         connection = super()._create_connection()
-        raw = connection._sqlite_conn
-        secure_delete(raw)
+        raw = connection._sqlite_conn  # deletes securely (the base pool), and so do the files attached below
         raw.execute("PRAGMA synchronous=NORMAL")
         # A page reads and rewrites rows all over the view tables and their indexes: keep more of them
         # cached than SQLite's default 2 MiB, so a large view is not re-read from the OS page by page.

@@ -275,6 +275,10 @@ def test_after_an_erasure_and_a_clean_stop_the_views_files_do_not_hold_the_id(sq
         assert holding(data_dir, PERSON) == ["influence.sqlite3", "views.sqlite3"]  # so the search means something
 
         views = open_view_store(None, data_dir)
+        with views.transaction() as cursor:  # the page's connection, and a reader's
+            assert cursor.execute("PRAGMA secure_delete") == [(1,)]
+            assert cursor.execute("PRAGMA influence.secure_delete") == [(1,)]
+        assert views.read("PRAGMA secure_delete") == [(1,)]
         writer.erase("acme", PERSON)
         project(ledger, views, page_facts_max=50)
         with views.transaction() as cursor:  # as the KV writer does once it purged the id's keys
