@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import nats
 import pytest
 
+from contracts.answers import LoggedFact
+from contracts.asyncapi import ParticipantErased
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
 from projections.nats_bus import PARTICIPANTS_HEADER, POSITION_HEADER, STREAM, connect, ensure_stream
@@ -165,6 +167,9 @@ async def test_after_an_erasure_no_stream_message_names_the_participant(ledger, 
     assert erasure.subject == "reciprocity.events.acme.participant_erased"
     assert erasure.participants == [erased.token] and erasure.body["data"] == {"token": erased.token}
     assert erasure.body["type"] == "participant.erased" and erasure.body["position"] == erased.position
+    ParticipantErased.model_validate(erasure.body)  # as contracts/asyncapi.json describes it
+    for message in messages[:2] + messages[3:]:
+        LoggedFact.model_validate(message.body)
 
 
 class DiesBeforeDeleting(Relay):
