@@ -12,7 +12,7 @@ round trips, and the server answers many at a time.
 `delete_msg` asks without `no_erase`, so the server overwrites the message with random bytes (`eraseMsg`)
 instead of only marking it deleted. That is what costs: nats-server 2.15 rewrites and syncs the message's whole
 block file (8 MB in an unlimited stream) for each erased message, one at a time under the stream's lock, about
-7 ms each on our test machine, while finding a message costs about 0.05 ms (docs/performance.md).
+8 ms each on our test machine, while finding one costs about 0.05 ms (docs/performance.md).
 """
 
 from __future__ import annotations
