@@ -7,12 +7,14 @@ direct get of the first message at or after a sequence (earlier erasures leave g
 `Reciprocity-Position`. Between two messages at positions p < q lie at most q - p - 1 others, which bounds the
 search on both sides, and positions grow nearly linearly with sequences, so an interpolated probe mostly lands
 on the message itself. Several searchers run at once, each over a run of the positions: a search is a chain of
-round trips, and the server answers many at a time.
+round trips, and the server answers direct gets many at a time. The deletes then go one at a time: the server
+erases one message at a time anyway, and deletes queued at once held every other JetStream API request (a
+`stream_info`, a consumer's) back until the last was done, seconds for a few thousand.
 
 `delete_msg` asks without `no_erase`, so the server overwrites the message with random bytes (`eraseMsg`)
 instead of only marking it deleted. That is what costs: nats-server 2.15 rewrites and syncs the message's whole
 block file (8 MB in an unlimited stream) for each erased message, one at a time under the stream's lock, about
-8 ms each on our test machine, while finding one costs about 0.05 ms (docs/performance.md).
+7 ms each on our test machine, while finding one costs about 0.05 ms (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from projections.nats_bus import EVENT_SUBJECTS, POSITION_HEADER, STREAM
 
-# Concurrent searches: the server erases one message at a time anyway, so a few keep it busy without crowding
-# out everybody else's JetStream API requests.
-SEARCHERS = 8
+SEARCHERS = 8  # concurrent searches, each a chain of direct gets
 SEQUENCE_NOT_FOUND = 10057  # JetStream's error code for a message that is gone already
 
 
@@ -55,19 +55,23 @@ class StreamEraser:
         runs = max(1, min(self.searchers, len(positions)))
         size = -(-len(positions) // runs)
         chunks = [positions[start : start + size] for start in range(0, len(positions), size)]
-        deleted = await asyncio.gather(*(self._erase_run(chunk, first, upper) for chunk in chunks))
-        return sum(deleted)
-
-    async def _erase_run(self, positions: Sequence[int], first: Located, upper: Located) -> int:
+        found = await asyncio.gather(*(self._locate_run(chunk, first, upper) for chunk in chunks))
         deleted = 0
+        for sequence in (sequence for run in found for sequence in run):
+            if await self._delete(sequence):
+                deleted += 1
+        return deleted
+
+    async def _locate_run(self, positions: Sequence[int], first: Located, upper: Located) -> list[int]:
+        sequences = []
         below, above = first, upper
         for position in positions:
             if above.position <= position:
                 above = upper
             found, below, above = await self.locate(position, below, above)
-            if found is not None and await self._delete(found):
-                deleted += 1
-        return deleted
+            if found is not None:
+                sequences.append(found)
+        return sequences
 
     async def locate(self, position: int, below: Located, above: Located) -> tuple[int | None, Located, Located]:
         """The sequence of the message at `position` (None when it is not in the stream), searched between two

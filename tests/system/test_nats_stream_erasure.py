@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from projections.stream_erasure import Located, StreamEraser
 from services.natsserver import EmbeddedNatsServer
 from tests.helpers import acknowledgement, give, introduction, received, reversal, until
 from tests.processes import free_port
+from tests.system.test_nats import start_relay
 
 ANN = "ann-erasable"  # an id no other text contains
 ANN_NOTE = "ann's private note"
@@ -241,3 +243,43 @@ async def test_the_search_costs_few_probes_per_message_however_the_stream_is_gap
 
 def upper_of(message: StreamMessage) -> Located:
     return Located(message.sequence, message.position)
+
+
+async def test_a_relay_killed_while_deleting_leaves_the_rest_to_the_next_one(ledger, js, nats_server, settings):
+    """SIGKILL in the middle of deleting 3,000 messages: the next relay process deletes what is left."""
+    for start in range(0, 3_000, 500):
+        commit(ledger, [give(f"k{n}", ANN, "bob", note=ANN_NOTE) for n in range(start, start + 500)])
+    assert FactWriter(ledger).erase("acme", ANN) is not None
+    relay_settings = settings.with_(nats_url=nats_server.url)
+
+    async def remaining() -> int:
+        return (await js.stream_info(STREAM)).state.messages
+
+    relay = start_relay(relay_settings)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # no pause between looks: the deletion is quick
+            if (await last_subject(js)).endswith("participant_erased") and await remaining() < 3_001:
+                break
+    finally:
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(10)
+    assert 1 < await remaining() < 3_001, "killed in the middle of deleting"
+    relay = start_relay(relay_settings)
+    try:
+        await until(lambda: finished(remaining), 60, what="the rest deleted by the next relay")
+    finally:
+        relay.kill()
+        relay.wait(10)
+    [left] = await whole_stream(js)
+    assert left.body["type"] == "participant.erased" and ANN_NOTE not in left.text()
+
+
+async def last_subject(js) -> str:
+    """The subject of the stream's last message ('' while there is none)."""
+    info = await js.stream_info(STREAM)
+    return (await js.get_msg(STREAM, seq=info.state.last_seq)).subject if info.state.messages else ""
+
+
+async def finished(remaining) -> bool:
+    return await remaining() == 1
