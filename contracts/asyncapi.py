@@ -3,9 +3,9 @@ service, generated from the same pydantic contracts as the HTTP interface (contr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.answers import LoggedFact
@@ -15,8 +15,29 @@ from contracts.view_answers import Balance, InfluencePage, Maintenance, Pair, Pa
 from contracts.webhook_bodies import FACT_TYPES
 
 REF = "#/components/schemas/{model}"
+TOKEN_PATTERN = r"^[0-9a-f]{16}$"
+TOKENS_PATTERN = r"^[0-9a-f]{16}( [0-9a-f]{16})*$"
+
+
+class ErasedData(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token: str = Field(
+        pattern=TOKEN_PATTERN,
+        description="The erased participant's token, as it stood in the Reciprocity-Participants headers.",
+    )
+
+
+class ParticipantErased(LoggedFact):
+    """A `participant.erased` fact as the stream carries it (DESIGN section 7): the ledger erased a participant."""
+
+    type: Literal["participant.erased"]  # type: ignore[assignment]
+    data: ErasedData  # type: ignore[assignment]
+
+
 PAYLOADS: list[type[BaseModel]] = [
     LoggedFact,
+    ParticipantErased,
     Balance,
     Pair,
     ParticipantInfluence,
@@ -47,12 +68,20 @@ def asyncapi_document() -> dict[str, Any]:
         "publishFacts": {
             "action": "send",
             "channel": {"$ref": "#/channels/events"},
-            "summary": "The relay publishes every committed fact once, in position order (the outbox).",
+            "summary": (
+                "The relay publishes every committed fact once, in position order (the outbox), and deletes an "
+                "erased participant's earlier messages once it has published their participant_erased fact."
+            ),
         }
     }
     for bucket, (key, value) in BUCKETS.items():
         name = bucket.removeprefix("reciprocity_")
-        channels[name] = _channel(f"$KV.{bucket}.{key}", value, f"The {name} view in KV bucket {bucket} (history 1).")
+        description = (
+            f"The {name} view in KV bucket {bucket} (history 1). An erased participant's keys are deleted, then "
+            "purged from the bucket's stream, so no key or marker names them; keys with them are written again "
+            "under `erased-<token>`."
+        )
+        channels[name] = _channel(f"$KV.{bucket}.{key}", value, description)
         operations[f"write{name.title()}"] = {"action": "send", "channel": {"$ref": f"#/channels/{name}"}}
     for endpoint, (request, reply) in QUERIES.items():
         channels[f"query-{endpoint}"] = _channel(f"reciprocity.query.{{tenant}}.{endpoint}", request, "")
@@ -80,26 +109,58 @@ def asyncapi_document() -> dict[str, Any]:
     }
 
 
+ERASURE_DUTY = (
+    "Every message before it whose Reciprocity-Participants header holds this token is deleted from the stream "
+    "with JetStream's secure erase, within seconds of this message. A subscriber that keeps copies must erase its "
+    "own copies of those messages (index them by the header's tokens), and everything it derived from them that "
+    "names the participant; later messages show the participant as `erased-<token>`."
+)
+
+
 def _events_channel() -> dict[str, Any]:
     return {
         "address": "reciprocity.events.{tenant}.{type}",
-        "description": "JetStream stream RECIPROCITY_EVENTS: every fact, unlimited retention.",
+        "description": (
+            "JetStream stream RECIPROCITY_EVENTS: every fact, unlimited retention, in position order. Every message "
+            "names in its Reciprocity-Participants header the tokens of everyone its fact concerns; a "
+            "participant_erased message asks subscribers to erase their copies by token."
+        ),
         "parameters": {
             "tenant": {"description": f"The tenant slug, {SLUG_PATTERN}"},
             "type": {"enum": [t.replace(".", "_") for t in FACT_TYPES], "description": "The fact type, dot as _"},
         },
         "messages": {
             "LoggedFact": {
+                "summary": "A fact, as in the log (ids; a note only while everyone it concerns exists).",
                 "payload": {"$ref": REF.format(model="LoggedFact")},
-                "headers": {
-                    "type": "object",
-                    "required": ["Nats-Msg-Id", "Reciprocity-Position"],
-                    "properties": {
-                        "Nats-Msg-Id": {"type": "string", "format": "uuid", "description": "The event id"},
-                        "Reciprocity-Position": {"type": "string", "description": "The position in the log"},
-                    },
-                },
-            }
+                "headers": _event_headers(),
+            },
+            "ParticipantErased": {
+                "summary": "On subject reciprocity.events.{tenant}.participant_erased: a participant was erased.",
+                "description": ERASURE_DUTY,
+                "payload": {"$ref": REF.format(model="ParticipantErased")},
+                "headers": _event_headers(),
+            },
+        },
+    }
+
+
+def _event_headers() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["Nats-Msg-Id", "Reciprocity-Position", "Reciprocity-Participants"],
+        "properties": {
+            "Nats-Msg-Id": {"type": "string", "format": "uuid", "description": "The event id"},
+            "Reciprocity-Position": {"type": "string", "description": "The position in the log"},
+            "Reciprocity-Participants": {
+                "type": "string",
+                "pattern": TOKENS_PATTERN,
+                "description": (
+                    "The tokens of everyone the fact concerns, space-separated: whom it names, and for an "
+                    "acknowledgement or reversal also whom the fact it refers to concerns. A token is never derived "
+                    "from an id; index your copies by it, to erase them on participant_erased."
+                ),
+            },
         },
     }
 

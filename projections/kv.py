@@ -15,6 +15,11 @@ writes it had acknowledged (a NATS server that restarted without its last unsync
 a deleted store), and the writer then writes it again from the start. So does a rebuild of the views
 (`forget_written`). Values are the HTTP answers' JSON; their `position` is the view's position when the
 key was written.
+
+An erasure reaches the buckets through `view_erasures`: the views write one row per bucket in the transaction
+that applies it. Once a bucket is written up to the erasure's position (the renamed keys are in), the writer
+deletes and purges the erased participant's keys (projections/kv_erasure.py), then deletes the row; a crash
+in between only makes it do that again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from nats.aio.client import Client
 
 from projections import reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
+from projections.kv_erasure import UnsafeSubject, erase_from_bucket
 from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 from projections.publisher import AckedPublisher, Message
 from projections.queries import balance_json, pair_answer
@@ -41,8 +47,13 @@ from projections.viewstore import ViewStore
 
 log = structlog.get_logger(__name__)
 
-# Per bucket, the highest stream sequence it acknowledged when the writer last recorded its position.
-DDL = ("CREATE TABLE IF NOT EXISTS view_kv (bucket TEXT PRIMARY KEY, stream_sequence INTEGER NOT NULL)",)
+# Per bucket, the highest stream sequence it acknowledged when the writer last recorded its position; and the
+# erasures each bucket has still to carry out (written by the views, DESIGN section 7).
+DDL = (
+    "CREATE TABLE IF NOT EXISTS view_kv (bucket TEXT PRIMARY KEY, stream_sequence INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS view_erasures (bucket TEXT NOT NULL, tenant TEXT NOT NULL, token TEXT NOT NULL,"
+    " participant TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (bucket, tenant, token))",
+)
 ROWS_PER_BATCH = 2_000
 # Rows change a page (up to 5,000 facts) at a time; a rebuild spreads them over the positions of their last
 # facts. Either way a window of positions holds a bounded share of the rows.
@@ -53,6 +64,9 @@ POLL_INTERVAL_S = 0.5
 # The position written up to is recorded at most this often (each record is a write to the views, which
 # the projector waits for): after a crash, up to this much is written again, which changes nothing.
 RECORD_INTERVAL_S = 1.0
+# Pending erasures are looked for at most this often (and at start): a query per second, not per page, and
+# still well inside the 5 s in which DESIGN wants an erased participant out of the buckets.
+ERASURES_INTERVAL_S = 1.0
 DELETE = {"KV-Operation": "DEL"}
 # Pages handed over and not yet written: a few, of at most ROWS_PER_BATCH balances each. When NATS is away
 # they pile up no further: the oldest go, and the rows are read back instead (which the writer does anyway
@@ -100,12 +114,16 @@ class KvWriter:
         rows = {BUCKET_BALANCES: self._balances, BUCKET_PAIRS: self._pairs, BUCKET_INFLUENCE: self._influence}[bucket]
         since = await self._start_position(client, bucket)
         recorded, recorded_at = since, time.monotonic()
+        erasures_at = 0.0
         reconnects = client.stats["reconnects"]
         async with AckedPublisher(client, ROWS_PER_BATCH) as publisher:
             try:
                 while client.stats["reconnects"] == reconnects:  # else start again: the server may be new
                     wakeup.clear()
                     written = await self._sync(publisher, bucket, rows, since)
+                    if time.monotonic() - erasures_at >= ERASURES_INTERVAL_S:
+                        erasures_at = time.monotonic()
+                        await self.erase_due(client, publisher, bucket, written)
                     if written == since:
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(POLL_INTERVAL_S):  # wait_for can lose a cancel (3.11)
@@ -130,6 +148,31 @@ class KvWriter:
         )  # fmt: skip
         await asyncio.to_thread(forget_written, self.store, (bucket,))
         return 0
+
+    async def erase_due(self, client: Client, publisher: AckedPublisher, bucket: str, written: int) -> int:
+        """Carries out the bucket's erasures at or below the position it is written up to; returns how many."""
+        due = await asyncio.to_thread(
+            self.store.read,
+            "SELECT tenant, token, participant, position FROM view_erasures WHERE bucket = ? AND position <= ?",
+            (bucket, written),
+        )
+        for tenant, token, participant, position in due:
+            try:
+                keys = await erase_from_bucket(client.jetstream(), publisher, bucket, tenant, participant)
+            except UnsafeSubject:
+                # Never a purge wider than one participant's keys: the row stays, and says so every time.
+                log.error("kv_erasure_refused", bucket=bucket, tenant=tenant, token=token)
+                continue
+            await asyncio.to_thread(self._erased, bucket, tenant, token, position)
+            log.info("kv_erased", bucket=bucket, tenant=tenant, token=token, position=position, keys=keys)
+        return len(due)
+
+    def _erased(self, bucket: str, tenant: str, token: str, position: int) -> None:
+        with self.store.transaction() as cursor:
+            cursor.execute(
+                "DELETE FROM view_erasures WHERE bucket = ? AND tenant = ? AND token = ? AND position = ?",
+                (bucket, tenant, token, position),
+            )
 
     def _recorded(self, bucket: str) -> tuple[int, int]:
         found = self.store.read("SELECT stream_sequence FROM view_kv WHERE bucket = ?", (bucket,))

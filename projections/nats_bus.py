@@ -20,6 +20,9 @@ log = structlog.get_logger(__name__)
 STREAM = "RECIPROCITY_EVENTS"
 EVENT_SUBJECTS = "reciprocity.events.>"
 POSITION_HEADER = "Reciprocity-Position"
+# The tokens of everyone a message's fact concerns, space-separated: subscribers index their copies by them,
+# and erase those copies when a participant_erased message names the token (DESIGN section 7).
+PARTICIPANTS_HEADER = "Reciprocity-Participants"
 MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_MSG_ID_HEADER = "Nats-Expected-Last-Msg-Id"
 EXPECTED_LAST_SEQUENCE_HEADER = "Nats-Expected-Last-Sequence"

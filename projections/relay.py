@@ -12,12 +12,21 @@ message after aligning expects the stream's last sequence (`Nats-Expected-Last-S
 last message id: a server that restarted remembers the sequence always, but the id only while that
 message is inside the duplicate window (older nats-server releases), and a relay expecting a forgotten id
 would be refused, realign to the same place and be refused again, for ever.
+
+Each message is the fact as the log shows it: ids (or tombstones) for the tokens the store holds, resolved
+once per page through a cache of names kept across pages, and a `Reciprocity-Participants` header with the
+tokens of everyone the fact concerns, so subscribers can index their copies by token. A page ends at a
+`participant.erased` fact: once the stream has acknowledged it, the relay deletes the earlier messages of
+that participant's facts (projections/stream_erasure.py) before it publishes anything after it. So a
+pending deletion can only ever be the stream's last message, and the relay, realigning after a crash,
+finishes it if that message is an erasure (deleting again what is gone already is harmless).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -25,24 +34,31 @@ import orjson
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from ledger.facts import Erasure
+from ledger.participants import ParticipantNames
 from ledger.store import Ledger, StoredFact
 from projections.nats_bus import (
     EXPECTED_LAST_MSG_ID_HEADER,
     EXPECTED_LAST_SEQUENCE_HEADER,
     MSG_ID_HEADER,
+    PARTICIPANTS_HEADER,
     POSITION_HEADER,
     STREAM,
     event_subject,
 )
 from projections.publisher import AckedPublisher, Message
+from projections.stream_erasure import Located, StreamEraser
 
 log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 2_000
 POLL_INTERVAL_S = 0.5
 ACK_TIMEOUT_S = 10.0
+# Names kept across pages: every live participant's id would fit in most deployments, but not in all.
+NAMES_CACHED_MAX = 200_000
 
 
 class StreamEnd(NamedTuple):
@@ -55,15 +71,59 @@ class StreamEnd(NamedTuple):
 
 async def stream_position(js: JetStreamContext) -> StreamEnd:
     """Where the stream ends ((0, None, 0) for an empty stream)."""
+    return stream_end(await last_message(js))
+
+
+async def last_message(js: JetStreamContext) -> RawStreamMsg | None:
+    """The stream's last message (None for an empty stream)."""
     info = await js.stream_info(STREAM)
     if info.state.messages == 0 or not info.state.last_seq:
-        return StreamEnd(0, None, 0)
+        return None
     try:
-        message = await js.get_msg(STREAM, seq=info.state.last_seq)
+        return await js.get_msg(STREAM, seq=info.state.last_seq)
     except NotFoundError:
+        return None
+
+
+def stream_end(message: RawStreamMsg | None) -> StreamEnd:
+    if message is None or message.seq is None:
         return StreamEnd(0, None, 0)
     headers = message.headers or {}
-    return StreamEnd(int(headers[POSITION_HEADER]), headers[MSG_ID_HEADER], info.state.last_seq)
+    return StreamEnd(int(headers[POSITION_HEADER]), headers[MSG_ID_HEADER], message.seq)
+
+
+def erased_by(message: RawStreamMsg | None) -> tuple[str, str] | None:
+    """The tenant and token a `participant.erased` message erased (None for any other message)."""
+    if message is None or message.data is None or not (message.subject or "").endswith("participant_erased"):
+        return None
+    fact = orjson.loads(message.data)
+    return fact["tenant"], fact["data"]["token"]
+
+
+class NameCache:
+    """What tokens show as, kept across the relay's pages: each token is looked up once, not once per page.
+
+    An id never changes while its key exists; erasure only takes it away, and the relay forgets a token when
+    it publishes the token's erasure, so the facts after it show the tombstone."""
+
+    def __init__(self, names_max: int = NAMES_CACHED_MAX) -> None:
+        self.names_max = names_max
+        self.names = ParticipantNames({}, {})
+        self.looked_up: set[str] = set()  # with or without a name: a token without one is erased
+
+    def missing(self, page: list[StoredFact]) -> list[str]:
+        if len(self.looked_up) > self.names_max:
+            self.names, self.looked_up = ParticipantNames({}, {}), set()
+        return sorted({token for stored in page for token in stored.participants} - self.looked_up)
+
+    def add(self, asked: list[str], found: ParticipantNames) -> None:
+        self.names.names.update(found.names)
+        self.names.keys.update(found.keys)
+        self.looked_up.update(asked)
+
+    def forget(self, token: str) -> None:
+        self.names.forget(token)
+        self.looked_up.add(token)
 
 
 class Relay:
@@ -77,15 +137,20 @@ class Relay:
         self.on_position = on_position
         self.poll_s = poll_s
         self.position = 0
+        self.names = NameCache()
 
     async def run(self, client: Client, wakeup: asyncio.Event) -> None:
         """Publishes until cancelled, refused or reconnected (then the caller runs it again, which realigns:
         the server it reconnected to may have lost the stream, or be a new one)."""
         reconnects = client.stats["reconnects"]
-        end = await stream_position(client.jetstream())
+        js = client.jetstream()
+        last = await last_message(js)
+        end = stream_end(last)
         self.position, last_id, last_sequence = end.position, end.event_id, end.sequence
         self.on_position(self.position)
         log.info("relay_aligned", position=self.position)
+        if (erased := erased_by(last)) is not None:  # it may have died before deleting
+            await self.erase(js, *erased, Located(end.sequence, end.position))
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
             next_page = asyncio.create_task(self._read(self.position))
             try:
@@ -99,30 +164,69 @@ class Relay:
                         next_page = asyncio.create_task(self._read(self.position))
                         continue
                     next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come
-                    messages = self.chained_messages(page, last_id, last_sequence)
+                    await self._resolve_names(page)
+                    messages = self.chained_messages(page, last_id, last_sequence, self.names)
                     await publisher.publish(messages, ACK_TIMEOUT_S, chained=True)
                     last_id, last_sequence = page[-1].fact.event_id, None
                     self.position = page[-1].position
                     self.on_position(self.position)
+                    if isinstance(erasure := page[-1].fact, Erasure):
+                        erased_at = Located(publisher.sequence, page[-1].position)
+                        await self.erase(js, erasure.tenant, erasure.token, erased_at)
             finally:
                 next_page.cancel()
 
     async def _read(self, after: int) -> list[StoredFact]:
-        return await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX)
+        return until_erasure(await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX))
+
+    async def _resolve_names(self, page: list[StoredFact]) -> None:
+        if missing := self.names.missing(page):
+            self.names.add(missing, await asyncio.to_thread(self.ledger.names, missing))
+
+    async def erase(self, js: JetStreamContext, tenant: str, token: str, erasure: Located) -> int:
+        """Deletes the stream's messages of the facts before the erasure that concerned the token."""
+        started = time.perf_counter()
+        positions = await asyncio.to_thread(self.ledger.participant_positions, tenant, token, erasure.position)
+        eraser = StreamEraser(js)
+        deleted = await eraser.erase(positions, erasure)
+        log.info(
+            "relay_erased", token=token, position=erasure.position, facts=len(positions), deleted=deleted,
+            probes=eraser.probes, seconds=round(time.perf_counter() - started, 3),
+        )  # fmt: skip
+        return deleted
 
     @staticmethod
     def chained_messages(
-        page: list[StoredFact], last_id: str | None, last_sequence: int | None = None
+        page: list[StoredFact],
+        last_id: str | None,
+        last_sequence: int | None = None,
+        names: NameCache | None = None,
     ) -> Iterator[Message]:
         """The page's messages, each expecting the one before it: the first by the stream's last sequence
         when the relay has just aligned (`last_sequence`), every other by its predecessor's id."""
+        names = names or NameCache()
         for stored in page:
             event_id = stored.fact.event_id
-            headers = {MSG_ID_HEADER: event_id, POSITION_HEADER: str(stored.position)}
+            headers = {
+                MSG_ID_HEADER: event_id,
+                POSITION_HEADER: str(stored.position),
+                PARTICIPANTS_HEADER: " ".join(stored.participants),
+            }
             if last_sequence:
                 headers[EXPECTED_LAST_SEQUENCE_HEADER] = str(last_sequence)
                 last_sequence = None
             elif last_id is not None:
                 headers[EXPECTED_LAST_MSG_ID_HEADER] = last_id
-            yield event_subject(stored.fact.tenant, stored.fact.type), orjson.dumps(stored.as_logged()), headers
+            body = orjson.dumps(stored.as_logged(names.names))
+            yield event_subject(stored.fact.tenant, stored.fact.type), body, headers
+            if isinstance(stored.fact, Erasure):
+                names.forget(stored.fact.token)
             last_id = event_id
+
+
+def until_erasure(page: list[StoredFact]) -> list[StoredFact]:
+    """The page up to its first erasure, included: what comes after waits until that erasure is done."""
+    for index, stored in enumerate(page):
+        if isinstance(stored.fact, Erasure):
+            return page[: index + 1]
+    return page

@@ -26,6 +26,7 @@ from projections.nats_bus import (
     EXPECTED_LAST_MSG_ID_HEADER,
     EXPECTED_LAST_SEQUENCE_HEADER,
     MSG_ID_HEADER,
+    PARTICIPANTS_HEADER,
     POSITION_HEADER,
     STREAM,
     connect,
@@ -45,6 +46,7 @@ from tests.helpers import acknowledgement, community, give, introduction, post_a
 from tests.processes import environment, free_port
 
 DUPLICATE_WINDOW_S = 1.0
+PARTICIPANTS = PARTICIPANTS_HEADER
 
 
 @pytest.fixture
@@ -438,7 +440,8 @@ async def test_after_aligning_the_relay_expects_the_streams_last_sequence_not_an
         await ensure_stream(js, DUPLICATE_WINDOW_S)
 
         def page(*numbers: int) -> list[StoredFact]:
-            return [StoredFact(n, give_record(f"e{n}")) for n in numbers]
+            stored = {n: {**give_record(f"e{n}").to_json(), "participants": ["t1", "t2"]} for n in numbers}
+            return [StoredFact(n, give_record(f"e{n}"), stored[n]) for n in numbers]
 
         async with AckedPublisher(client) as publisher:
             await publisher.publish(Relay.chained_messages(page(1, 2), None), 5, chained=True)
@@ -446,8 +449,8 @@ async def test_after_aligning_the_relay_expects_the_streams_last_sequence_not_an
             assert end == (2, "e2", 2)
             aligned = list(Relay.chained_messages(page(3, 4), end.event_id, end.sequence))
             assert [dict(headers) for _, _, headers in aligned] == [
-                {MSG_ID_HEADER: "e3", POSITION_HEADER: "3", EXPECTED_LAST_SEQUENCE_HEADER: "2"},
-                {MSG_ID_HEADER: "e4", POSITION_HEADER: "4", EXPECTED_LAST_MSG_ID_HEADER: "e3"},
+                {MSG_ID_HEADER: "e3", POSITION_HEADER: "3", PARTICIPANTS: "t1 t2", EXPECTED_LAST_SEQUENCE_HEADER: "2"},
+                {MSG_ID_HEADER: "e4", POSITION_HEADER: "4", PARTICIPANTS: "t1 t2", EXPECTED_LAST_MSG_ID_HEADER: "e3"},
             ]
             assert await publisher.publish(aligned, 5, chained=True) == 2
             with pytest.raises(PublishRefused, match=r"1 of 1 acks refused: .*sequence"):
