@@ -36,7 +36,7 @@ import orjson
 import structlog
 from nats.aio.client import Client
 
-from projections import reciprocity
+from projections import erasure, reciprocity
 from projections.influence_view import ITEM_COLUMNS, InfluenceView
 from projections.kv_erasure import UnsafeSubject, erase_from_bucket
 from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
@@ -48,12 +48,8 @@ from projections.viewstore import ViewStore
 log = structlog.get_logger(__name__)
 
 # Per bucket, the highest stream sequence it acknowledged when the writer last recorded its position; and the
-# erasures each bucket has still to carry out (written by the views, DESIGN section 7).
-DDL = (
-    "CREATE TABLE IF NOT EXISTS view_kv (bucket TEXT PRIMARY KEY, stream_sequence INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS view_erasures (bucket TEXT NOT NULL, tenant TEXT NOT NULL, token TEXT NOT NULL,"
-    " participant TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (bucket, tenant, token))",
-)
+# erasures each bucket has still to carry out (written by the views: projections/erasure.py).
+DDL = ("CREATE TABLE IF NOT EXISTS view_kv (bucket TEXT PRIMARY KEY, stream_sequence INTEGER NOT NULL)", *erasure.DDL)
 ROWS_PER_BATCH = 2_000
 # Rows change a page (up to 5,000 facts) at a time; a rebuild spreads them over the positions of their last
 # facts. Either way a window of positions holds a bounded share of the rows.

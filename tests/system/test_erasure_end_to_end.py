@@ -72,16 +72,16 @@ def renamed(answer: Any, old: str, new: str) -> Any:
     """The answer with one participant's id replaced wherever it is a whole string."""
     if isinstance(answer, dict):
         return {key: renamed(value, old, new) for key, value in answer.items()}
-    if isinstance(answer, list):
-        return [renamed(value, old, new) for value in answer]
+    if isinstance(answer, list | tuple):
+        return type(answer)(renamed(value, old, new) for value in answer)
     return new if answer == old else answer
 
 
 def without(answer: Any, *keys: str) -> Any:
     if isinstance(answer, dict):
         return {key: without(value, *keys) for key, value in answer.items() if key not in keys}
-    if isinstance(answer, list):
-        return [without(value, *keys) for value in answer]
+    if isinstance(answer, list | tuple):
+        return type(answer)(without(value, *keys) for value in answer)
     return answer
 
 
