@@ -117,6 +117,24 @@ PARTICIPANT_KEYS_DDL = (
 )
 
 
+# Erasures whose earlier stream messages the relay has still to delete: written with the erasure, deleted by the
+# relay when it is done, so a relay that dies midway leaves the rest to the next one.
+STREAM_ERASURES_DDL = (
+    "CREATE TABLE IF NOT EXISTS stream_erasures (position INTEGER PRIMARY KEY, tenant TEXT NOT NULL,"
+    " token TEXT NOT NULL)"
+)
+
+
+def _stream_erasures(
+    stored_events: Sequence[StoredEvent], positions: Sequence[int], kwargs: dict[str, Any]
+) -> list[tuple[int, str, str]]:
+    tokens = kwargs.get("erased_tokens") or ()
+    if not tokens:
+        return []
+    tenant = _fact_tenants(kwargs)[stored_events[-1].originator_id]
+    return [(positions[-1], tenant, token) for token in tokens]
+
+
 def concerning(token: str, facts: Iterable[StoredFact]) -> list[StoredFact]:
     """The facts that concern this token (the scan's byte match may also meet it as some other string)."""
     return [stored for stored in facts if token in stored.participants]
@@ -132,6 +150,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "CREATE TABLE IF NOT EXISTS fact_index (position INTEGER PRIMARY KEY, tenant TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS fact_index_by_tenant ON fact_index (tenant, position)",
             PARTICIPANT_KEYS_DDL,
+            STREAM_ERASURES_DDL,
         ]
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
@@ -155,7 +174,20 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             c.execute("DELETE FROM participant_keys WHERE token = ? RETURNING token", (token,))
             if not c.fetchall():
                 raise KeyTableChanged(f"participant {token} was erased meanwhile")
+        c.executemany(
+            "INSERT INTO stream_erasures (position, tenant, token) VALUES (?, ?, ?)",
+            _stream_erasures(stored_events, positions, kwargs),
+        )
         return positions
+
+    def select_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT position, tenant, token FROM stream_erasures WHERE position <= ? ORDER BY 1", (upto,))
+            return [tuple(row) for row in c.fetchall()]
+
+    def delete_stream_erasure(self, position: int) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("DELETE FROM stream_erasures WHERE position = ?", (position,))
 
     def select_participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:
         found: dict[str, ParticipantKey] = {}
@@ -271,8 +303,18 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.insert_index_statement = SQL("INSERT INTO {schema}.fact_index (tenant, position) VALUES (%s, %s)").format(
             schema=schema
         )
-        qualified = PARTICIPANT_KEYS_DDL.replace("BLOB", "bytea").replace("EXISTS ", "EXISTS {schema}.", 1)
-        self.sql_create_statements.append(SQL(qualified).format(schema=schema))  # type: ignore[arg-type]
+        for ddl in (PARTICIPANT_KEYS_DDL, STREAM_ERASURES_DDL):
+            qualified = ddl.replace("BLOB", "bytea").replace("INTEGER", "bigint").replace("EXISTS ", "EXISTS {schema}.")
+            self.sql_create_statements.append(SQL(qualified).format(schema=schema))  # type: ignore[arg-type]
+        self.insert_stream_erasure_statement = SQL(
+            "INSERT INTO {schema}.stream_erasures (position, tenant, token) VALUES (%s, %s, %s)"
+        ).format(schema=schema)
+        self.select_stream_erasures_statement = SQL(
+            "SELECT position, tenant, token FROM {schema}.stream_erasures WHERE position <= %s ORDER BY 1"
+        ).format(schema=schema)
+        self.delete_stream_erasure_statement = SQL("DELETE FROM {schema}.stream_erasures WHERE position = %s").format(
+            schema=schema
+        )
         self.count_keys_statement = SQL(
             "SELECT COUNT(*) AS found FROM {schema}.participant_keys WHERE token = ANY(%s)"
         ).format(schema=schema)
@@ -330,7 +372,18 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.delete_key_statement, (token,))  # in the library's pipeline: no rowcount, a result
             if not curs.fetchall():
                 _abort(curs, f"participant {token} was erased meanwhile")
+        if erasures := _stream_erasures(stored_events, positions, kwargs):
+            curs.executemany(self.insert_stream_erasure_statement, erasures)
         return positions
+
+    def select_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.select_stream_erasures_statement, (upto,))
+            return [(row["position"], row["tenant"], row["token"]) for row in curs.fetchall()]
+
+    def delete_stream_erasure(self, position: int) -> None:
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            curs.execute(self.delete_stream_erasure_statement, (position,))
 
     def select_participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -442,6 +495,14 @@ class Ledger(Application[UUID]):
         """Every fact of the tenant that concerns this token, in position order: whom it names, and for an
         acknowledgement or reversal whom the fact it refers to concerns (a scan of the tenant's facts)."""
         return self.recorder.select_participant_facts(tenant, token)
+
+    def pending_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
+        """(position, tenant, token) of the erasures up to this position whose stream messages are still to be
+        deleted, in position order."""
+        return self.recorder.select_stream_erasures(upto)
+
+    def stream_erasure_done(self, position: int) -> None:
+        self.recorder.delete_stream_erasure(position)
 
     def participant_positions(self, tenant: str, token: str, before: int) -> list[int]:
         """The positions of the facts before `before` that concern this token, in order: what an erasure at

@@ -15,11 +15,12 @@ would be refused, realign to the same place and be refused again, for ever.
 
 Each message is the fact as the log shows it: ids (or tombstones) for the tokens the store holds, resolved
 once per page through a cache of names kept across pages, and a `Reciprocity-Participants` header with the
-tokens of everyone the fact concerns, so subscribers can index their copies by token. A page ends at a
-`participant.erased` fact: once the stream has acknowledged it, the relay deletes the earlier messages of
-that participant's facts (projections/stream_erasure.py) before it publishes anything after it. So a
-pending deletion can only ever be the stream's last message, and the relay, realigning after a crash,
-finishes it if that message is an erasure (deleting again what is gone already is harmless).
+tokens of everyone the fact concerns, so subscribers can index their copies by token. Once the stream holds a
+`participant.erased` fact, a task beside the publishing loop deletes the earlier messages of that
+participant's facts (projections/stream_erasure.py). What it has still to delete is a row of the store's
+`stream_erasures`, written with the erasure and deleted when its messages are gone: a relay that dies midway
+leaves the rest to the next one (deleting again what is gone already is harmless), and publishing never waits
+for a deletion (a secure erase costs milliseconds per message).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ POLL_INTERVAL_S = 0.5
 ACK_TIMEOUT_S = 10.0
 # Names kept across pages: every live participant's id would fit in most deployments, but not in all.
 NAMES_CACHED_MAX = 200_000
+ERASURES_POLL_S = 5.0
 
 
 class StreamEnd(NamedTuple):
@@ -90,14 +92,6 @@ def stream_end(message: RawStreamMsg | None) -> StreamEnd:
         return StreamEnd(0, None, 0)
     headers = message.headers or {}
     return StreamEnd(int(headers[POSITION_HEADER]), headers[MSG_ID_HEADER], message.seq)
-
-
-def erased_by(message: RawStreamMsg | None) -> tuple[str, str] | None:
-    """The tenant and token a `participant.erased` message erased (None for any other message)."""
-    if message is None or message.data is None or not (message.subject or "").endswith("participant_erased"):
-        return None
-    fact = orjson.loads(message.data)
-    return fact["tenant"], fact["data"]["token"]
 
 
 class NameCache:
@@ -149,8 +143,8 @@ class Relay:
         self.position, last_id, last_sequence = end.position, end.event_id, end.sequence
         self.on_position(self.position)
         log.info("relay_aligned", position=self.position)
-        if (erased := erased_by(last)) is not None:  # it may have died before deleting
-            await self.erase(js, *erased, Located(end.sequence, end.position))
+        published = asyncio.Event()
+        eraser = asyncio.create_task(self._erase_pending(js, published), name="relay-stream-erasures")
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
             next_page = asyncio.create_task(self._read(self.position))
             try:
@@ -170,27 +164,43 @@ class Relay:
                     last_id, last_sequence = page[-1].fact.event_id, None
                     self.position = page[-1].position
                     self.on_position(self.position)
-                    if isinstance(erasure := page[-1].fact, Erasure):
-                        erased_at = Located(publisher.sequence, page[-1].position)
-                        await self.erase(js, erasure.tenant, erasure.token, erased_at)
+                    if any(isinstance(stored.fact, Erasure) for stored in page):
+                        published.set()
             finally:
                 next_page.cancel()
+                eraser.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await eraser
 
     async def _read(self, after: int) -> list[StoredFact]:
-        return until_erasure(await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX))
+        return await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX)
+
+    async def _erase_pending(self, js: JetStreamContext, published: asyncio.Event) -> None:
+        """Carries out the erasures the stream holds, oldest first, until cancelled; woken when a page held one,
+        and looking again now and then (an erasure pending from an earlier relay)."""
+        while True:
+            published.clear()
+            for position, tenant, token in await asyncio.to_thread(self.ledger.pending_stream_erasures, self.position):
+                await self.erase(js, tenant, token, position)
+                await asyncio.to_thread(self.ledger.stream_erasure_done, position)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ERASURES_POLL_S):
+                    await published.wait()
 
     async def _resolve_names(self, page: list[StoredFact]) -> None:
         if missing := self.names.missing(page):
             self.names.add(missing, await asyncio.to_thread(self.ledger.names, missing))
 
-    async def erase(self, js: JetStreamContext, tenant: str, token: str, erasure: Located) -> int:
-        """Deletes the stream's messages of the facts before the erasure that concerned the token."""
+    async def erase(self, js: JetStreamContext, tenant: str, token: str, position: int) -> int:
+        """Deletes the stream's messages of the facts before the erasure (at `position`, in the stream already)
+        that concerned the token."""
         started = time.perf_counter()
-        positions = await asyncio.to_thread(self.ledger.participant_positions, tenant, token, erasure.position)
+        positions = await asyncio.to_thread(self.ledger.participant_positions, tenant, token, position)
+        end = stream_end(await last_message(js))  # at or after the erasure: bounds every search from above
         eraser = StreamEraser(js)
-        deleted = await eraser.erase(positions, erasure)
+        deleted = await eraser.erase(positions, Located(end.sequence, end.position))
         log.info(
-            "relay_erased", token=token, position=erasure.position, facts=len(positions), deleted=deleted,
+            "relay_erased", token=token, position=position, facts=len(positions), deleted=deleted,
             probes=eraser.probes, seconds=round(time.perf_counter() - started, 3),
         )  # fmt: skip
         return deleted
@@ -222,11 +232,3 @@ class Relay:
             if isinstance(stored.fact, Erasure):
                 names.forget(stored.fact.token)
             last_id = event_id
-
-
-def until_erasure(page: list[StoredFact]) -> list[StoredFact]:
-    """The page up to its first erasure, included: what comes after waits until that erasure is done."""
-    for index, stored in enumerate(page):
-        if isinstance(stored.fact, Erasure):
-            return page[: index + 1]
-    return page

@@ -175,17 +175,17 @@ async def test_after_an_erasure_no_stream_message_names_the_participant(ledger, 
 
 
 class DiesBeforeDeleting(Relay):
-    """A relay that stops right after the stream acknowledged an erasure, before it deletes anything."""
+    """A relay whose deleting stops before it deletes anything (as if the process died there)."""
 
-    async def erase(self, js, tenant, token, erasure):
+    async def erase(self, js, tenant, token, position):
         raise asyncio.CancelledError
 
 
 async def test_the_deletion_survives_a_relay_restart_between_publishing_the_erasure_and_deleting(
     ledger, js, nats_server
 ):
-    """The erasure is the stream's last message until its deletion is done, so the next relay finishes it
-    when it realigns, before it publishes what came after."""
+    """What is left to delete is a row of the store's stream_erasures until it is done, so the next relay
+    finishes it; publishing went on meanwhile."""
     commit(ledger, ann_facts())
     erased = FactWriter(ledger).erase("acme", ANN)
     with contextlib.suppress(asyncio.CancelledError):
@@ -228,8 +228,8 @@ async def test_the_search_costs_few_probes_per_message_however_the_stream_is_gap
     zed = FactWriter(ledger).erase("acme", "zed")
     hub = FactWriter(ledger).erase("acme", "hub")
     positions = ledger.participant_positions("acme", hub.token, hub.position)
-    async with relaying(DiesBeforeDeleting(ledger), nats_server.url):
-        await relayed_up_to(js, zed.position)
+    async with relaying(DiesBeforeDeleting(ledger), nats_server.url):  # publishes both erasures, deletes nothing
+        await relayed_up_to(js, hub.position)
     messages = await whole_stream(js)
     upper = next(m for m in messages if m.position == zed.position)
     gapper = StreamEraser(js)
@@ -237,7 +237,7 @@ async def test_the_search_costs_few_probes_per_message_however_the_stream_is_gap
     eraser = StreamEraser(js)
     assert await eraser.erase(positions, upper_of(upper)) == len(positions) == 334
     assert eraser.probes <= 3 * len(positions), f"{eraser.probes} probes for {len(positions)} messages"
-    assert [m.body["external_id"] for m in await whole_stream(js)] == [f"erase-{zed.token}"]
+    assert [m.body["external_id"] for m in await whole_stream(js)] == [f"erase-{zed.token}", f"erase-{hub.token}"]
     assert await StreamEraser(js).erase(positions, upper_of(upper)) == 0, "erasing again deletes nothing more"
 
 
@@ -282,4 +282,32 @@ async def last_subject(js) -> str:
 
 
 async def finished(remaining) -> bool:
+    return await remaining() == 1
+
+
+async def test_publishing_goes_on_while_a_deletion_runs(ledger, js, nats_server):
+    """A fact committed while the relay is deleting a heavy participant's messages reaches the stream before the
+    deletion is done: an erasure never holds the other facts back."""
+    for start in range(0, 1_500, 500):
+        commit(ledger, [give(f"k{n}", ANN, "bob", note=ANN_NOTE) for n in range(start, start + 500)])
+    erased = FactWriter(ledger).erase("acme", ANN)
+
+    async def remaining() -> int:
+        return (await js.stream_info(STREAM)).state.messages - 1  # but the erasure itself
+
+    async with relaying(Relay(ledger), nats_server.url):
+        await relayed_up_to(js, erased.position)
+        await until(lambda: deleting(remaining), 20, what="the deletion under way")
+        later = commit(ledger, [give("g-later", "cas", "dan")])
+        await relayed_up_to(js, later)
+        assert await remaining() > 100, "published while the deletion was still running"
+        await until(lambda: only_later_left(remaining), 60, what="the deletion done")
+    assert ledger.pending_stream_erasures(later) == []
+
+
+async def deleting(remaining) -> bool:
+    return await remaining() < 1_500
+
+
+async def only_later_left(remaining) -> bool:
     return await remaining() == 1
