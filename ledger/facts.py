@@ -428,9 +428,9 @@ class ReceivedFact:
         return cls(tenant, source, FactType(webhook.type), data, given.occurred_at, received_at, event_id)
 
 
-def received_fact_json(received: ReceivedFact, recorded_at: str) -> tuple[dict[str, Any], Fact]:
-    """A new fact as the log shows it (ids, plain note), and as a record, after the rules that need nothing but
-    the fact itself.
+def received_fact_json(received: ReceivedFact, recorded_at: str) -> dict[str, Any]:
+    """A new fact as the log shows it (ids, plain note). Its rules are checked where it becomes a record
+    (`history_of`, `checked_record`).
 
     `recorded_at` is already text: one transaction records all its facts at one moment."""
     if received.occurred_at is not None and received.occurred_at > received.received_at + FUTURE_MAX:
@@ -438,7 +438,7 @@ def received_fact_json(received: ReceivedFact, recorded_at: str) -> tuple[dict[s
     data = received.data
     if "ref" in data:
         data = {**data, "ref": {"source": received.source, **data["ref"]}}
-    fact = {
+    return {
         "event_id": str(received.event_id),
         "tenant": received.tenant,
         "source": received.source,
@@ -448,14 +448,22 @@ def received_fact_json(received: ReceivedFact, recorded_at: str) -> tuple[dict[s
         "recorded_at": recorded_at,
         "data": data,
     }
+
+
+def checked_record(fact: dict[str, Any]) -> Fact:
+    """A fact's record, after the rules that need nothing but the fact itself."""
     record = fact_from_json(fact)
     _check_fact_rules(record)
-    return fact, record
+    return record
 
 
-def history_of(stored: dict[str, Any]) -> FactHistory:
-    """A new fact's history, from the fact as it is to be stored (tokens, sealed note)."""
-    return HISTORIES[FactType(stored["type"])](id=UUID(stored["event_id"]), fact=stored)
+def history_of(stored: dict[str, Any], event_id: UUID) -> FactHistory:
+    """A new fact's history, from the fact as it is to be stored (tokens, sealed note), after the rules that
+    need nothing but the fact itself: they hold on tokens as on ids, one id having one token. A broken rule
+    drops the new aggregate: nothing of it was saved."""
+    history = HISTORIES[FactType(stored["type"])](id=event_id, fact=stored)
+    _check_fact_rules(history.fact)
+    return history
 
 
 def _check_fact_rules(fact: Fact) -> None:

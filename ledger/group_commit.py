@@ -32,9 +32,11 @@ from ledger.facts import (
     Fact,
     FactHistory,
     ReceivedFact,
+    Ref,
     Reversal,
     RuleViolation,
     UnknownReference,
+    checked_record,
     fact_event_id,
     fact_from_json,
     history_of,
@@ -95,7 +97,7 @@ class _Plan:
     events: list[Any] = field(default_factory=list)
     fact_tenants: dict[UUID, str] = field(default_factory=dict)
     working: dict[UUID, FactHistory] = field(default_factory=dict)
-    created: dict[UUID, Fact] = field(default_factory=dict)  # as the log shows them, to compare resends
+    created: dict[UUID, dict[str, Any]] = field(default_factory=dict)  # as the log shows them, to compare resends
     # Participants: (tenant, id) -> token and key, read once per plan or made new in it.
     people: dict[tuple[str, str], ParticipantKey] = field(default_factory=dict)
     new_participants: list[KeyRow] = field(default_factory=list)
@@ -217,18 +219,16 @@ class FactWriter:
         self, plan: _Plan, item: ReceivedFact, recorded: dict[UUID, StoredFact], recorded_at: str
     ) -> Outcome | _Pending:
         try:
-            shown, record = received_fact_json(item, recorded_at)
+            shown = received_fact_json(item, recorded_at)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
         event_id = item.event_id
-        if event_id in recorded:
-            return self._same_or_conflict_stored(recorded[event_id], record)
-        if event_id in plan.created:
-            return self._same_or_conflict(plan.created[event_id], record, None)
+        if event_id in recorded or event_id in plan.created:
+            return self._resent(plan, shown, recorded.get(event_id))
         try:
-            target = self._target(plan, record)
+            target = self._target(plan, shown)
             stored, fresh = self._sealed(plan, shown, target)
-            history = history_of(stored)
+            history = history_of(stored, event_id)
             touched = self._act_on_references(plan, history, target)
         except RuleViolation as broken:
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
@@ -242,7 +242,7 @@ class FactWriter:
         # The people it names must still be there when it commits (an erasure may come between); whom it
         # concerns through its ref may have been erased before, which changes nothing.
         plan.used_tokens.update(named_people(history.fact))  # checked after the new ones are inserted
-        plan.created[event_id] = record
+        plan.created[event_id] = shown
         plan.working[event_id] = history
         plan.fact_tenants[event_id] = item.tenant
         for aggregate in (history, *touched):
@@ -298,6 +298,16 @@ class FactWriter:
                 sealed[SEALED_NOTE] = seal_note(value, data_keys, event_id)  # type: ignore[arg-type]
         return sealed
 
+    def _resent(self, plan: _Plan, shown: dict[str, Any], recorded: StoredFact | None) -> Outcome | _Pending:
+        """A fact whose identity is recorded already, or earlier in this plan: a duplicate, or a conflict."""
+        try:
+            candidate = checked_record(shown)
+        except RuleViolation as broken:
+            return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
+        if recorded is not None:
+            return self._same_or_conflict_stored(recorded, candidate)
+        return self._same_or_conflict(fact_from_json(plan.created[UUID(shown["event_id"])]), candidate, None)
+
     def _same_or_conflict_stored(self, recorded: StoredFact, candidate: Fact) -> Outcome | _Pending:
         names = self.ledger.names_of([recorded])
         event_id = UUID(candidate.event_id)
@@ -318,11 +328,12 @@ class FactWriter:
             return _Pending("duplicate", event_id)
         return Outcome("duplicate", event_id, position)
 
-    def _target(self, plan: _Plan, fact: Fact) -> FactHistory | None:
+    def _target(self, plan: _Plan, shown: dict[str, Any]) -> FactHistory | None:
         """The fact an acknowledgement or a reversal refers to (None for other facts)."""
-        if not isinstance(fact, Acknowledgement | Reversal):
+        ref = shown["data"].get("ref")
+        if ref is None:
             return None
-        return self._load(plan, fact.ref.event_id(fact.tenant), fact)
+        return self._load(plan, Ref(ref["source"], ref["id"]), shown["tenant"])
 
     def _act_on_references(self, plan: _Plan, history: FactHistory, target: FactHistory | None) -> list[FactHistory]:
         """Applies an acknowledgement or reversal to what it refers to; returns the facts it changed."""
@@ -334,17 +345,18 @@ class FactWriter:
             return [target]
         target.reverse(history.id)
         if isinstance(target, AcknowledgementHistory):
-            acknowledged = self._load(plan, target.acknowledged_id, fact)
+            acknowledged = self._load(plan, target.fact.ref, target.fact.tenant)
             acknowledged.withdraw_acknowledgement(target.id)
             return [target, acknowledged]
         return [target]
 
-    def _load(self, plan: _Plan, event_id: UUID, referrer: Acknowledgement | Reversal) -> FactHistory:
+    def _load(self, plan: _Plan, ref: Ref, tenant: str) -> FactHistory:
+        event_id = ref.event_id(tenant)
         if event_id not in plan.working:
             try:
                 plan.working[event_id] = self.ledger.repository.get(event_id)
             except AggregateNotFoundError:
-                raise UnknownReference("data.ref", referrer.ref.id, referrer.ref.source) from None
+                raise UnknownReference("data.ref", ref.id, ref.source) from None
         return plan.working[event_id]
 
     def _first_reversal(self, plan: _Plan, reversal_id: UUID) -> Outcome | _Pending:
@@ -372,7 +384,7 @@ class FactWriter:
             }  # fmt: skip
             try:
                 recordings = self.ledger.events.put(
-                    history_of(stored).collect_events(),
+                    history_of(stored, event_id).collect_events(),
                     fact_tenants={event_id: tenant},
                     erased_tokens=[key.token],
                 )

@@ -145,7 +145,7 @@ class ParticipantNames:
         return open_note(sealed_note, data_keys, event_id)
 
 
-PERSON_FIELDS = ("giver", "receiver", "introducer", "acknowledger")
+PERSON_FIELDS = frozenset(("giver", "receiver", "introducer", "acknowledger"))
 
 
 def revealed_data(

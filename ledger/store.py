@@ -63,7 +63,8 @@ class StoredFact(NamedTuple):
         """The fact as the log shows it, with its position: ids (or tombstones) for tokens, the note opened
         (or left out when anyone it concerns was erased)."""
         stored = self.fact.to_json() if self.stored_json is None else self.stored_json
-        logged = {key: value for key, value in stored.items() if key != "participants"}
+        logged = dict(stored)
+        logged.pop("participants", None)
         logged["data"] = revealed_data(stored["data"], self.participants, stored["event_id"], names)
         logged["position"] = self.position
         return logged
@@ -365,13 +366,16 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.executemany(self.insert_key_statement, new_keys)
         used = sorted(kwargs.get("used_tokens") or ())
         if used:
-            curs.execute(self.count_keys_statement, (used,))
-            if curs.fetchone()["found"] != len(used):
-                _abort(curs, "a participant named by this transaction was erased meanwhile")
+            # A cursor of its own: in the library's pipeline, this one's results still hold the inserts'.
+            with curs.connection.cursor() as check:
+                check.execute(self.count_keys_statement, (used,))
+                if check.fetchone()["found"] != len(used):
+                    _abort(check, "a participant named by this transaction was erased meanwhile")
         for token in kwargs.get("erased_tokens") or ():
-            curs.execute(self.delete_key_statement, (token,))  # in the library's pipeline: no rowcount, a result
-            if not curs.fetchall():
-                _abort(curs, f"participant {token} was erased meanwhile")
+            with curs.connection.cursor() as delete:  # in the library's pipeline: no rowcount, a result
+                delete.execute(self.delete_key_statement, (token,))
+                if not delete.fetchall():
+                    _abort(delete, f"participant {token} was erased meanwhile")
         if erasures := _stream_erasures(stored_events, positions, kwargs):
             curs.executemany(self.insert_stream_erasure_statement, erasures)
         return positions

@@ -210,3 +210,14 @@ def test_erasure_racing_ingest_never_splits_a_fact(settings: Settings):
     finally:
         for ledger in ledgers:
             ledger.close()
+
+
+def test_large_batches_of_new_and_known_people_commit(ledger):
+    """Thousands of facts a transaction, people new and known: on PostgreSQL the library inserts them in a
+    pipeline, whose cursor a key check must not share (it read the inserts' results instead of its own)."""
+    writer = FactWriter(ledger)
+    for batch in range(3):
+        facts = [give(f"g{batch}-{n}", f"p{(n * 7 + batch) % 1500}", f"p{(n * 11 + 3) % 1500}") for n in range(2_000)]
+        facts = [fact for fact in facts if fact[1]["giver"] != fact[1]["receiver"]]
+        assert {outcome.status for outcome in writer.commit([incoming(fact) for fact in facts])} == {"recorded"}
+    assert len(ledger.names().names) == 1_500

@@ -26,8 +26,8 @@ NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 def recorded(fact, source="crm", received_at=NOW):
     webhook = read_webhook(json.dumps(envelope(fact)).encode())
     # The aggregate works the same on ids as on the tokens the writer gives it.
-    fact, _ = received_fact_json(ReceivedFact.from_webhook("acme", source, webhook, received_at), utc_text(NOW))
-    return history_of(fact)
+    received = ReceivedFact.from_webhook("acme", source, webhook, received_at)
+    return history_of(received_fact_json(received, utc_text(NOW)), received.event_id)
 
 
 def broken_rule(fact, source="crm"):
