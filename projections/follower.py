@@ -38,6 +38,7 @@ from eventsourcing import persistence
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect
 from ledger.facts import Erasure
 from ledger.store import Ledger, StoredFact
+from projections.supervision import Backoff
 from projections.view_names import TenantToken, ViewNames
 from projections.viewstore import ViewStore
 
@@ -228,18 +229,21 @@ class Follower:
         """Runs until cancelled: catch up, then sleep until woken or the poll interval ends. Pages run on
         `executor`, whose owner waits for the page in flight before closing the views."""
         loop = asyncio.get_running_loop()
+        backoff = Backoff()
         while True:
             wakeup.clear()
             try:
                 await loop.run_in_executor(executor, partial(self.catch_up, pages_max=20))
             except Exception as failure:  # the failed page rolled back whole; try it again after a pause
+                delay = backoff.next_delay()
                 log.error(
                     "projection_page_failed", view=self.view.name, error=error_text(failure),
-                    transient=transient(failure),
+                    transient=transient(failure), retry_in_s=round(delay, 3),
                 )  # fmt: skip
                 self.on_failure(self.view.name)
-                await asyncio.sleep(poll_interval_s)
+                await asyncio.sleep(delay)
                 continue
+            backoff.reset()
             if self.position() >= self.ledger.head_position():
                 self.caught_up.set()
                 with contextlib.suppress(TimeoutError):
@@ -266,17 +270,25 @@ class PostgresNotifications:
     def stop(self) -> None:
         self._stop.set()
 
+    def alive(self) -> bool:
+        """Whether it still listens (or was stopped): the thread retries every failure, so one that ended
+        anyway is a loop that died."""
+        return self._thread.is_alive() or self._stop.is_set()
+
     def _listen(self) -> None:
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 with postgres_connect(self._database_url, self._limits) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
+                    backoff.reset()
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self._wake()
-            except psycopg.Error as failure:  # reconnect; the poll interval covers the gap
-                log.warning("pg_listen_failed", error=str(failure))
-                time.sleep(1.0)
+            except Exception as failure:  # reconnect, whatever failed; the poll interval covers the gap
+                delay = backoff.next_delay()
+                log.warning("pg_listen_failed", error=error_text(failure), retry_in_s=round(delay, 3))
+                time.sleep(delay)
 
 
 async def watch_sqlite_commits(path: Path, wake: Callable[[], None], interval_s: float) -> None:

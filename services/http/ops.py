@@ -26,9 +26,14 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready when the store answers and ingest is running; lag and NATS are reported, never a reason to
     take ingest out of service. A fact a view could not apply (its tenant is skipped since) is listed under
-    `views.failures`; on the projector role, whose work that is, it also makes the process not ready."""
+    `views.failures`; on the projector role, whose work that is, it also makes the process not ready. A
+    background loop that died (projector, relay, KV writer...) makes it not ready, named in `dead_loops`:
+    its work has stopped, and only a restart brings it back."""
     components = request.app[COMPONENTS]
     body: dict[str, object] = {"role": components.settings.role}
+    dead = components.dead_loops()
+    if dead:
+        body["dead_loops"] = dead
     if components.committer is not None:
         body["ingest"] = "running" if components.committer.running else "stopped"
     if components.bus is not None:
@@ -50,6 +55,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if failures and components.settings.role == "projector":
         ready = False
         body["reason"] = "a view skips a tenant since one of its facts failed (views.failures; rebuild clears it)"
+    if dead:
+        ready = False
+        body["reason"] = f"background loops died: {', '.join(sorted(dead))} (dead_loops; restart the process)"
     return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
 
 
