@@ -89,6 +89,21 @@ async def run_while_holding(
     store unreachable for a moment) is logged and retried with backoff, never the end of the standby. A lock
     that was lost (its PostgreSQL session ended) stops the work, and this process stands by again.
     `on_active` learns when the work starts (True) and stops (False)."""
+    try:
+        await _hold_and_run(lock, work, name, on_active, check_s, standby_s)
+    except BaseException:
+        lock.release()  # dying or stopping: a standby takes over rather than waiting behind a dead holder
+        raise
+
+
+async def _hold_and_run(
+    lock: WorkerLock,
+    work: Callable[[], Awaitable[None]],
+    name: str,
+    on_active: Callable[[bool], None],
+    check_s: float,
+    standby_s: float,
+) -> None:
     backoff = Backoff()
     while True:
         try:
