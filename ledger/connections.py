@@ -2,8 +2,8 @@
 pools of the eventsourcing library's datastores, within the limits the settings give.
 
 A process holds two PostgreSQL pools (the store's and the views') plus a few plain connections (the
-registry, a reader per thread, the locks it holds, LISTEN); pool size and overflow are what an operator
-turns down when many processes share one server's connections.
+registry, the views' readers, the locks it holds, LISTEN); pool size, overflow and readers are what an
+operator turns down when many processes share one server's connections (README, "Connections").
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from psycopg.sql import SQL, Identifier
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """How many connections a pool keeps and may add, and how long one waits to connect or for a lock
-    (RECIPROCITY_PG_POOL_SIZE, _PG_MAX_OVERFLOW, _PG_CONNECT_TIMEOUT_S, _LOCK_TIMEOUT_S)."""
+    """How many connections a pool keeps and may add, how many plain reading connections the views may
+    hold, and how long one waits to connect or for a lock (RECIPROCITY_PG_POOL_SIZE, _PG_MAX_OVERFLOW,
+    _PG_READERS_MAX, _PG_CONNECT_TIMEOUT_S, _LOCK_TIMEOUT_S)."""
 
     pool_size: int = 4
     max_overflow: int = 8
+    readers_max: int = 16  # beyond this, a thread reads through the views' pool instead
     connect_timeout_s: int = 5
     # How long a writer waits for another's lock before it fails: SQLite's busy timeout, PostgreSQL's
     # lock_timeout on the store's table lock. Bounded, so a stuck writer fails the others rather than
@@ -49,6 +51,17 @@ DEFAULT_LIMITS = ConnectionLimits()
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------
+
+APPLICATION_NAME_ENV = "PGAPPNAME"
+
+
+def name_connections(label: str) -> str:
+    """Names every PostgreSQL connection this process opens from now on `reciprocity-<label>-<pid>`, as
+    pg_stat_activity shows it to operators (and to the test that counts each role's). By libpq's environment
+    variable: the eventsourcing library's pools take no connection name of their own."""
+    name = f"reciprocity-{label}-{os.getpid()}"
+    os.environ[APPLICATION_NAME_ENV] = name
+    return name
 
 
 def postgres_params(database_url: str) -> dict[str, str]:

@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 5_000
 POLL_INTERVAL_S = 0.5
+LISTEN_WANTED_CHECK_S = 0.5  # how soon a worker that took over listens (its followers poll meanwhile)
 ERROR_CHARS_MAX = 2_000
 # SQLSTATE class 54, "program limit exceeded" (a value too long for an index row, say): an OperationalError
 # to psycopg, yet one a fact's content can cause. Its other OperationalErrors are the server's or the link's.
@@ -255,8 +256,11 @@ class PostgresNotifications:
     """Wakes followers when any process inserts into the store (the library NOTIFYs on each insert)."""
 
     def __init__(
-        self, database_url: str, channel: str, wake: Callable[[], None], limits: ConnectionLimits = DEFAULT_LIMITS
-    ) -> None:
+        self, database_url: str, channel: str, wake: Callable[[], None], limits: ConnectionLimits = DEFAULT_LIMITS,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> None:  # fmt: skip
+        """Listens only while `wanted()` (a standby, whose followers do not run, holds no connection for it)."""
+        self._wanted = wanted
         self._database_url = database_url
         self._limits = limits
         self._channel = channel
@@ -278,11 +282,14 @@ class PostgresNotifications:
     def _listen(self) -> None:
         backoff = Backoff()
         while not self._stop.is_set():
+            if not self._wanted():
+                self._stop.wait(LISTEN_WANTED_CHECK_S)
+                continue
             try:
                 with postgres_connect(self._database_url, self._limits) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
                     backoff.reset()
-                    while not self._stop.is_set():
+                    while not self._stop.is_set() and self._wanted():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self._wake()
             except Exception as failure:  # reconnect, whatever failed; the poll interval covers the gap

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -22,7 +23,7 @@ from typing import Any
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, name_connections
 from ledger.locks import WorkerLock
 from ledger.schema import SchemaMode
 from ledger.store import Ledger
@@ -62,7 +63,10 @@ class InfluenceWorker:
     again when it dies."""
 
     def __init__(self, database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
-        self._args = (os.getpid(), database_url, str(data_dir), limits)
+        # One recompute at a time on one thread: a connection of the pool (one more, should a read nest) and a
+        # reader are all it uses, whatever the parent's limits.
+        child_limits = dataclasses.replace(limits, pool_size=1, max_overflow=1, readers_max=1)
+        self._args = (os.getpid(), database_url, str(data_dir), child_limits)
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -100,6 +104,7 @@ def _start_influence_worker(parent: int, database_url: str | None, data_dir: str
     die_with_parent()
     if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
         os._exit(1)
+    name_connections("influence")
     store = open_view_store(database_url, Path(data_dir), limits=limits, schema_mode=SchemaMode.EXISTING)
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 

@@ -116,7 +116,10 @@ async def open_components(
     # Followers are woken by our own commits (above), by PostgreSQL's NOTIFY, or by SQLite's commit watch.
     notifications = _listen_for_commits(settings, parts, projections, bus)
     background = BackgroundTasks()
-    background.start(retry_forever(registry.follow, "registry-follower"), "registry-follower")
+    if parts & {"ingest", "query"}:
+        background.start(retry_forever(registry.follow, "registry-follower"), "registry-follower")
+    else:  # a projector or relay authenticates nobody: it keeps no registry connection open
+        await asyncio.to_thread(registry.registry.db.close)
     if not settings.database_url and "ingest" not in parts:  # serve's background process
         wake = partial(_wake, projections, bus)
         path = settings.data_dir / LEDGER_FILE
@@ -210,6 +213,7 @@ def _listen_for_commits(
         "stored_events",
         lambda: loop.call_soon_threadsafe(_wake, projections, bus),
         settings.connection_limits(),
+        wanted=lambda: projections.projecting or (bus is not None and bus.relaying),
     )
     notifications.start()
     return notifications

@@ -49,6 +49,7 @@ class BusWorkers:
         self.relay_lock = WorkerLock(settings.database_url, settings.data_dir, "relay", settings.connection_limits())
         self.query = query
         self.connected = False
+        self.relaying = False  # this process holds the relay lock
         self.relay_wakeup = asyncio.Event()
         self.kv_wakeups = {bucket: asyncio.Event() for bucket in BUCKETS}
         self.client: Client | None = None
@@ -71,6 +72,9 @@ class BusWorkers:
     def _relayed(self, position: int) -> None:
         self.metrics.relay_position.set(position)
         self.projections.record_relay_position(position)
+
+    def _set_relaying(self, active: bool) -> None:
+        self.relaying = active
 
     def _state(self, up: bool) -> None:
         self.connected = up
@@ -101,7 +105,8 @@ class BusWorkers:
         if self.relay is not None:
             relay = self.relay
             relay_run = self._prepared(lambda: relay.run(self.client, self.relay_wakeup))
-            self.background.start(run_while_holding(self.relay_lock, relay_run, "relay"), "relay")
+            relaying = run_while_holding(self.relay_lock, relay_run, "relay", on_active=self._set_relaying)
+            self.background.start(relaying, "relay")
 
     async def _prepare(self, js: JetStreamContext) -> None:
         await ensure_stream(js, self.settings.nats_duplicate_window_s)
