@@ -57,6 +57,10 @@ class RefusingProxy:
             self.loop.run_forever()
         finally:
             server.close()
+            pending = asyncio.all_tasks(self.loop)  # the pipes still open: closed before the loop is
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
 
     async def forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
