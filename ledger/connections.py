@@ -12,6 +12,7 @@ import math
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ DEFAULT_LIMITS = ConnectionLimits()
 # --- PostgreSQL ---------------------------------------------------------------------------------------
 
 APPLICATION_NAME_ENV = "PGAPPNAME"
+POOL_FILL_POLL_S = 0.005
 
 
 def name_connections(label: str) -> str:
@@ -107,8 +109,21 @@ class SchemaPostgresDatastore(PostgresDatastore):
 
 def postgres_pool(database_url: str, limits: ConnectionLimits = DEFAULT_LIMITS) -> SchemaPostgresDatastore:
     """The views' pool of PostgreSQL connections (the store's is the library's own, made by the library from
-    the same arguments in `ledger_env`)."""
-    return SchemaPostgresDatastore(**postgres_pool_args(database_url, limits))
+    the same arguments in `ledger_env`), opened."""
+    datastore = SchemaPostgresDatastore(**postgres_pool_args(database_url, limits))
+    open_filled(datastore.pool, limits.connect_timeout_s)
+    return datastore
+
+
+def open_filled(pool: Any, timeout_s: float) -> None:
+    """Opens a psycopg pool and waits, at most `timeout_s`, until its first `min_size` connections are made.
+    Opened without waiting (the library's way), its first request finds none ready and grows the pool beyond
+    its size, where the extra connection stays for minutes; psycopg's own wait closes the pool for good when
+    the server is slow to answer, so this one only looks."""
+    pool.open()
+    deadline = time.monotonic() + timeout_s
+    while pool.get_stats().get("pool_available", 0) < pool.min_size and time.monotonic() < deadline:
+        time.sleep(POOL_FILL_POLL_S)
 
 
 def _postgres_connect_args(database_url: str, limits: ConnectionLimits) -> dict[str, Any]:
