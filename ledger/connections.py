@@ -34,12 +34,12 @@ class ConnectionLimits:
 
     pool_size: int = 4
     max_overflow: int = 8
-    readers_max: int = 16  # beyond this, a thread reads through the views' pool instead
     connect_timeout_s: int = 5
     # How long a writer waits for another's lock before it fails: SQLite's busy timeout, PostgreSQL's
     # lock_timeout on the store's table lock. Bounded, so a stuck writer fails the others rather than
     # holding them forever (the follower retries a page that failed so).
     lock_timeout_s: float = 10
+    readers_max: int = 16  # beyond this, a thread reads through the views' pool instead
 
     @property
     def whole_lock_timeout_s(self) -> int:
