@@ -242,7 +242,10 @@ def _paths() -> dict[str, Any]:
         "/readyz": {
             "get": _plain(
                 "The store answers and this role's work runs; view lag and NATS state",
-                unavailable="Not ready: the store does not answer, ingest stopped, or (projector) a view fails",
+                unavailable=(
+                    "Not ready: the store does not answer, ingest stopped, a background loop died (`dead_loops`), "
+                    "or (projector) a view fails"
+                ),
             )
         },
         "/metrics": {"get": _plain("Prometheus metrics", "text/plain")},

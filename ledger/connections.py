@@ -2,8 +2,8 @@
 pools of the eventsourcing library's datastores, within the limits the settings give.
 
 A process holds two PostgreSQL pools (the store's and the views') plus a few plain connections (the
-registry, a reader per thread, the locks it holds, LISTEN); pool size and overflow are what an operator
-turns down when many processes share one server's connections.
+registry, the views' readers, the locks it holds, LISTEN); pool size, overflow and readers are what an
+operator turns down when many processes share one server's connections (README, "Connections").
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from psycopg.sql import SQL, Identifier
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """How many connections a pool keeps and may add, and how long one waits to connect or for a lock
-    (RECIPROCITY_PG_POOL_SIZE, _PG_MAX_OVERFLOW, _PG_CONNECT_TIMEOUT_S, _LOCK_TIMEOUT_S)."""
+    """How many connections a pool keeps and may add, how many plain reading connections the views may
+    hold, and how long one waits to connect or for a lock (RECIPROCITY_PG_POOL_SIZE, _PG_MAX_OVERFLOW,
+    _PG_READERS_MAX, _PG_CONNECT_TIMEOUT_S, _LOCK_TIMEOUT_S)."""
 
     pool_size: int = 4
     max_overflow: int = 8
@@ -37,6 +39,7 @@ class ConnectionLimits:
     # lock_timeout on the store's table lock. Bounded, so a stuck writer fails the others rather than
     # holding them forever (the follower retries a page that failed so).
     lock_timeout_s: float = 10
+    readers_max: int = 16  # beyond this, a thread reads through the views' pool instead
 
     @property
     def whole_lock_timeout_s(self) -> int:
@@ -49,6 +52,18 @@ DEFAULT_LIMITS = ConnectionLimits()
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------
+
+APPLICATION_NAME_ENV = "PGAPPNAME"
+POOL_FILL_POLL_S = 0.005
+
+
+def name_connections(label: str) -> str:
+    """Names every PostgreSQL connection this process opens from now on `reciprocity-<label>-<pid>`, as
+    pg_stat_activity shows it to operators (and to the test that counts each role's). By libpq's environment
+    variable: the eventsourcing library's pools take no connection name of their own."""
+    name = f"reciprocity-{label}-{os.getpid()}"
+    os.environ[APPLICATION_NAME_ENV] = name
+    return name
 
 
 def postgres_params(database_url: str) -> dict[str, str]:
@@ -94,8 +109,21 @@ class SchemaPostgresDatastore(PostgresDatastore):
 
 def postgres_pool(database_url: str, limits: ConnectionLimits = DEFAULT_LIMITS) -> SchemaPostgresDatastore:
     """The views' pool of PostgreSQL connections (the store's is the library's own, made by the library from
-    the same arguments in `ledger_env`)."""
-    return SchemaPostgresDatastore(**postgres_pool_args(database_url, limits))
+    the same arguments in `ledger_env`), opened."""
+    datastore = SchemaPostgresDatastore(**postgres_pool_args(database_url, limits))
+    open_filled(datastore.pool, limits.connect_timeout_s)
+    return datastore
+
+
+def open_filled(pool: Any, timeout_s: float) -> None:
+    """Opens a psycopg pool and waits, at most `timeout_s`, until its first `min_size` connections are made.
+    Opened without waiting (the library's way), its first request finds none ready and grows the pool beyond
+    its size, where the extra connection stays for minutes; psycopg's own wait closes the pool for good when
+    the server is slow to answer, so this one only looks."""
+    pool.open()
+    deadline = time.monotonic() + timeout_s
+    while pool.get_stats().get("pool_available", 0) < pool.min_size and time.monotonic() < deadline:
+        time.sleep(POOL_FILL_POLL_S)
 
 
 def _postgres_connect_args(database_url: str, limits: ConnectionLimits) -> dict[str, Any]:

@@ -114,8 +114,12 @@ class WorkerLock:
         conn = postgres_connect(self._database_url, self._limits)
         schema = postgres_params(self._database_url)["schema"]
         key = advisory_key(WORKER_LOCK_KEY_BASE, f"{schema}/{self._name}")
-        if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-            return conn
+        try:
+            if conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+                return conn
+        except BaseException:
+            conn.close()  # a standby retries for as long as it runs: each failed attempt must not keep a session
+            raise
         conn.close()
         return None
 

@@ -26,6 +26,7 @@ from ledger.connections import (
     DEFAULT_LIMITS,
     ConnectionLimits,
     DurableSQLiteDatastore,
+    open_filled,
     postgres_pool_args,
     private_directory,
     private_sqlite_file,
@@ -438,6 +439,12 @@ def _abort(curs: Any, message: str) -> None:
 
 class LedgerPostgresFactory(PostgresFactory):
     application_recorder_class = LedgerPostgresRecorder
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        open_filled(
+            self.datastore.pool, float(env.get(self.POSTGRES_CONNECT_TIMEOUT) or DEFAULT_LIMITS.connect_timeout_s)
+        )
 
 
 # --- The application ----------------------------------------------------------------------------------

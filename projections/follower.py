@@ -38,6 +38,7 @@ from eventsourcing import persistence
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect
 from ledger.facts import Erasure
 from ledger.store import Ledger, StoredFact
+from projections.supervision import Backoff
 from projections.view_names import TenantToken, ViewNames
 from projections.viewstore import ViewStore
 
@@ -45,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 5_000
 POLL_INTERVAL_S = 0.5
+LISTEN_WANTED_CHECK_S = 0.5  # how soon a worker that took over listens (its followers poll meanwhile)
 ERROR_CHARS_MAX = 2_000
 # SQLSTATE class 54, "program limit exceeded" (a value too long for an index row, say): an OperationalError
 # to psycopg, yet one a fact's content can cause. Its other OperationalErrors are the server's or the link's.
@@ -228,18 +230,21 @@ class Follower:
         """Runs until cancelled: catch up, then sleep until woken or the poll interval ends. Pages run on
         `executor`, whose owner waits for the page in flight before closing the views."""
         loop = asyncio.get_running_loop()
+        backoff = Backoff()
         while True:
             wakeup.clear()
             try:
                 await loop.run_in_executor(executor, partial(self.catch_up, pages_max=20))
             except Exception as failure:  # the failed page rolled back whole; try it again after a pause
+                delay = backoff.next_delay()
                 log.error(
                     "projection_page_failed", view=self.view.name, error=error_text(failure),
-                    transient=transient(failure),
+                    transient=transient(failure), retry_in_s=round(delay, 3),
                 )  # fmt: skip
                 self.on_failure(self.view.name)
-                await asyncio.sleep(poll_interval_s)
+                await asyncio.sleep(delay)
                 continue
+            backoff.reset()
             if self.position() >= self.ledger.head_position():
                 self.caught_up.set()
                 with contextlib.suppress(TimeoutError):
@@ -251,8 +256,11 @@ class PostgresNotifications:
     """Wakes followers when any process inserts into the store (the library NOTIFYs on each insert)."""
 
     def __init__(
-        self, database_url: str, channel: str, wake: Callable[[], None], limits: ConnectionLimits = DEFAULT_LIMITS
-    ) -> None:
+        self, database_url: str, channel: str, wake: Callable[[], None], limits: ConnectionLimits = DEFAULT_LIMITS,
+        wanted: Callable[[], bool] = lambda: True,
+    ) -> None:  # fmt: skip
+        """Listens only while `wanted()` (a standby, whose followers do not run, holds no connection for it)."""
+        self._wanted = wanted
         self._database_url = database_url
         self._limits = limits
         self._channel = channel
@@ -266,17 +274,28 @@ class PostgresNotifications:
     def stop(self) -> None:
         self._stop.set()
 
+    def alive(self) -> bool:
+        """Whether it still listens (or was stopped): the thread retries every failure, so one that ended
+        anyway is a loop that died."""
+        return self._thread.is_alive() or self._stop.is_set()
+
     def _listen(self) -> None:
+        backoff = Backoff()
         while not self._stop.is_set():
+            if not self._wanted():
+                self._stop.wait(LISTEN_WANTED_CHECK_S)
+                continue
             try:
                 with postgres_connect(self._database_url, self._limits) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
-                    while not self._stop.is_set():
+                    backoff.reset()
+                    while not self._stop.is_set() and self._wanted():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self._wake()
-            except psycopg.Error as failure:  # reconnect; the poll interval covers the gap
-                log.warning("pg_listen_failed", error=str(failure))
-                time.sleep(1.0)
+            except Exception as failure:  # reconnect, whatever failed; the poll interval covers the gap
+                delay = backoff.next_delay()
+                log.warning("pg_listen_failed", error=error_text(failure), retry_in_s=round(delay, 3))
+                time.sleep(delay)
 
 
 async def watch_sqlite_commits(path: Path, wake: Callable[[], None], interval_s: float) -> None:

@@ -14,6 +14,7 @@ from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts.webhook_bodies import FactType
+from projections.supervision import BACKOFF_MAX_S, Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -103,15 +104,16 @@ async def ensure_buckets(js: JetStreamContext) -> None:
             await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, direct=True))
 
 
-async def until_cancelled(step: Callable[[], Awaitable[None]], name: str, pause_s: float = 1.0) -> None:
+async def until_cancelled(step: Callable[[], Awaitable[None]], name: str, pause_s: float = BACKOFF_MAX_S) -> None:
     """Runs a NATS worker loop forever: a failure (NATS down, a timeout) is logged and the loop restarted."""
     while True:
         await until_done(step, name, pause_s)
 
 
-async def until_done(step: Callable[[], Awaitable[None]], name: str, pause_s: float = 1.0) -> None:
-    """Runs `step` until it returns once: a failure is logged and retried (the store keeps everything, so
-    waiting for NATS is always right)."""
+async def until_done(step: Callable[[], Awaitable[None]], name: str, pause_s: float = BACKOFF_MAX_S) -> None:
+    """Runs `step` until it returns once: a failure is logged and retried with backoff, pausing at most
+    `pause_s` (the store keeps everything, so waiting for NATS is always right)."""
+    backoff = Backoff(max_s=pause_s)
     while True:
         try:
             await step()
@@ -119,5 +121,9 @@ async def until_done(step: Callable[[], Awaitable[None]], name: str, pause_s: fl
         except asyncio.CancelledError:
             raise
         except Exception as failure:
-            log.warning("nats_worker_retrying", worker=name, error=str(failure) or type(failure).__name__)
-            await asyncio.sleep(pause_s)
+            delay = backoff.next_delay()
+            log.warning(
+                "nats_worker_retrying", worker=name, error=str(failure) or type(failure).__name__,
+                retry_in_s=round(delay, 3),
+            )  # fmt: skip
+            await asyncio.sleep(delay)

@@ -52,6 +52,7 @@ from projections.nats_bus import (
 )
 from projections.publisher import AckedPublisher, Message
 from projections.stream_erasure import Located, StreamEraser
+from projections.supervision import retry_forever
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +145,10 @@ class Relay:
         self.on_position(self.position)
         log.info("relay_aligned", position=self.position)
         published = asyncio.Event()
-        eraser = asyncio.create_task(self._erase_pending(js, published), name="relay-stream-erasures")
+        # Retried on its own: a failed erasure pass (the store or NATS away a moment) must not end erasures
+        # for as long as the relay runs.
+        erasures = retry_forever(lambda: self._erase_pending(js, published), "relay-stream-erasures")
+        eraser = asyncio.create_task(erasures, name="relay-stream-erasures")
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
             next_page = asyncio.create_task(self._read(self.position))
             try:

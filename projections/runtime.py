@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from typing import Any
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, name_connections
 from ledger.locks import WorkerLock
 from ledger.schema import SchemaMode
 from ledger.store import Ledger
@@ -30,6 +31,7 @@ from projections import influence_view, kv, reciprocity
 from projections.follower import Follower, Quarantine, projection_failures
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
+from projections.supervision import BackgroundTasks, retry_forever, run_while_holding
 from projections.viewstore import READER_MMAP_BYTES, ViewStore
 
 log = structlog.get_logger(__name__)
@@ -37,7 +39,6 @@ log = structlog.get_logger(__name__)
 VIEWS = (reciprocity.VIEW, influence_view.VIEW)
 INFLUENCE_INTERVAL_S = 1.0  # at most once a second...
 INFLUENCE_DUTY_MAX = 0.2  # ...and never more than a fifth of the time: a big tenant is recomputed less often
-STANDBY_RETRY_S = 2.0
 
 
 # Where the relay says how far it got, for metrics and readiness in every process (it realigns from the
@@ -62,7 +63,10 @@ class InfluenceWorker:
     again when it dies."""
 
     def __init__(self, database_url: str | None, data_dir: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> None:
-        self._args = (os.getpid(), database_url, str(data_dir), limits)
+        # One recompute at a time on one thread: a connection of the pool (one more, should a read nest) and a
+        # reader are all it uses, whatever the parent's limits.
+        child_limits = dataclasses.replace(limits, pool_size=1, max_overflow=1, readers_max=1)
+        self._args = (os.getpid(), database_url, str(data_dir), child_limits)
         self._pool: ProcessPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -100,6 +104,7 @@ def _start_influence_worker(parent: int, database_url: str | None, data_dir: str
     die_with_parent()
     if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
         os._exit(1)
+    name_connections("influence")
     store = open_view_store(database_url, Path(data_dir), limits=limits, schema_mode=SchemaMode.EXISTING)
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 
@@ -139,13 +144,16 @@ class Projections:
         self.project = project
         self.poll_s = poll_s
         self.projecting = False
+        # Run beside the follower while this process holds the projector lock, stopped when it loses it (the KV
+        # writer): (name, work) pairs, registered before `start`.
+        self.while_projecting: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self.background = BackgroundTasks()
         self._wakeup = asyncio.Event()
         self._advanced = asyncio.Event()
         self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
         # Handed each page's changes as soon as it committed, on the projector's thread (the KV writer).
         self.page_observers: list[Callable[[int, reciprocity.AppliedPage], None]] = []
         self._relay_recorded_at = 0.0
-        self._tasks: list[asyncio.Task[None]] = []
         # Pages on a thread; influence recomputes in a process of its own (see InfluenceWorker). Closing waits
         # for the work in flight on both.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="projector")
@@ -165,13 +173,11 @@ class Projections:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.project:
-            self._tasks.append(asyncio.create_task(self._project_when_leader(), name="projector"))
+            projector = run_while_holding(self.lock, self._lead, "projector", on_active=self._set_projecting)
+            self.background.start(projector, "projector")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.background.close()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         await asyncio.to_thread(self._influence_worker.close)
         self.lock.release()
@@ -193,16 +199,21 @@ class Projections:
         for listener in self.page_listeners:
             listener()
 
-    async def _project_when_leader(self) -> None:
-        while not await asyncio.to_thread(self.lock.try_acquire):
-            await asyncio.sleep(STANDBY_RETRY_S)  # another process projects; we answer queries meanwhile
-        self.projecting = True
-        log.info("worker_active", worker="projector", position=self.reciprocity_position())
-        influence = asyncio.create_task(self._recompute_influence(), name="influence")
-        try:
+    def _set_projecting(self, active: bool) -> None:
+        self.projecting = active
+
+    async def _lead(self) -> None:
+        """What the holder of the projector lock runs: the follower, influence and `while_projecting`, each
+        retrying what fails; one that dies anyway takes the others down with it (a task group), and the
+        lock loop starts them all again."""
+
+        async def follow() -> None:
             await self.follower.follow(self._wakeup, self._executor, self.poll_s)
-        finally:
-            influence.cancel()
+
+        works = [("follower", follow), ("influence", self._recompute_influence), *self.while_projecting]
+        async with asyncio.TaskGroup() as group:
+            for name, work in works:
+                group.create_task(retry_forever(work, name), name=name)
 
     async def _recompute_influence(self) -> None:
         """Every tenant whose reciprocity rows changed since its last compute, at most once a second and at

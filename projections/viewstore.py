@@ -276,8 +276,12 @@ class ViewStore:
         """One statement's rows, on a plain connection of the calling thread in autocommit: a single
         statement is a consistent read of its own, and the pool's transaction around it (a BEGIN and a
         ROLLBACK, round trips on PostgreSQL) cost more than a point read. A broken connection is dropped
-        and the next read opens another."""
+        and the next read opens another. On PostgreSQL at most `limits.readers_max` threads hold one; any other
+        thread reads through the pool, so a process's connections stay bounded however many threads it runs."""
         reader = self._reader()
+        if reader is None:
+            with self.transaction(commit=False) as cursor:
+                return cursor.execute(statement, params)
         try:
             if self.postgres:
                 with reader.cursor() as cursor:
@@ -327,7 +331,11 @@ class ViewStore:
         connection = getattr(self._readers, "connection", None)
         if connection is None:
             if self.postgres:
-                connection = postgres_connect(self._database_url, self.limits)
+                with self._readers_lock:  # counted and made under the lock: two threads never both pass the bound
+                    if len(self._reader_connections) >= self.limits.readers_max:
+                        return None
+                    connection = postgres_connect(self._database_url, self.limits)
+                    self._reader_connections.append(connection)
             else:
                 connection = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=self.limits.lock_timeout_s
@@ -338,8 +346,8 @@ class ViewStore:
                 mmap = f"mmap_size={self.reader_mmap_bytes}"
                 connection.execute(f"PRAGMA {mmap}")
                 attach_files(connection, self.path, f"cache_size=-{READER_CACHE_KIB}", mmap)
-            with self._readers_lock:
-                self._reader_connections.append(connection)
+                with self._readers_lock:
+                    self._reader_connections.append(connection)
             self._readers.connection = connection
         return connection
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from ledger.child_process import die_with_parent
+from ledger.connections import name_connections
 from services.bootstrap import open_components
 from services.logs import configure_logging
 from services.roles import background_parts
@@ -108,6 +109,7 @@ def main() -> None:
     sys.setswitchinterval(0.0005)
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
+    name_connections(f"{settings.role}-background")
     gc.freeze()  # as in serve: start-up's objects out of the collector's sight
     asyncio.run(run(settings))
 

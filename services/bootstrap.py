@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +17,7 @@ from ledger.sql import Database
 from ledger.store import LEDGER_FILE, STORE_SCHEMA_VERSION, Ledger, open_ledger
 from projections.follower import PostgresNotifications, watch_sqlite_commits
 from projections.runtime import Projections, open_view_store
+from projections.supervision import BackgroundTasks, retry_forever
 from projections.viewstore import BACKGROUND_READER_MMAP_BYTES, READER_MMAP_BYTES, VIEWS_SCHEMA
 from services.metrics import Metrics
 from services.nats_workers import BusWorkers
@@ -71,14 +71,21 @@ class Components:
     rate_limiter: RateLimiter
     committer: GroupCommitter | None
     bus: BusWorkers | None
-    _tasks: list[asyncio.Task[None]]
+    background: BackgroundTasks
     _notifications: PostgresNotifications | None
 
+    def dead_loops(self) -> dict[str, str]:
+        """The background loops of this process that died (name -> what ended it): its work has stopped,
+        whatever else still answers, so it is not ready (/readyz)."""
+        dead = {**self.background.died, **self.projections.background.died}
+        if self.bus is not None:
+            dead.update(self.bus.background.died)
+        if self._notifications is not None and not self._notifications.alive():
+            dead["pg-listen"] = "the thread ended"
+        return dead
+
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.background.close()
         if self._notifications is not None:
             self._notifications.stop()
         if self.committer is not None:
@@ -102,16 +109,23 @@ async def open_components(
     )
     registry = RegistryCache(await asyncio.to_thread(open_registry, settings), settings.registry_refresh_s)
     metrics = metrics or Metrics()
-    projections = await _start_projections(settings, parts, ledger, metrics)
+    projections = await _open_projections(settings, parts, ledger, metrics)
     bus = await _start_bus(settings, parts, ledger, projections, metrics)
+    await projections.start()  # after the bus gave it what runs while projecting (the KV writer)
     committer = await _start_committer(settings, parts, ledger, metrics, partial(_wake, projections, bus))
     # Followers are woken by our own commits (above), by PostgreSQL's NOTIFY, or by SQLite's commit watch.
     notifications = _listen_for_commits(settings, parts, projections, bus)
-    tasks = [asyncio.create_task(registry.follow(), name="registry-follower")]
+    background = BackgroundTasks()
+    if parts & {"ingest", "query"}:
+        background.start(retry_forever(registry.follow, "registry-follower"), "registry-follower")
+    else:  # a projector or relay authenticates nobody: it keeps no registry connection open
+        await asyncio.to_thread(registry.registry.db.close)
     if not settings.database_url and "ingest" not in parts:  # serve's background process
         wake = partial(_wake, projections, bus)
-        watch = watch_sqlite_commits(settings.data_dir / LEDGER_FILE, wake, COMMIT_WATCH_S)
-        tasks.append(asyncio.create_task(watch, name="commit-watch"))
+        path = settings.data_dir / LEDGER_FILE
+        background.start(
+            retry_forever(lambda: watch_sqlite_commits(path, wake, COMMIT_WATCH_S), "commit-watch"), "commit-watch"
+        )
     log.info(
         "store_opened",
         parts=sorted(parts),
@@ -120,14 +134,23 @@ async def open_components(
         head_position=ledger.head_position(),
     )
     return Components(
-        settings, parts, ledger, registry, projections, metrics, RateLimiter(), committer, bus, tasks, notifications
+        settings,
+        parts,
+        ledger,
+        registry,
+        projections,
+        metrics,
+        RateLimiter(),
+        committer,
+        bus,
+        background,
+        notifications,
     )
 
 
-async def _start_projections(
-    settings: Settings, parts: frozenset[str], ledger: Ledger, metrics: Metrics
-) -> Projections:
-    projections = await asyncio.to_thread(
+async def _open_projections(settings: Settings, parts: frozenset[str], ledger: Ledger, metrics: Metrics) -> Projections:
+    """The views of this process, not started yet."""
+    return await asyncio.to_thread(
         Projections,
         ledger,
         settings.database_url,
@@ -139,8 +162,6 @@ async def _start_projections(
         schema_mode=settings.schema_mode(),
         on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
     )
-    await projections.start()
-    return projections
 
 
 async def _start_bus(
@@ -192,6 +213,7 @@ def _listen_for_commits(
         "stored_events",
         lambda: loop.call_soon_threadsafe(_wake, projections, bus),
         settings.connection_limits(),
+        wanted=lambda: projections.projecting or (bus is not None and bus.relaying),
     )
     notifications.start()
     return notifications

@@ -18,6 +18,7 @@ import socket
 import uvloop
 from aiohttp import web
 
+from ledger.connections import name_connections
 from services.http.app import create_app
 from services.http.connections import serve_app
 from services.logs import configure_logging
@@ -45,6 +46,7 @@ def run_http(settings: Settings, app: web.Application, listener: socket.socket |
 def main() -> None:
     settings = Settings.from_env(os.environ)
     configure_logging(settings.log_format, settings.log_level)
+    name_connections(f"{settings.role}-http")
     listener = socket.socket(fileno=int(os.environ[SOCKET_FD_ENV]))
     run_http(settings, create_app(settings, parts=http_parts(settings.role, settings.background_process)), listener)
 

@@ -18,14 +18,13 @@ from projections.kv import KvWriter
 from projections.nats_bus import BUCKETS, connect, ensure_buckets, ensure_stream, until_cancelled, until_done
 from projections.relay import Relay
 from projections.runtime import Projections
+from projections.supervision import BackgroundTasks, run_while_holding
 from services.metrics import Metrics
 from services.micro import QueryService
 from services.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-STANDBY_RETRY_S = 2.0
-LOCK_CHECK_S = 2.0  # how soon a worker whose lock was lost stops
 DRAIN_TIMEOUT_S = 5.0
 
 
@@ -47,15 +46,22 @@ class BusWorkers:
         self.projections = projections
         self.metrics = metrics
         self.relay = Relay(ledger, on_position=self._relayed, poll_s=poll_s) if relay else None
-        self.kv = kv
         self.relay_lock = WorkerLock(settings.database_url, settings.data_dir, "relay", settings.connection_limits())
         self.query = query
         self.connected = False
+        self.relaying = False  # this process holds the relay lock
         self.relay_wakeup = asyncio.Event()
         self.kv_wakeups = {bucket: asyncio.Event() for bucket in BUCKETS}
         self.client: Client | None = None
         self.prepared = asyncio.Event()  # the stream and buckets exist
-        self._tasks: list[asyncio.Task[None]] = []
+        self.background = BackgroundTasks()
+        self.kv_writer: KvWriter | None = None
+        if kv:  # the KV writer follows the projector: it runs in whichever process projects, while it does
+            store = projections.store
+            self.kv_writer = KvWriter(store, projections.influence, projections.influence_position)
+            projections.page_observers.append(self.kv_writer.offer)
+            projections.page_listeners.extend(wakeup.set for wakeup in self.kv_wakeups.values())
+            projections.while_projecting.append(("kv", self._write_kv))
 
     def wake(self) -> None:
         """After this process committed facts or applied a page: publish now, not at the next poll."""
@@ -67,18 +73,18 @@ class BusWorkers:
         self.metrics.relay_position.set(position)
         self.projections.record_relay_position(position)
 
+    def _set_relaying(self, active: bool) -> None:
+        self.relaying = active
+
     def _state(self, up: bool) -> None:
         self.connected = up
         self.metrics.nats_connected.set(1 if up else 0)
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._run(), name="nats"))
+        self.background.start(self._run(), "nats", may_return=True)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.background.close()
         if self.client is not None:
             # Drain answers what the micro service is handling; bounded, because a NATS that went away
             # would otherwise keep shutdown waiting for it.
@@ -94,16 +100,13 @@ class BusWorkers:
         js = self.client.jetstream()
         await until_done(lambda: self._prepare(js), "prepare")
         self.prepared.set()
-        workers = []
         if self.query:
             await QueryService(self.projections, off_loop=bool(self.settings.database_url)).start(self.client)
         if self.relay is not None:
             relay = self.relay
             relay_run = self._prepared(lambda: relay.run(self.client, self.relay_wakeup))
-            workers.append(run_while_holding(self.relay_lock, relay_run, "relay"))
-        if self.kv:
-            workers.append(self._kv())
-        await asyncio.gather(*workers)
+            relaying = run_while_holding(self.relay_lock, relay_run, "relay", on_active=self._set_relaying)
+            self.background.start(relaying, "relay")
 
     async def _prepare(self, js: JetStreamContext) -> None:
         await ensure_stream(js, self.settings.nats_duplicate_window_s)
@@ -120,36 +123,15 @@ class BusWorkers:
 
         return run
 
-    async def _kv(self) -> None:
-        """The KV writer follows the projector: it runs in whichever process projects."""
-        while not self.projections.projecting:
-            await asyncio.sleep(STANDBY_RETRY_S)
-        writer = KvWriter(self.projections.store, self.projections.influence, self.projections.influence_position)
-        self.projections.page_observers.append(writer.offer)
-        for wakeup in self.kv_wakeups.values():
-            self.projections.page_listeners.append(wakeup.set)
+    async def _write_kv(self) -> None:
+        """The buckets' writers, run by the projector while it holds its lock (Projections.while_projecting)."""
+        writer = self.kv_writer
+        assert writer is not None
+        await self.prepared.wait()  # NATS connected and the buckets made
 
         def write(bucket: str, wakeup: asyncio.Event) -> Awaitable[None]:
             return until_cancelled(self._prepared(lambda: writer.run(self.client, bucket, wakeup)), f"kv/{bucket}")
 
-        await asyncio.gather(*(write(bucket, wakeup) for bucket, wakeup in self.kv_wakeups.items()))
-
-
-async def run_while_holding(
-    lock: WorkerLock, work: Callable[[], Awaitable[None]], name: str, check_s: float = LOCK_CHECK_S
-) -> None:
-    """Runs `work` only while holding the lock: one relay per stream however many processes run. A lock that
-    was lost (its PostgreSQL session ended) stops the work, and this process stands by again."""
-    while True:
-        while not await asyncio.to_thread(lock.try_acquire):
-            await asyncio.sleep(STANDBY_RETRY_S)
-        log.info("worker_active", worker=name)
-        running = asyncio.create_task(until_cancelled(work, name), name=name)
-        try:
-            while not running.done() and await asyncio.to_thread(lock.still_held):
-                await asyncio.wait([running], timeout=check_s)
-        finally:
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
-        log.warning("worker_lock_lost", worker=name, standby_retry_s=STANDBY_RETRY_S)
+        async with asyncio.TaskGroup() as group:
+            for bucket, wakeup in self.kv_wakeups.items():
+                group.create_task(write(bucket, wakeup), name=f"kv/{bucket}")

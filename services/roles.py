@@ -17,19 +17,37 @@ PARTS = frozenset({"ingest", "query", "projector", "relay"})
 
 
 @dataclass(frozen=True)
+class PostgresShare:
+    """The PostgreSQL connections one process of a role takes by default (RECIPROCITY_PG_* override them):
+    its pools' size and overflow (each of two: store and views) and the views' plain readers. Small, because
+    every pod of every role draws on one server's max_connections; README's "Connections" adds them up."""
+
+    pool_size: int
+    max_overflow: int
+    readers_max: int
+
+
+@dataclass(frozen=True)
 class Role:
     parts: frozenset[str]
+    postgres: PostgresShare
     # Under serve, the parts its background process runs (on the other core) unless that process is off.
     background: frozenset[str] = frozenset()
     shares_store: bool = True  # needs PostgreSQL and NATS, shared with other pods
 
 
 ROLES: dict[str, Role] = {
-    "all": Role(PARTS, background=frozenset({"projector", "relay"}), shares_store=False),
-    "ingest": Role(frozenset({"ingest"})),
-    "query": Role(frozenset({"query"})),
-    "projector": Role(frozenset({"projector"})),
-    "relay": Role(frozenset({"relay"})),
+    # One machine: nobody else draws on the server.
+    "all": Role(PARTS, PostgresShare(4, 8, 16), background=frozenset({"projector", "relay"}), shares_store=False),
+    # One writer thread commits; the views are read by probes alone.
+    "ingest": Role(frozenset({"ingest"}), PostgresShare(1, 1, 1)),
+    # Reads run on several threads at once (balances on the event loop's own connection): a reader each for
+    # two, the others through the pool.
+    "query": Role(frozenset({"query"}), PostgresShare(1, 2, 2)),
+    # The projector's thread and the KV writers read at once while it is active.
+    "projector": Role(frozenset({"projector"}), PostgresShare(1, 2, 3)),
+    # Reads the log one page at a time and writes its position once a second.
+    "relay": Role(frozenset({"relay"}), PostgresShare(1, 1, 1)),
 }
 
 

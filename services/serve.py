@@ -15,6 +15,7 @@ import sys
 
 import structlog
 
+from ledger.connections import name_connections
 from ledger.schema import SchemaError
 from services.background import WatchedProcess
 from services.bootstrap import ensure_schemas
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_format, settings.log_level)
+    name_connections(settings.role)  # pg_stat_activity tells the roles' connections apart (README, "Connections")
     try:  # before any process starts: a schema this release may not use stops serve here, with the command to run
         ensure_schemas(settings, settings.schema_mode())
     except SchemaError as refused:

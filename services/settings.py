@@ -53,13 +53,16 @@ class Settings(BaseSettings):
     signature_tolerance_s: int = Field(300, ge=1, description="how far a webhook-timestamp may be off our clock")
     secret_grace_s: int = Field(24 * 3600, ge=0, description="how long a rotated-out source secret keeps working")
     registry_refresh_s: float = Field(0.25, gt=0, description="how often a process looks for registry changes")
-    # A process has two PostgreSQL pools (store and views) besides a few plain connections: processes times
-    # 2 x (size + overflow) must stay under the server's max_connections (100 by default).
-    pg_pool_size: int = Field(
-        DEFAULT_LIMITS.pool_size, ge=1, description="PostgreSQL connections each of a process's two pools keeps open"
+    # A process has two PostgreSQL pools (store and views) besides a few plain connections; every pod draws
+    # on the server's max_connections (100 by default), so each role's defaults are small (services/roles.py).
+    pg_pool_size: int | None = Field(
+        None, ge=1, description="PostgreSQL connections each of a process's two pools keeps open (by role when unset)"
     )
-    pg_max_overflow: int = Field(
-        DEFAULT_LIMITS.max_overflow, ge=0, description="connections each pool may open beyond its size under load"
+    pg_max_overflow: int | None = Field(
+        None, ge=0, description="connections each pool may open beyond its size under load (by role when unset)"
+    )
+    pg_readers_max: int | None = Field(
+        None, ge=0, description="plain connections the views read on, one per thread (by role when unset)"
     )
     pg_connect_timeout_s: int = Field(
         DEFAULT_LIMITS.connect_timeout_s, ge=1, description="how long to wait for a PostgreSQL connection"
@@ -108,10 +111,13 @@ class Settings(BaseSettings):
             raise SettingsError(_explain(invalid)) from None
 
     def connection_limits(self) -> ConnectionLimits:
-        """What the store, views, registry and locks open their connections with."""
+        """What the store, views, registry and locks open their connections with: the PG_* settings, or the
+        role's defaults where unset."""
+        share = ROLES[self.role].postgres
         return ConnectionLimits(
-            pool_size=self.pg_pool_size,
-            max_overflow=self.pg_max_overflow,
+            pool_size=self.pg_pool_size or share.pool_size,
+            max_overflow=share.max_overflow if self.pg_max_overflow is None else self.pg_max_overflow,
+            readers_max=share.readers_max if self.pg_readers_max is None else self.pg_readers_max,
             connect_timeout_s=self.pg_connect_timeout_s,
             lock_timeout_s=self.lock_timeout_s,
         )

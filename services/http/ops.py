@@ -7,7 +7,9 @@ import functools
 import json
 import os
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -16,7 +18,15 @@ from services.bootstrap import Components
 from services.http.keys import COMPONENTS
 from services.metrics import SHARED_DIR_ENV
 
+T = TypeVar("T")
 READY_TIMEOUT_S = 2.0
+# Probes and scrapes read on one thread of their own: on PostgreSQL each reading thread may hold a connection
+# of the views (ViewStore.read), and a standby projector or relay is read by nothing else.
+_PROBES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probes")
+
+
+def _probe(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    return asyncio.get_running_loop().run_in_executor(_PROBES, function, *args)
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -26,15 +36,20 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready when the store answers and ingest is running; lag and NATS are reported, never a reason to
     take ingest out of service. A fact a view could not apply (its tenant is skipped since) is listed under
-    `views.failures`; on the projector role, whose work that is, it also makes the process not ready."""
+    `views.failures`; on the projector role, whose work that is, it also makes the process not ready. A
+    background loop that died (projector, relay, KV writer...) makes it not ready, named in `dead_loops`:
+    its work has stopped, and only a restart brings it back."""
     components = request.app[COMPONENTS]
     body: dict[str, object] = {"role": components.settings.role}
+    dead = components.dead_loops()
+    if dead:
+        body["dead_loops"] = dead
     if components.committer is not None:
         body["ingest"] = "running" if components.committer.running else "stopped"
     if components.bus is not None:
         body["nats"] = "connected" if components.bus.connected else "disconnected"
     try:
-        head = await asyncio.wait_for(asyncio.to_thread(components.ledger.head_position), READY_TIMEOUT_S)
+        head = await asyncio.wait_for(_probe(components.ledger.head_position), READY_TIMEOUT_S)
     except Exception as failure:  # unreachable, locked, timed out: all mean not ready
         body["store"] = f"unavailable: {type(failure).__name__}"
         return web.json_response({"status": "unavailable", **body}, status=503)
@@ -42,7 +57,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     body.update(store="ok", head_position=head)
     failures: list[dict[str, Any]] = []
     try:
-        lag, failures = await asyncio.wait_for(asyncio.to_thread(_views_report, components), READY_TIMEOUT_S)
+        lag, failures = await asyncio.wait_for(_probe(_views_report, components), READY_TIMEOUT_S)
         body["views"] = {"projecting": components.projections.projecting, **lag, "failures": failures}
     except Exception as failure:  # reported, never a reason to take ingest out of service
         body["views"] = f"unavailable: {type(failure).__name__}"
@@ -50,6 +65,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     if failures and components.settings.role == "projector":
         ready = False
         body["reason"] = "a view skips a tenant since one of its facts failed (views.failures; rebuild clears it)"
+    if dead:
+        ready = False
+        body["reason"] = f"background loops died: {', '.join(sorted(dead))} (dead_loops; restart the process)"
     return web.json_response({"status": "ready" if ready else "unavailable", **body}, status=200 if ready else 503)
 
 
@@ -69,11 +87,11 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 async def metrics(request: web.Request) -> web.StreamResponse:
     components = request.app[COMPONENTS]
     try:
-        components.metrics.set_lag(await asyncio.to_thread(components.projections.lag))
-        components.metrics.log_head.set(await asyncio.to_thread(components.ledger.head_position))
+        components.metrics.set_lag(await _probe(components.projections.lag))
+        components.metrics.log_head.set(await _probe(components.ledger.head_position))
         if components.bus is None or components.bus.relay is None:  # another process relays: its report
-            components.metrics.relay_position.set(await asyncio.to_thread(components.projections.relay_position))
-        await asyncio.to_thread(_count_background_failures, components)
+            components.metrics.relay_position.set(await _probe(components.projections.relay_position))
+        await _probe(_count_background_failures, components)
     except Exception:
         pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")

@@ -223,7 +223,7 @@ async def test_a_worker_whose_lock_was_lost_stops_and_one_process_holds_it_again
     lock first works, and only that one."""
     from ledger.connections import postgres_connect
     from ledger.locks import WorkerLock
-    from services.nats_workers import run_while_holding
+    from projections.supervision import run_while_holding
 
     first, second = (WorkerLock(postgres_schema_url, tmp_path, "relay") for _ in range(2))
     starts: list[float] = []

@@ -67,3 +67,23 @@ def test_every_setting_is_a_serve_flag_and_a_flag_overrides_its_variable(capsys)
     flags = {name: value for name, value in args.items() if name in Settings.model_fields}
     settings = Settings.from_env({"RECIPROCITY_HTTP_WORKERS": "4"}, **flags)
     assert (settings.http_workers, settings.group_commit) == (2, False)
+
+
+def test_each_role_takes_a_small_share_of_postgresql_unless_its_variables_say_otherwise():
+    """README, "Connections": pool size, overflow and readers by role; a RECIPROCITY_PG_* variable wins."""
+    shared = {"RECIPROCITY_DATABASE_URL": "postgresql://reciprocity@db/ledger", "RECIPROCITY_NATS_URL": "nats://n:4222"}
+
+    def limits(role: str, **variables: str) -> tuple[int, int, int]:
+        found = Settings.from_env({**shared, "RECIPROCITY_ROLE": role, **variables}).connection_limits()
+        return found.pool_size, found.max_overflow, found.readers_max
+
+    assert [limits(role) for role in ("ingest", "query", "projector", "relay")] == [
+        (1, 1, 1), (1, 2, 2), (1, 2, 3), (1, 1, 1)
+    ]  # fmt: skip
+    assert limits("all") == (4, 8, 16)
+    overridden = {
+        "RECIPROCITY_PG_POOL_SIZE": "2",
+        "RECIPROCITY_PG_MAX_OVERFLOW": "0",
+        "RECIPROCITY_PG_READERS_MAX": "0",
+    }
+    assert limits("relay", **overridden) == (2, 0, 0)
