@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import structlog
@@ -14,6 +15,7 @@ from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts.webhook_bodies import FactType
+from projections.nats_servers import parse_servers
 
 log = structlog.get_logger(__name__)
 
@@ -40,10 +42,24 @@ def event_subject(tenant: str, fact_type: FactType) -> str:
     return f"reciprocity.events.{tenant}.{fact_type.replace('.', '_')}"
 
 
+async def open_client(url: str, name: str, *, creds: Path | None = None, **options: Any) -> Client:
+    """The one way to connect: to the servers `url` names (comma-separated), with the credentials handed to
+    the client on their own (the URLs' user and password, or the creds file), so that failing over to
+    another or a discovered server still authenticates. One attempt over the servers; `options` go to
+    nats.connect."""
+    return await nats.connect(
+        name=name,
+        user_credentials=str(creds) if creds else None,
+        **parse_servers(url).client_options(),
+        **options,
+    )
+
+
 async def connect(
     url: str, name: str, on_state: Callable[[bool], None] = lambda up: None, creds: Path | None = None
 ) -> Client:
-    """Connects, retrying until the server answers; afterwards the client reconnects by itself."""
+    """Connects, retrying until a server answers; afterwards the client reconnects by itself, to any server
+    of the list or of the cluster."""
 
     async def disconnected() -> None:
         on_state(False)
@@ -58,16 +74,16 @@ async def connect(
 
     while True:
         try:
-            client = await nats.connect(
+            client = await open_client(
                 url,
-                name=name,
+                name,
+                creds=creds,
                 max_reconnect_attempts=-1,  # the store keeps everything: waiting for NATS is always right
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
-                user_credentials=str(creds) if creds else None,  # given explicitly, so failover authenticates too
             )
         except (TimeoutError, OSError, nats.errors.Error) as failure:
             # The log processor takes any password out of the URL (services/logs.py).

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
 from ledger.schema import SchemaMode
+from projections.nats_servers import parse_servers
 from services.roles import ROLES, RoleName
 
 ENV_PREFIX = "RECIPROCITY_"
@@ -33,7 +34,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, pattern=r"^postgres(ql)?://", description="postgresql://... (SQLite under data_dir when unset)"
     )
-    nats_url: str | None = Field(None, description="NATS server(s) (an embedded nats-server when unset)")
+    nats_url: str | None = Field(
+        None, description="NATS server(s), comma-separated for a cluster (an embedded nats-server when unset)"
+    )
     nats_creds: FilePath | None = Field(None, description="a NATS .creds file (user JWT and NKey seed) to connect with")
     nats_port: int = Field(4222, ge=0, le=65535, description="the embedded nats-server's port")
     role: RoleName = Field("all", description="all, or one part for Kubernetes: ingest, query, projector, relay")
@@ -83,6 +86,13 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
+
+    @field_validator("nats_url")
+    @classmethod
+    def _servers_in_the_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_servers(url)  # its errors never quote the URL, which may hold a password
+        return url
 
     @model_validator(mode="after")
     def _shared_roles_share_a_store(self) -> Settings:
