@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     role: RoleName = Field("all", description="all, or one part for Kubernetes: ingest, query, projector, relay")
     background_process: bool = Field(True, description="serve's projector and relay in a second process")
     http_workers: int = Field(1, ge=1, le=64, description="processes answering HTTP on serve's port")
+    nats_replicas: int = Field(
+        1, ge=1, le=5, description="servers that keep the stream and each KV bucket (raised at start, never lowered)"
+    )
     nats_duplicate_window_s: float = Field(120.0, gt=0, description="JetStream's deduplication window")
     log_format: Literal["json", "console"] | None = Field(None, description="json or console (by TTY when unset)")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(

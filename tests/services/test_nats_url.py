@@ -54,6 +54,15 @@ def test_a_url_the_client_cannot_use_stops_start_up_naming_the_variable_and_not_
     assert ENCODED not in message and PASSWORD not in message
 
 
+def test_the_replicas_setting_defaults_to_one_and_stays_within_what_jetstream_allows():
+    assert Settings.from_env({}).nats_replicas == 1
+    assert Settings.from_env({"RECIPROCITY_NATS_REPLICAS": "3"}).nats_replicas == 3
+    for refused in ("0", "6"):
+        with pytest.raises(SettingsError) as stopped:
+            Settings.from_env({"RECIPROCITY_NATS_REPLICAS": refused})
+        assert str(stopped.value).startswith("RECIPROCITY_NATS_REPLICAS")
+
+
 def test_a_log_line_shows_every_server_of_the_list_and_no_password():
     url = f"nats://service:{PASSWORD}@n1:4222,nats://service:{PASSWORD}@n2:4222,nats://service:{ENCODED}@n3:4222"
     assert redact_url(url) == "nats://service:***@n1:4222,nats://service:***@n2:4222,nats://service:***@n3:4222"
