@@ -10,6 +10,7 @@ import asyncio
 import json
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import nats
@@ -34,7 +35,7 @@ from services.settings import Settings
 from tests.conftest import make_sender
 from tests.helpers import Sender, envelope, give, received, until
 from tests.nats_cluster import PASSWORD, NatsCluster
-from tests.processes import Server, free_port
+from tests.processes import Server, cli, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -147,22 +148,35 @@ async def test_serve_keeps_the_stream_equal_to_the_log_through_the_loss_of_a_nat
 
         led: dict[str, float] = {}  # when each stream leader was first seen, after the kill
 
-        async def published(after: int) -> bool:
-            info = await stream_state(js, STREAM)
+        async def published(watch: JetStreamContext, after: int) -> bool:
+            info = await stream_state(watch, STREAM)
             if info is not None and info.cluster is not None and info.cluster.leader:
                 led.setdefault(info.cluster.leader, time.monotonic())
             return info is not None and info.state.last_seq > after
 
-        await until(lambda: published(50), 30, what="50 facts in the stream")
+        await until(lambda: published(js, 50), 30, what="50 facts in the stream")
+        tail = await asyncio.to_thread(
+            cli, sqlite_settings, "tail", "acme", "--nats-url", cluster.url(), "--limit", "3", "--json"
+        )  # the admin CLI connects the same way, to the same list
+        assert tail.returncode == 0, tail.stderr
+        first_three = await asyncio.to_thread(log_ids, sqlite_settings)
+        assert [json.loads(line)["event_id"] for line in tail.stdout.splitlines()] == first_three[:3]
         for role in ("follower", "leader"):
             info = await js.stream_info(STREAM)
             assert info.cluster.leader and info.cluster.replicas
             name = info.cluster.leader if role == "leader" else info.cluster.replicas[0].name
             node = cluster.node_named(name)
+            # Watched from a server that stays, asking often: the times are the cluster's, not a watcher's
+            # own reconnection or request timeout.
+            observer = await open_client(cluster.url([other for other in cluster.nodes if other is not node]), "test")
+            watch = observer.jetstream(timeout=0.5)
             led.clear()
             killed_at = time.monotonic()
             cluster.kill(node)
-            await until(lambda last=info.state.last_seq: published(last), 60, what=f"publishes after the {role} died")
+            try:
+                await until(partial(published, watch, info.state.last_seq), 60, what=f"the {role} replaced")
+            finally:
+                await observer.close()
             accepting_s = time.monotonic() - killed_at
             leaders = ", ".join(f"{leader} after {at - killed_at:.2f} s" for leader, at in led.items())
             print(f"\nstream {role} {name} killed -9: the stream answered with leader {leaders}; it accepted "
