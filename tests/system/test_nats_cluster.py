@@ -217,15 +217,25 @@ async def test_serve_keeps_the_stream_equal_to_the_log_through_the_loss_of_a_nat
 
 async def test_a_client_fails_over_to_a_server_it_only_discovered_with_the_credentials_it_was_given(cluster):
     """Given one server of three, with a user and password: the client learns the others from the cluster,
-    and after its server dies it reconnects to one of them. nats-py would send a discovered server no
-    credentials of the URL's; connect() hands them over on their own."""
+    and after its server dies it reconnects to one of them. nats-py given the URL as it is sends a
+    discovered server no credentials (the control below is refused); connect() hands them over apart."""
     await cluster.until_ready(replicas=1)
     first = cluster.nodes[0]
     client = await connect(cluster.url([first]), "test-discovered")
+    refusals: list[str] = []
+
+    async def refused(error: Exception) -> None:
+        refusals.append(str(error))
+
+    # The control: nats-py given the same URL as a plain string, its password read from the URL alone.
+    plain = await nats.connect(
+        cluster.url([first]), error_cb=refused, max_reconnect_attempts=-1, reconnect_time_wait=0.2
+    )
     try:
 
         async def discovered() -> bool:
-            return len(client.discovered_servers) == 2
+            # (The plain client lists its own server again: its entry in the pool carries the password.)
+            return len(client.discovered_servers) == 2 and len(plain.discovered_servers) >= 2
 
         await until(discovered, 10, what="the other two servers discovered")
         cluster.kill(first)
@@ -236,8 +246,15 @@ async def test_a_client_fails_over_to_a_server_it_only_discovered_with_the_crede
         await until(elsewhere, 20, what="a reconnection to a discovered server")
         reply = await client.request("$JS.API.INFO", b"", timeout=5)
         assert "error" not in json.loads(reply.data), reply.data
+
+        async def plain_refused() -> bool:
+            return any("authorization violation" in refusal.lower() for refusal in refusals)
+
+        await until(plain_refused, 20, what="the plain client refused by the discovered servers")
+        assert not plain.is_connected
     finally:
         await client.close()
+        await plain.close()
 
 
 async def test_three_replicas_asked_of_a_single_server_is_a_warning_and_the_service_runs(tmp_path, sqlite_settings):
