@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts.webhook_bodies import FactType
+from projections.nats_replicas import ensure_replicas
+from projections.nats_servers import parse_servers
 from projections.supervision import BACKOFF_MAX_S, Backoff
 
 log = structlog.get_logger(__name__)
@@ -34,6 +36,8 @@ BUCKETS = (BUCKET_BALANCES, BUCKET_PAIRS, BUCKET_INFLUENCE)
 SERVICE_NAME = "reciprocity"
 QUERY_ENDPOINTS = ("balance", "pair", "influence", "maintenance")
 CONNECT_RETRY_S = 1.0
+# What ensure_stream sets; a stream whose settings all match is not updated.
+STREAM_FIELDS = ("subjects", "retention", "storage", "duplicate_window", "allow_direct", "num_replicas")
 
 
 def event_subject(tenant: str, fact_type: FactType) -> str:
@@ -41,10 +45,24 @@ def event_subject(tenant: str, fact_type: FactType) -> str:
     return f"reciprocity.events.{tenant}.{fact_type.replace('.', '_')}"
 
 
+async def open_client(url: str, name: str, *, creds: Path | None = None, **options: Any) -> Client:
+    """The one way to connect: to the servers `url` names (comma-separated), with the credentials handed to
+    the client on their own (the URLs' user and password, or the creds file), so that failing over to
+    another or a discovered server still authenticates. One attempt over the servers; `options` go to
+    nats.connect."""
+    return await nats.connect(
+        name=name,
+        user_credentials=str(creds) if creds else None,
+        **parse_servers(url).client_options(),
+        **options,
+    )
+
+
 async def connect(
     url: str, name: str, on_state: Callable[[bool], None] = lambda up: None, creds: Path | None = None
 ) -> Client:
-    """Connects, retrying until the server answers; afterwards the client reconnects by itself."""
+    """Connects, retrying until a server answers; afterwards the client reconnects by itself, to any server
+    of the list or of the cluster."""
 
     async def disconnected() -> None:
         on_state(False)
@@ -59,16 +77,16 @@ async def connect(
 
     while True:
         try:
-            client = await nats.connect(
+            client = await open_client(
                 url,
-                name=name,
+                name,
+                creds=creds,
                 max_reconnect_attempts=-1,  # the store keeps everything: waiting for NATS is always right
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 disconnected_cb=disconnected,
                 reconnected_cb=reconnected,
                 error_cb=error,
-                user_credentials=str(creds) if creds else None,  # given explicitly, so failover authenticates too
             )
         except (TimeoutError, OSError, nats.errors.Error) as failure:
             # The log processor takes any password out of the URL (services/logs.py).
@@ -79,8 +97,9 @@ async def connect(
         return client
 
 
-async def ensure_stream(js: JetStreamContext, duplicate_window_s: float) -> None:
-    """The event stream: every fact, unlimited retention, deduplicated by event id within the window."""
+async def ensure_stream(js: JetStreamContext, duplicate_window_s: float, replicas: int = 1) -> None:
+    """The event stream: every fact, unlimited retention, deduplicated by event id within the window, on
+    `replicas` servers (or as many as the cluster allows; see ensure_replicas)."""
     config = StreamConfig(
         name=STREAM,
         subjects=[EVENT_SUBJECTS],
@@ -89,19 +108,39 @@ async def ensure_stream(js: JetStreamContext, duplicate_window_s: float) -> None
         duplicate_window=duplicate_window_s,
         allow_direct=True,
     )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+
+    async def create(count: int) -> None:
+        await js.add_stream(config.evolve(num_replicas=count))
+
+    async def update(current: StreamConfig, count: int) -> StreamConfig:
+        wanted = config.evolve(num_replicas=count)
+        # Only when something differs: an update is a cluster-wide proposal, and the relay comes here at
+        # each restart, some of them while a NATS node is down.
+        if all(getattr(current, field) == getattr(wanted, field) for field in STREAM_FIELDS):
+            return current
+        return (await js.update_stream(wanted)).config
+
+    await ensure_replicas(js, STREAM, replicas, create, update)
 
 
-async def ensure_buckets(js: JetStreamContext) -> None:
-    """The view buckets: one value per key (history 1), readable by direct get."""
+async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> None:
+    """The view buckets: one value per key (history 1), readable by direct get, on `replicas` servers."""
     for bucket in BUCKETS:
-        try:
-            await js.key_value(bucket)
-        except (NotFoundError, BadRequestError):
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, direct=True))
+
+        async def create(count: int, bucket: str = bucket) -> None:
+            await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, direct=True, replicas=count))
+
+        async def update(current: StreamConfig, count: int) -> StreamConfig:
+            if (current.num_replicas or 1) == count:  # the bucket's other settings are left as they are
+                return current
+            return (await js.update_stream(current.evolve(num_replicas=count))).config
+
+        await ensure_replicas(js, bucket_stream(bucket), replicas, create, update)
+
+
+def bucket_stream(bucket: str) -> str:
+    """The stream that holds a KV bucket."""
+    return f"KV_{bucket}"
 
 
 async def until_cancelled(step: Callable[[], Awaitable[None]], name: str, pause_s: float = BACKOFF_MAX_S) -> None:

@@ -109,8 +109,8 @@ class BusWorkers:
             self.background.start(relaying, "relay")
 
     async def _prepare(self, js: JetStreamContext) -> None:
-        await ensure_stream(js, self.settings.nats_duplicate_window_s)
-        await ensure_buckets(js)
+        await ensure_stream(js, self.settings.nats_duplicate_window_s, self.settings.nats_replicas)
+        await ensure_buckets(js, self.settings.nats_replicas)
 
     def _prepared(self, work: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """`work` that first makes the stream and buckets again if NATS lost them (a new server, a deleted

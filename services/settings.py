@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
 from ledger.schema import SchemaMode
+from projections.nats_servers import parse_servers
 from services.roles import ROLES, RoleName
 
 ENV_PREFIX = "RECIPROCITY_"
@@ -33,12 +34,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, pattern=r"^postgres(ql)?://", description="postgresql://... (SQLite under data_dir when unset)"
     )
-    nats_url: str | None = Field(None, description="NATS server(s) (an embedded nats-server when unset)")
+    nats_url: str | None = Field(
+        None, description="NATS server(s), comma-separated for a cluster (an embedded nats-server when unset)"
+    )
     nats_creds: FilePath | None = Field(None, description="a NATS .creds file (user JWT and NKey seed) to connect with")
     nats_port: int = Field(4222, ge=0, le=65535, description="the embedded nats-server's port")
     role: RoleName = Field("all", description="all, or one part for Kubernetes: ingest, query, projector, relay")
     background_process: bool = Field(True, description="serve's projector and relay in a second process")
     http_workers: int = Field(1, ge=1, le=64, description="processes answering HTTP on serve's port")
+    nats_replicas: int = Field(
+        1, ge=1, le=5, description="servers that keep the stream and each KV bucket (raised at start, never lowered)"
+    )
     nats_duplicate_window_s: float = Field(120.0, gt=0, description="JetStream's deduplication window")
     log_format: Literal["json", "console"] | None = Field(None, description="json or console (by TTY when unset)")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
@@ -86,6 +92,13 @@ class Settings(BaseSettings):
     @classmethod
     def _level_in_any_case(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
+
+    @field_validator("nats_url")
+    @classmethod
+    def _servers_in_the_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_servers(url)  # its errors never quote the URL, which may hold a password
+        return url
 
     @model_validator(mode="after")
     def _shared_roles_share_a_store(self) -> Settings:

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ledger.facts import Acknowledgement, Fact, Give, Introduction, fact_from_json
-from projections.nats_bus import POSITION_HEADER, STREAM
+from projections.nats_bus import POSITION_HEADER, STREAM, open_client
 
 FETCH_BATCH = 100
 FETCH_WAIT_S = 1.0
@@ -39,7 +39,7 @@ async def tail(
     out: TextIO = sys.stdout,
 ) -> int:
     """Prints facts until `limit` (or forever); returns how many it printed."""
-    client = await nats.connect(url, max_reconnect_attempts=-1, user_credentials=str(creds) if creds else None)
+    client = await open_client(url, "reciprocity-tail", creds=creds, max_reconnect_attempts=-1)
     try:
         js = client.jetstream()
         subject = f"reciprocity.events.{tenant}.>"

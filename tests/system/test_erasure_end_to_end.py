@@ -20,7 +20,7 @@ import pytest
 
 from ledger.registry import Registry
 from ledger.store import open_ledger
-from projections.nats_bus import STREAM
+from projections.nats_bus import STREAM, open_client
 from services.bootstrap import open_components, registry_database
 from services.http.app import create_app
 from services.natsserver import EmbeddedNatsServer
@@ -157,7 +157,7 @@ async def influence_settled(reader: Reader, position: int) -> None:
 async def nats_text(url: str) -> tuple[str, str]:
     """Everything NATS holds for tenant acme: the stream's messages (headers and bodies) and every message in
     the KV buckets' streams (keys, values and markers), as text."""
-    client = await nats.connect(url)
+    client = await open_client(url, "test")
     try:
         js = client.jetstream()
         found = []
@@ -181,7 +181,7 @@ async def nats_text(url: str) -> tuple[str, str]:
 
 
 async def micro_text(url: str, people: list[str]) -> str:
-    client = await nats.connect(url)
+    client = await open_client(url, "test")
     try:
         replies = []
         for person in people:

@@ -33,6 +33,7 @@ from projections.nats_bus import (
     ensure_buckets,
     ensure_stream,
     event_subject,
+    open_client,
 )
 from projections.publisher import AckedPublisher, Message, PublishRefused
 from projections.queries import ReciprocityQueries
@@ -75,7 +76,7 @@ async def bus_client(aiohttp_client, bus_settings):
 
 async def stream_ids(url: str) -> list[str]:
     """The event ids in the stream, in stream order (none while there is no stream)."""
-    client = await nats.connect(url)
+    client = await open_client(url, "test")
     try:
         js = client.jetstream()
         try:
@@ -115,7 +116,7 @@ async def test_the_stream_equals_the_log_after_a_normal_run(bus_client, bus_sett
     """Every fact once, in position order, with its id and position in the headers and the fact as body."""
     await post_all(bus_client, [give(f"g{n}", "ann", "bob") for n in range(30)] + [acknowledgement("a1", "bob", "g1")])
     await stream_equals_log(bus_settings)
-    client = await nats.connect(bus_settings.nats_url)
+    client = await open_client(bus_settings.nats_url, "test")
     message = await client.jetstream().get_msg(STREAM, seq=1)
     body = json.loads(message.data)
     assert message.subject == "reciprocity.events.acme.give_recorded"
@@ -199,7 +200,7 @@ async def kv_equals_http(
     client, settings, key: str, path: str, bucket: str = "reciprocity_balances", timeout_s: float = 20.0
 ) -> None:
     """Polls until the bucket's value equals the HTTP answer (both catch up in the background)."""
-    nc = await nats.connect(settings.nats_url)
+    nc = await open_client(settings.nats_url, "test")
     kv = await nc.jetstream().key_value(bucket)
     seen: dict[str, object] = {}
 
@@ -239,7 +240,7 @@ async def test_kv_values_equal_the_http_answers(bus_client, bus_settings):
 
 
 async def test_a_kv_watch_sees_a_new_fact(bus_client, bus_settings):
-    nc = await nats.connect(bus_settings.nats_url)
+    nc = await open_client(bus_settings.nats_url, "test")
     kv = await nc.jetstream().key_value("reciprocity_balances")
     watcher = await kv.watch("acme.dan")
     position = await post_all(bus_client, [give("g1", "dan", "eve", value="3")])
@@ -334,7 +335,7 @@ async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_clien
     position = await post_all(bus_client, [give("g1", "ann", "bob", value="5"), give("g2", "bob", "ann")])
     path = f"/v1/tenants/acme/pairs/bob/ann?min_position={position}"
     http = await (await bus_client.get(path, headers=bus_client.sender.read_headers())).json()
-    nc = await nats.connect(bus_settings.nats_url)
+    nc = await open_client(bus_settings.nats_url, "test")
     try:
         ping = json.loads((await nc.request("$SRV.PING.reciprocity", b"", timeout=5)).data)
         assert ping["name"] == "reciprocity" and ping["type"] == "io.nats.micro.v1.ping_response"

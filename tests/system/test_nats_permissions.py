@@ -11,6 +11,7 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
+from projections.nats_bus import open_client
 from services.bootstrap import open_components
 from services.natsserver import EmbeddedNatsServer
 from tests.conftest import make_sender
@@ -88,7 +89,7 @@ def sender_fact(sender, tenant: str):
 
 async def create_analytics_consumers(url: str) -> None:
     """Durable pull consumers per tenant, made by a trusted client (an operator, or `reciprocity tail`)."""
-    admin = await nats.connect(url)
+    admin = await open_client(url, "test")
     js = admin.jetstream()
     for tenant in ("acme", "zeta"):
         await js.add_consumer(

@@ -18,7 +18,7 @@ from contracts.answers import LoggedFact
 from contracts.asyncapi import ParticipantErased
 from ledger.group_commit import FactWriter
 from ledger.store import open_ledger
-from projections.nats_bus import PARTICIPANTS_HEADER, POSITION_HEADER, STREAM, connect, ensure_stream
+from projections.nats_bus import PARTICIPANTS_HEADER, POSITION_HEADER, STREAM, connect, ensure_stream, open_client
 from projections.relay import Relay
 from projections.stream_erasure import Located, StreamEraser
 from services.natsserver import EmbeddedNatsServer
@@ -88,7 +88,7 @@ async def whole_stream(js) -> list[StreamMessage]:
 
 @contextlib.asynccontextmanager
 async def relaying(relay: Relay, url: str):
-    client = await nats.connect(url)
+    client = await open_client(url, "test")
     task = asyncio.create_task(relay.run(client, asyncio.Event()))
     try:
         yield relay
