@@ -29,8 +29,11 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+REGISTRY_FILE = "registry.sqlite3"  # under the data directory, on SQLite
+
+
 def registry_database(settings: Settings) -> Database:
-    return Database(settings.database_url, settings.data_dir / "registry.sqlite3", settings.connection_limits())
+    return Database(settings.database_url, settings.data_dir / REGISTRY_FILE, settings.connection_limits())
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -138,6 +141,7 @@ async def _start_projections(
         limits=settings.connection_limits(),
         schema_mode=settings.schema_mode(),
         on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
+        on_recompute=metrics.influence_recompute.observe,
     )
     await projections.start()
     return projections

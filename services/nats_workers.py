@@ -54,6 +54,7 @@ class BusWorkers:
         self.relay_wakeup = asyncio.Event()
         self.kv_wakeups = {bucket: asyncio.Event() for bucket in BUCKETS}
         self.client: Client | None = None
+        self.kv_writer: KvWriter | None = None  # once this process writes KV (its lag is a metric)
         self.prepared = asyncio.Event()  # the stream and buckets exist
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -124,7 +125,9 @@ class BusWorkers:
         """The KV writer follows the projector: it runs in whichever process projects."""
         while not self.projections.projecting:
             await asyncio.sleep(STANDBY_RETRY_S)
-        writer = KvWriter(self.projections.store, self.projections.influence, self.projections.influence_position)
+        writer = self.kv_writer = KvWriter(
+            self.projections.store, self.projections.influence, self.projections.influence_position
+        )
         self.projections.page_observers.append(writer.offer)
         for wakeup in self.kv_wakeups.values():
             self.projections.page_listeners.append(wakeup.set)

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from contracts.openapi import openapi_document
+from projections.kv import recorded_lag
 from services.bootstrap import Components
 from services.http.keys import COMPONENTS
 from services.metrics import SHARED_DIR_ENV
@@ -74,9 +75,27 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         if components.bus is None or components.bus.relay is None:  # another process relays: its report
             components.metrics.relay_position.set(await asyncio.to_thread(components.projections.relay_position))
         await asyncio.to_thread(_count_background_failures, components)
+        await asyncio.to_thread(_read_worker_gauges, components)
     except Exception:
         pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def _read_worker_gauges(components: Components) -> None:
+    """The workers' state as of this scrape: which locks this process holds, the commit queue, the KV
+    writer's lag. A process reports only the workers it may run (a standby reports 0), so the max over
+    the pods of a role says whether any holds the lock."""
+    metrics, projections, bus = components.metrics, components.projections, components.bus
+    if projections.project:
+        metrics.worker_active.labels(worker="projector").set(int(projections.lock.held))
+    if bus is not None and bus.relay is not None:
+        metrics.worker_active.labels(worker="relay").set(int(bus.relay_lock.held))
+    if components.committer is not None:
+        metrics.commit_queue.set(components.committer.queued_facts)
+    if bus is not None and bus.kv_writer is not None:
+        metrics.set_kv_lag(bus.kv_writer.lag())
+    elif components.settings.role == "all" and not projections.project:  # serve: KV is written by its other process
+        metrics.set_kv_lag(recorded_lag(projections.store, projections.influence_position))
 
 
 def _count_background_failures(components: Components) -> None:
