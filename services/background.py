@@ -107,7 +107,7 @@ def main() -> None:
     # the default 5 ms interpreter switch interval the loop would wait that long for the lock, again and again.
     sys.setswitchinterval(0.0005)
     settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.role)
     gc.freeze()  # as in serve: start-up's objects out of the collector's sight
     asyncio.run(run(settings))
 

@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.role)
     try:  # before any process starts: a schema this release may not use stops serve here, with the command to run
         ensure_schemas(settings, settings.schema_mode())
     except SchemaError as refused:
