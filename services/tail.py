@@ -7,23 +7,33 @@ there; without it an ephemeral consumer is used and forgotten.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
 import nats
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ledger.facts import Acknowledgement, Fact, Give, Introduction, fact_from_json
 from projections.nats_bus import POSITION_HEADER, STREAM
+from services.logs import redact_url
 
 FETCH_BATCH = 100
 FETCH_WAIT_S = 1.0
+CONNECT_RETRY_S = 30.0  # how long tail tries to reach NATS, at start or after losing it, before it gives up
+RECONNECT_WAIT_S = 1.0
 
 
-class DurableOfAnotherTenant(Exception):
+class TailError(Exception):
+    """tail cannot follow the stream; the message says why, plainly (no traceback)."""
+
+
+class DurableOfAnotherTenant(TailError):
     """`--durable NAME` names a consumer that follows another tenant's facts."""
 
 
@@ -37,12 +47,26 @@ async def tail(
     as_json: bool,
     creds: Path | None = None,
     out: TextIO = sys.stdout,
+    notes: TextIO = sys.stderr,
+    retry_s: float = CONNECT_RETRY_S,
 ) -> int:
-    """Prints facts until `limit` (or forever); returns how many it printed."""
-    client = await nats.connect(url, max_reconnect_attempts=-1, user_credentials=str(creds) if creds else None)
+    """Prints facts until `limit` (or forever); returns how many it printed. Raises TailError when NATS
+    cannot be reached for `retry_s` (at start or later), or has no stream of facts."""
+    shown = redact_url(url)
+    connection = Connection(shown)
+    client = await connection.open(servers(url), creds, retry_s)
     try:
         js = client.jetstream()
         subject = f"reciprocity.events.{tenant}.>"
+        try:
+            known = await js.stream_info(STREAM, subjects_filter=subject)
+        except nats.js.errors.NotFoundError:
+            raise TailError(f"no stream {STREAM} on {shown}: is the relay running?") from None
+        except nats.js.errors.ServiceUnavailableError:
+            raise TailError(f"{shown} does not answer JetStream requests: is JetStream enabled?") from None
+        if not known.state.subjects:  # the tenant may be new: tail waits, but says what it sees
+            notes.write(f"no facts of tenant {tenant!r} on stream {STREAM} yet: waiting (is the name right?)\n")
+            notes.flush()
         if durable is not None:
             await _check_durable(js, durable, subject)
         config = ConsumerConfig(
@@ -53,11 +77,15 @@ async def tail(
         subscription = await js.pull_subscribe(subject, durable=durable, stream=STREAM, config=config)
         printed = 0
         while limit is None or printed < limit:
+            connection.check(retry_s)
             try:
                 messages = await subscription.fetch(
                     FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - printed), timeout=FETCH_WAIT_S
                 )
             except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error:  # disconnected meanwhile: the client reconnects, `check` bounds the wait
+                await asyncio.sleep(RECONNECT_WAIT_S)
                 continue
             for message in messages:
                 out.write(_line(message.data, message.headers or {}, as_json) + "\n")
@@ -66,7 +94,63 @@ async def tail(
                 printed += 1
         return printed
     finally:
-        await client.drain()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.drain(), FETCH_WAIT_S * 5)
+        await client.close()
+
+
+def servers(url: str) -> list[str]:
+    """RECIPROCITY_NATS_URL may name several servers, comma-separated; the client takes them as a list."""
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
+class Connection:
+    """tail's NATS connection: quiet while it retries (the client's own error callback logs a traceback
+    per attempt), and given up on after a bounded time."""
+
+    def __init__(self, shown_url: str) -> None:
+        self.shown_url = shown_url
+        self.last_error: Exception | None = None
+        self.lost_at: float | None = None  # when the connection was lost, while it is
+
+    async def open(self, urls: list[str], creds: Path | None, retry_s: float) -> Client:
+        client = Client()
+        try:
+            async with asyncio.timeout(retry_s):
+                await client.connect(
+                    urls,
+                    max_reconnect_attempts=-1,  # bounded by the timeout instead
+                    reconnect_time_wait=RECONNECT_WAIT_S,
+                    connect_timeout=min(2.0, retry_s),
+                    error_cb=self._error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    user_credentials=str(creds) if creds else None,
+                )
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise TailError(f"cannot reach NATS at {self.shown_url} for {retry_s:g} s{self._why()}") from None
+        return client
+
+    def check(self, retry_s: float) -> None:
+        """Raises TailError once the connection has been lost for `retry_s`."""
+        if self.lost_at is not None and time.monotonic() - self.lost_at >= retry_s:
+            raise TailError(f"lost NATS at {self.shown_url} for {retry_s:g} s{self._why()}")
+
+    def _why(self) -> str:
+        error = self.last_error
+        return "" if error is None else f" ({redact_url(str(error)) or type(error).__name__})"
+
+    async def _error(self, error: Exception) -> None:
+        self.last_error = error
+
+    async def _disconnected(self) -> None:
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+
+    async def _reconnected(self) -> None:
+        self.lost_at = None
 
 
 async def _check_durable(js: JetStreamContext, durable: str, subject: str) -> None:
