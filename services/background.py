@@ -79,7 +79,7 @@ class WatchedProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module], env=env, preexec_fn=die_with_parent, pass_fds=self.pass_fds
         )
-        log.info(f"{self.name}_started", pid=self.process.pid)
+        log.info(f"{self.name}_started", child_pid=self.process.pid)  # (`pid` is the writer's own)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():

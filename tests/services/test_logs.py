@@ -86,6 +86,11 @@ def test_serve_logs_the_nats_url_without_its_password(sqlite_settings, tmp_path)
     assert PASSWORD not in text
     starting = next(line for line in lines(log_path) if line["event"] == "starting")
     assert starting["nats"] == nats_url.replace(PASSWORD, "***")
+    # Every line says which role and process wrote it: serve's own, and its background process's.
+    assert {line["role"] for line in lines(log_path)} == {"all"}
+    writers = {line["pid"] for line in lines(log_path)}
+    background = next(line for line in lines(log_path) if line["event"] == "background_started")["child_pid"]
+    assert {process.pid, background} <= writers, writers
 
 
 def lines(log_path) -> list[dict]:
