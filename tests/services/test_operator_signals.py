@@ -17,11 +17,14 @@ import structlog.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.group_commit import FactWriter
+from projections.kv import recorded_lag
+from projections.nats_bus import BUCKETS
 from projections.rebuild import rebuild
 from services.bootstrap import open_components
 from services.http.app import create_app
 from services.natsserver import EmbeddedNatsServer
 from services.progress import ProgressReport
+from tests.conftest import make_sender
 from tests.helpers import community, give, post_all, received, until
 from tests.processes import cli, free_port
 
@@ -139,6 +142,56 @@ async def test_influence_recomputes_are_timed(client):
     assert metric(text, "reciprocity_influence_recompute_seconds_sum") > 0
 
 
+async def test_the_kv_writer_lag_is_what_the_buckets_miss_of_their_views(client, settings, aiohttp_client):
+    """No KV writer runs here (no NATS): a process that does not project (serve's HTTP process) reports, from
+    the positions the writer records, every position of the view as missing from the buckets."""
+    position = await post_all(client, [give("g1", "ann", "bob"), give("g2", "bob", "cas")])
+    await until(lambda: client.components.projections.wait_for(position, 0), 10, "the view")
+    http_only = await open_components(settings, parts=frozenset({"query"}))  # as serve's HTTP process
+    try:
+        text = await scrape(await aiohttp_client(create_app(settings, http_only)))
+    finally:
+        await http_only.close()
+    for bucket in ("reciprocity_balances", "reciprocity_pairs"):
+        assert metric(text, "reciprocity_kv_writer_lag_events", bucket=bucket) == position
+    assert metric(text, "reciprocity_kv_writer_lag_events", bucket="reciprocity_influence") is not None
+
+
+@pytest.fixture
+def nats_url(tmp_path):
+    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
+    yield server.start()
+    server.stop()
+
+
+async def test_the_relay_reports_its_lock_and_the_kv_writer_its_lag_down_to_0(aiohttp_client, settings, nats_url):
+    bus_settings = settings.with_(nats_url=nats_url)
+    sender = make_sender(bus_settings, "acme", "crm")
+    components = await open_components(bus_settings)
+    try:
+        client = await aiohttp_client(create_app(bus_settings, components))
+        client.sender = sender
+        await post_all(client, [give(f"g{n}", "ann", "bob") for n in range(5)])
+
+        async def caught_up() -> bool:
+            text = await scrape(client)
+            lags = [metric(text, "reciprocity_kv_writer_lag_events", bucket=bucket) for bucket in BUCKETS]
+            return metric(text, "reciprocity_worker_active", worker="relay") == 1 and lags == [0, 0, 0]
+
+        await until(caught_up, 30, "the relay active and every bucket written")
+        text = await scrape(client)
+        assert metric(text, "reciprocity_worker_active", worker="projector") == 1
+        # Another process reads the same from what the writer records (at most a second later).
+        store, influence_position = components.projections.store, components.projections.influence_position
+
+        async def recorded() -> bool:
+            return await asyncio.to_thread(recorded_lag, store, influence_position) == dict.fromkeys(BUCKETS, 0)
+
+        await until(recorded, 10, "the written positions recorded")
+    finally:
+        await components.close()
+
+
 LOGGING_ROLE = """
 import structlog, sys
 from services.logs import configure_logging
@@ -231,8 +284,6 @@ def test_rebuild_reports_each_stage_to_its_caller(settings, stores):
 
 
 def test_tail_of_an_unknown_tenant_exits_non_zero_saying_so(sqlite_settings):
-    from tests.conftest import make_sender
-
     make_sender(sqlite_settings, "acme", "crm")  # the store exists and knows acme only
     done = cli(sqlite_settings, "tail", "zeta", "--nats-url", f"nats://127.0.0.1:{free_port()}", timeout_s=30)
     assert done.returncode == 1
