@@ -56,47 +56,60 @@ async def tail(
     connection = Connection(shown)
     client = await connection.open(servers(url), creds, retry_s)
     try:
-        js = client.jetstream()
-        subject = f"reciprocity.events.{tenant}.>"
-        try:
-            known = await js.stream_info(STREAM, subjects_filter=subject)
-        except nats.js.errors.NotFoundError:
-            raise TailError(f"no stream {STREAM} on {shown}: is the relay running?") from None
-        except nats.js.errors.ServiceUnavailableError:
-            raise TailError(f"{shown} does not answer JetStream requests: is JetStream enabled?") from None
-        if not known.state.subjects:  # the tenant may be new: tail waits, but says what it sees
-            notes.write(f"no facts of tenant {tenant!r} on stream {STREAM} yet: waiting (is the name right?)\n")
-            notes.flush()
-        if durable is not None:
-            await _check_durable(js, durable, subject)
-        config = ConsumerConfig(
-            filter_subject=subject,
-            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-        )
-        subscription = await js.pull_subscribe(subject, durable=durable, stream=STREAM, config=config)
-        printed = 0
-        while limit is None or printed < limit:
-            connection.check(retry_s)
-            try:
-                messages = await subscription.fetch(
-                    FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - printed), timeout=FETCH_WAIT_S
-                )
-            except nats.errors.TimeoutError:
-                continue
-            except nats.errors.Error:  # disconnected meanwhile: the client reconnects, `check` bounds the wait
-                await asyncio.sleep(RECONNECT_WAIT_S)
-                continue
-            for message in messages:
-                out.write(_line(message.data, message.headers or {}, as_json) + "\n")
-                out.flush()
-                await message.ack()
-                printed += 1
-        return printed
+        return await _follow(client, connection, tenant, durable, from_start, limit, as_json, out, notes, retry_s)
+    except nats.errors.Error as failure:  # a request NATS did not answer, a refusal: said, not a traceback
+        raise TailError(f"NATS at {shown}: {redact_url(str(failure)) or type(failure).__name__}") from None
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.drain(), FETCH_WAIT_S * 5)
-        await client.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), FETCH_WAIT_S * 5)
+
+
+async def _follow(
+    client: Client, connection: Connection, tenant: str, durable: str | None, from_start: bool, limit: int | None,
+    as_json: bool, out: TextIO, notes: TextIO, retry_s: float,
+) -> int:  # fmt: skip
+    """Checks the stream is there, then prints the tenant's facts until `limit`, or until NATS has been
+    lost for `retry_s`."""
+    shown = connection.shown_url
+    js = client.jetstream()
+    subject = f"reciprocity.events.{tenant}.>"
+    try:
+        known = await js.stream_info(STREAM, subjects_filter=subject)
+    except nats.js.errors.NotFoundError:
+        raise TailError(f"no stream {STREAM} on {shown}: is the relay running?") from None
+    except nats.js.errors.ServiceUnavailableError:
+        raise TailError(f"{shown} does not answer JetStream requests: is JetStream enabled?") from None
+    if not known.state.subjects:  # the tenant may be new: tail waits, but says what it sees
+        notes.write(f"no facts of tenant {tenant!r} on stream {STREAM} yet: waiting (is the name right?)\n")
+        notes.flush()
+    if durable is not None:
+        await _check_durable(js, durable, subject)
+    config = ConsumerConfig(
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+    )
+    subscription = await js.pull_subscribe(subject, durable=durable, stream=STREAM, config=config)
+    printed = 0
+    while limit is None or printed < limit:
+        connection.check(retry_s)
+        try:
+            messages = await subscription.fetch(
+                FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - printed), timeout=FETCH_WAIT_S
+            )
+        except nats.errors.TimeoutError:
+            continue
+        except nats.errors.Error:  # disconnected meanwhile: the client reconnects, `check` bounds the wait
+            await asyncio.sleep(RECONNECT_WAIT_S)
+            continue
+        for message in messages:
+            out.write(_line(message.data, message.headers or {}, as_json) + "\n")
+            out.flush()
+            await message.ack()
+            printed += 1
+    return printed
 
 
 def servers(url: str) -> list[str]:
