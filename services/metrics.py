@@ -73,7 +73,7 @@ METRICS: dict[str, tuple[type, str, str, tuple[str, ...], dict[str, Any]]] = {
         {},
     ),
     # The one latency histogram, of every HTTP request (view queries, webhooks, operations): DESIGN section 5
-    # names it by its first label; `sum by (le, route)` gives the view routes' latency as it always did.
+    # names it with its `route` label; `sum by (le, route)` gives a route's latency as it always did.
     "query_duration": (
         Histogram,
         "reciprocity_query_duration_seconds",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -69,13 +70,14 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     components = request.app[COMPONENTS]
+    with contextlib.suppress(Exception):  # apart: a store that does not answer must not hide who holds a lock
+        await asyncio.to_thread(_read_worker_gauges, components)
     try:
         components.metrics.set_lag(await asyncio.to_thread(components.projections.lag))
         components.metrics.log_head.set(await asyncio.to_thread(components.ledger.head_position))
         if components.bus is None or components.bus.relay is None:  # another process relays: its report
             components.metrics.relay_position.set(await asyncio.to_thread(components.projections.relay_position))
         await asyncio.to_thread(_count_background_failures, components)
-        await asyncio.to_thread(_read_worker_gauges, components)
     except Exception:
         pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")
