@@ -104,6 +104,8 @@ def test_secrets_and_keys_never_appear_in_the_logs(settings, server, tmp_path):
     assert [line["status"] for line in requests] == [201, 409, 201, 401, 200]
     assert all(line["request_id"] and line["duration_ms"] >= 0 for line in requests)
     assert requests[0]["tenant"] == "acme" and requests[0]["source"] == "crm" and requests[0]["event_ids"]
+    assert requests[-1]["method"] == "GET" and requests[-1]["tenant"] == "acme"  # the reads' lines say whose too
+    assert all(line["role"] == "all" and line["pid"] > 0 for line in lines)
     for secret in (sender.secret, sender.secret.removeprefix("whsec_"), sender.read_key, headers["webhook-signature"]):
         assert secret not in logs
 
