@@ -27,13 +27,17 @@ REQUESTS_PER_CONNECTION_MAX = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Path parameters that name a person: a route with one is logged by its pattern (DESIGN section 7).
 PERSON_PARAMETERS = ("{participant}", "{a}", "{b}")
+_PERSONAL_ROUTES: dict[str, bool] = {}  # per route pattern: whether it names a person
 
 
 def logged_path(request: web.Request, route: str) -> str:
     """The path a request's log line shows: a log kept after an erasure must not remember whom it erased, or
     whose balance, pairs or data were asked for. A route naming a person shows as its pattern with only the
     tenant filled in (the participant stays a placeholder); any other path as it was asked."""
-    if not any(parameter in route for parameter in PERSON_PARAMETERS):
+    personal = _PERSONAL_ROUTES.get(route)
+    if personal is None:  # once per route pattern (a handful), not per request
+        personal = _PERSONAL_ROUTES[route] = any(parameter in route for parameter in PERSON_PARAMETERS)
+    if not personal:
         return request.path
     return route.replace("{tenant}", request.match_info.get("tenant", "{tenant}"))
 
