@@ -524,8 +524,9 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Progress = lambda stag
     facts applied. The caller holds the projector lock and has emptied the views (`ViewStore.reset`).
 
     `on_progress` hears ("log", facts applied, the head's position) every PROGRESS_FACTS facts (on SQLite the
-    gives, read in the database's code, arrive all at once), then ("views", 0, facts) as the rows are
-    written and ("views", facts, facts) once they are."""
+    gives, read in the database's code, arrive all at once; the head's position also counts the store's
+    other events, so it is a bound), ("log", facts, facts) when every fact is applied, then ("views", 0,
+    facts) as the rows are written and ("views", facts, facts) once they are."""
     if store.position(VIEW) != 0:
         raise RuntimeError("replay builds the reciprocity views from empty; reset them first")
     head = ledger.head_position()
@@ -559,7 +560,7 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Progress = lambda stag
                 applied += 1
                 if not applied % PROGRESS_FACTS:
                     on_progress("log", applied, head)
-            on_progress("log", applied, head)
+            on_progress("log", applied, applied)  # every fact up to the head (the head counts more than facts)
             if applied:
                 on_progress("views", 0, applied)
                 replayed.rewrite_names(cursor, ledger, gives_read=staging is not None)

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,22 +112,27 @@ async def test_the_projector_lock_holder_reports_worker_active_and_a_standby_rep
 
 async def test_the_commit_queue_depth_is_the_facts_waiting_for_a_transaction(client, monkeypatch):
     committer = client.components.committer
-    release = asyncio.Event()
+    holding, release = asyncio.Event(), asyncio.Event()
     commit = committer.writer.commit
 
     async def held_commit(items):
+        holding.set()
         await release.wait()
         return await commit(items)
 
     monkeypatch.setattr(committer.writer, "commit", held_commit)
-    posts = [asyncio.create_task(client.sender.post(client, give(f"g{n}", "ann", "bob"))) for n in range(5)]
+    posts = [asyncio.create_task(client.sender.post(client, give("g0", "ann", "bob")))]
+    try:
+        await asyncio.wait_for(holding.wait(), 10)  # the first fact's transaction is held...
+        posts += [asyncio.create_task(client.sender.post(client, give(f"g{n}", "ann", "bob"))) for n in range(1, 5)]
 
-    async def queued() -> bool:  # the first is taken into the held transaction, the others wait
-        return committer.queued_facts == 4
+        async def queued() -> bool:  # ...and the next four wait behind it
+            return committer.queued_facts == 4
 
-    await until(queued, 10, "four facts queued behind the held one")
-    assert metric(await scrape(client), "reciprocity_commit_queue_facts") == 4
-    release.set()
+        await until(queued, 10, "four facts queued behind the held one")
+        assert metric(await scrape(client), "reciprocity_commit_queue_facts") == 4
+    finally:
+        release.set()  # (else closing the committer would wait for the held transaction for ever)
     assert [response.status for response in await asyncio.gather(*posts)] == [201] * 5
     assert metric(await scrape(client), "reciprocity_commit_queue_facts") == 0
 
@@ -211,7 +217,8 @@ def test_every_log_line_says_its_role_and_process(log_format):
         (line,) = [json.loads(text) for text in out.splitlines()]
         assert (line["event"], line["role"], line["pid"]) == ("worker_active", "projector", process.pid)
     else:
-        assert "role=projector" in out and f"pid={process.pid}" in out
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", out)  # without the renderer's colours
+        assert "role=projector" in plain and f"pid={process.pid}" in plain
 
 
 def test_rebuild_logs_its_progress_off_a_terminal_and_keeps_stdout_for_its_answer(settings, stores):
