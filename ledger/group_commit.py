@@ -479,6 +479,11 @@ class GroupCommitter:
     def running(self) -> bool:
         return self._task is not None and not self._task.done() and not self._closing
 
+    @property
+    def queued_facts(self) -> int:
+        """Facts submitted and not yet taken into a transaction (the commit queue's depth)."""
+        return self._queued_facts
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-committer")
 

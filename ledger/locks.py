@@ -68,6 +68,11 @@ class WorkerLock:
         self._limits = limits
         self._held: Any = None  # the session (PostgreSQL) or the open file (SQLite) that holds the lock
 
+    @property
+    def held(self) -> bool:
+        """Whether this process took the lock and has not seen it lost (`still_held` asks the server)."""
+        return self._held is not None
+
     def try_acquire(self) -> bool:
         """Takes the lock if it is free (or already ours), without waiting."""
         if self._held is None:

@@ -81,14 +81,18 @@ class KvWriter:
     def __init__(self, store: ViewStore, influence: InfluenceView, influence_position: Callable[[], int]) -> None:
         self.store = store
         self.influence = influence
-        # Influence rows change when a tenant is recomputed, after the page: they are written up to the
-        # position below which no recompute can still change a row.
-        self.upto = {
-            BUCKET_BALANCES: lambda: store.position(reciprocity.VIEW),
-            BUCKET_PAIRS: lambda: store.position(reciprocity.VIEW),
-            BUCKET_INFLUENCE: influence_position,
-        }
+        self.upto = bucket_heads(store, influence_position)
         self.offered: deque[OfferedPage] = deque(maxlen=OFFERED_PAGES_MAX)  # not yet written nor passed over
+        self.written: dict[str, int] = {}  # per bucket, the position written up to (acknowledged) by now
+
+    def lag(self) -> dict[str, int]:
+        """Per bucket, the positions of its view not written to it yet (a bucket whose loop has not started
+        yet counts from its recorded position)."""
+        written = {bucket: self.written.get(bucket) for bucket in self.upto}
+        return {
+            bucket: max(0, head() - (self.tracked(bucket) if written[bucket] is None else written[bucket]))
+            for bucket, head in self.upto.items()
+        }
 
     def offer(self, after: int, applied: AppliedPage) -> None:
         """A committed page's balances, ready to write (called on the projector's thread). A page too big
@@ -108,7 +112,7 @@ class KvWriter:
         """Writes one bucket's changes until cancelled (a NATS failure or a reconnect ends it; the caller runs
         it again). Each bucket has its own loop, so a large influence rewrite never delays a balance."""
         rows = {BUCKET_BALANCES: self._balances, BUCKET_PAIRS: self._pairs, BUCKET_INFLUENCE: self._influence}[bucket]
-        since = await self._start_position(client, bucket)
+        since = self.written[bucket] = await self._start_position(client, bucket)
         recorded, recorded_at = since, time.monotonic()
         erasures_at = 0.0
         reconnects = client.stats["reconnects"]
@@ -124,7 +128,7 @@ class KvWriter:
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(POLL_INTERVAL_S):  # wait_for can lose a cancel (3.11)
                                 await wakeup.wait()
-                    since = written
+                    since = self.written[bucket] = written
                     if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
                         await asyncio.to_thread(self.record_written, bucket, since, publisher.sequence)
                         recorded, recorded_at = since, time.monotonic()
@@ -274,6 +278,24 @@ class KvWriter:
             }
             # Lower ranks are no longer in the bucket's scope: None, a delete marker.
             yield [(f"{r[0]}.{r[1]}", values.get((r[0], r[1]))) for r in chunk]
+
+
+def bucket_heads(store: ViewStore, influence_position: Callable[[], int]) -> dict[str, Callable[[], int]]:
+    """Per bucket, the position of the view it holds. Influence rows change when a tenant is recomputed,
+    after the page: they are written up to the position below which no recompute can still change a row."""
+    return {
+        BUCKET_BALANCES: lambda: store.position(reciprocity.VIEW),
+        BUCKET_PAIRS: lambda: store.position(reciprocity.VIEW),
+        BUCKET_INFLUENCE: influence_position,
+    }
+
+
+def recorded_lag(store: ViewStore, influence_position: Callable[[], int]) -> dict[str, int]:
+    """The KV writer's lag as another process sees it: from the positions it records (at most a second old)."""
+    return {
+        bucket: max(0, head() - store.position(f"kv/{bucket}"))
+        for bucket, head in bucket_heads(store, influence_position).items()
+    }
 
 
 def forget_written(store: ViewStore, buckets: tuple[str, ...]) -> None:

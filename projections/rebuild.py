@@ -19,7 +19,7 @@ from projections.influence_view import InfluenceView
 from projections.kv import forget_written
 from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
-from projections.replay import replay
+from projections.replay import Progress, replay
 from projections.runtime import open_view_store
 
 VIEWS = ("reciprocity", "influence")
@@ -31,8 +31,10 @@ class RebuildRefused(Exception):
 
 def rebuild(
     database_url: str | None, data_dir: Path, view: str | None, wait_s: float,
-    limits: ConnectionLimits = DEFAULT_LIMITS,
+    limits: ConnectionLimits = DEFAULT_LIMITS, on_progress: Progress = lambda stage, done, total: None,
 ) -> dict[str, Any]:  # fmt: skip
+    """`on_progress` hears replay's stages (`projections/replay.py`), then ("influence", tenants recomputed,
+    tenants) after each tenant."""
     lock = WorkerLock(database_url, data_dir, "projector", limits)
     if not lock.acquire(wait_s):
         raise RebuildRefused(
@@ -46,13 +48,15 @@ def rebuild(
         applied = 0
         if view in (None, "reciprocity"):
             store.reset(reciprocity.VIEW, (*reciprocity.TABLES, *influence_view.TABLES))
-            applied = replay(ledger, store)
+            applied = replay(ledger, store, on_progress)
         projected_s = time.perf_counter() - started
         store.reset(influence_view.VIEW, influence_view.TABLES)
         influence = InfluenceView(store, ReciprocityQueries(store))
         tenants = influence.stale_tenants()
-        for tenant in tenants:
+        on_progress("influence", 0, len(tenants))
+        for done, tenant in enumerate(tenants, 1):
             influence.recompute(tenant)
+            on_progress("influence", done, len(tenants))
         forget_written(store, BUCKETS)  # a changed view definition changed values the buckets hold
         return {
             "view": view or "all",

@@ -53,6 +53,9 @@ from projections.view_names import TenantToken, insert_names
 from projections.viewstore import ViewCursor, ViewStore
 
 READ_PAGE_FACTS = 50_000
+PROGRESS_FACTS = 10_000  # facts applied between two progress reports
+# A long job's progress: (stage, done, total), as `replay` and `rebuild` report it.
+Progress = Callable[[str, int, int], None]
 SHRED_CHUNK_BYTES = 1 << 20
 INDEX_DDL = [statement for statement in DDL if statement.startswith("CREATE INDEX")]
 INDEX_NAMES = [re.search(r"EXISTS (\w+) ON", statement).group(1) for statement in INDEX_DDL]  # type: ignore[union-attr]
@@ -499,9 +502,7 @@ def _create_indexes(cursor: ViewCursor, tables: tuple[str, ...]) -> None:
             cursor.execute(statement)
 
 
-def _read_log(
-    ledger: Ledger, head: int, kinds: tuple[str, ...] | None, on_progress: Callable[[int], None]
-) -> Iterator[StoredFact]:
+def _read_log(ledger: Ledger, head: int, kinds: tuple[str, ...] | None) -> Iterator[StoredFact]:
     """The log's facts (of these kinds) up to a position, page by page."""
     after = 0
     while after < head and (page := ledger.read_log(after, READ_PAGE_FACTS, kinds)):
@@ -510,7 +511,6 @@ def _read_log(
                 return
             yield stored
         after = page[-1].position
-        on_progress(after)
 
 
 def _names(ledger: Ledger) -> dict[str, str]:
@@ -519,12 +519,18 @@ def _names(ledger: Ledger) -> dict[str, str]:
     return ledger.names().names
 
 
-def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] = lambda position: None) -> int:
+def replay(ledger: Ledger, store: ViewStore, on_progress: Progress = lambda stage, done, total: None) -> int:
     """Builds the reciprocity views of an empty view store from the log up to its head when called; returns the
-    facts applied. The caller holds the projector lock and has emptied the views (`ViewStore.reset`)."""
+    facts applied. The caller holds the projector lock and has emptied the views (`ViewStore.reset`).
+
+    `on_progress` hears ("log", facts applied, the head's position) every PROGRESS_FACTS facts (on SQLite the
+    gives, read in the database's code, arrive all at once; the head's position also counts the store's
+    other events, so it is a bound), ("log", facts, facts) when every fact is applied, then ("views", 0,
+    facts) as the rows are written and ("views", facts, facts) once they are."""
     if store.position(VIEW) != 0:
         raise RuntimeError("replay builds the reciprocity views from empty; reset them first")
     head = ledger.head_position()
+    on_progress("log", 0, head)
     store_file = None if store.postgres else ledger.sqlite_file
     replayed = Replay()
     collecting = gc.isenabled()
@@ -539,19 +545,24 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
                 stored_events = f"ledger.{ledger.recorder.events_table_name}"
                 gives_read = reader.submit(read_gives, cursor, stored_events, head)
                 replayed.names = _names(ledger)
-                others = list(_read_log(ledger, head, NOT_GIVES, on_progress))
+                others = list(_read_log(ledger, head, NOT_GIVES))
                 gives_read.result()
                 stage_names(cursor, replayed.names)
                 replayed.add_gives(cursor.execute(GIVES_LOADED))
                 facts: Iterable[StoredFact] = others
             else:
                 replayed.names = _names(ledger)
-                facts = _read_log(ledger, head, None, on_progress)
+                facts = _read_log(ledger, head, None)
             applied = len(replayed.gives)
+            on_progress("log", applied, head)
             for stored in facts:
                 replayed.apply(stored.position, stored.fact)
                 applied += 1
+                if not applied % PROGRESS_FACTS:
+                    on_progress("log", applied, head)
+            on_progress("log", applied, applied)  # every fact up to the head (the head counts more than facts)
             if applied:
+                on_progress("views", 0, applied)
                 replayed.rewrite_names(cursor, ledger, gives_read=staging is not None)
                 replayed.write(cursor, store, staging=staging)
         if applied:
@@ -561,4 +572,5 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Callable[[int], None] 
     finally:
         if collecting:
             gc.enable()
+    on_progress("views", applied, applied)
     return applied

@@ -133,8 +133,10 @@ class Projections:
         limits: ConnectionLimits = DEFAULT_LIMITS,
         schema_mode: SchemaMode = SchemaMode.CREATE,
         on_failure: Callable[[str], None] = lambda view: None,
+        on_recompute: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        """`on_failure` learns the view's name for each page that failed (the metric counts them)."""
+        """`on_failure` learns the view's name for each page that failed, `on_recompute` the seconds each
+        tenant's influence recompute took (the metrics count and time them)."""
         self.ledger = ledger
         self.database_url = database_url
         self.store = open_view_store(database_url, data_dir, reader_mmap_bytes, limits, schema_mode)
@@ -148,6 +150,7 @@ class Projections:
         # writer): (name, work) pairs, registered before `start`.
         self.while_projecting: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self.background = BackgroundTasks()
+        self.on_recompute = on_recompute
         self._wakeup = asyncio.Event()
         self._advanced = asyncio.Event()
         self.page_listeners: list[Callable[[], None]] = []  # woken after each page and each recompute
@@ -226,7 +229,9 @@ class Projections:
             try:
                 for tenant in await asyncio.to_thread(self.influence.stale_tenants):
                     try:
+                        recompute_started = time.perf_counter()
                         done = await self._influence_worker.recompute(tenant)
+                        self.on_recompute(time.perf_counter() - recompute_started)
                     except BrokenProcessPool:
                         raise  # the worker died, not the tenant: another starts next interval
                     except Exception as failure:  # one tenant's failure holds up no other; it is tried again

@@ -80,7 +80,7 @@ class WatchedProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module], env=env, preexec_fn=die_with_parent, pass_fds=self.pass_fds
         )
-        log.info(f"{self.name}_started", pid=self.process.pid)
+        log.info(f"{self.name}_started", child_pid=self.process.pid)  # (`pid` is the writer's own)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
@@ -108,7 +108,7 @@ def main() -> None:
     # the default 5 ms interpreter switch interval the loop would wait that long for the lock, again and again.
     sys.setswitchinterval(0.0005)
     settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(f"{settings.role}-background")
     gc.freeze()  # as in serve: start-up's objects out of the collector's sight
     asyncio.run(run(settings))

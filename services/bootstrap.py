@@ -29,8 +29,11 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+REGISTRY_FILE = "registry.sqlite3"  # under the data directory, on SQLite
+
+
 def registry_database(settings: Settings) -> Database:
-    return Database(settings.database_url, settings.data_dir / "registry.sqlite3", settings.connection_limits())
+    return Database(settings.database_url, settings.data_dir / REGISTRY_FILE, settings.connection_limits())
 
 
 def open_registry(settings: Settings) -> Registry:
@@ -161,6 +164,7 @@ async def _open_projections(settings: Settings, parts: frozenset[str], ledger: L
         limits=settings.connection_limits(),
         schema_mode=settings.schema_mode(),
         on_failure=lambda view: metrics.projection_failures.labels(view=view).inc(),
+        on_recompute=metrics.influence_recompute.observe,
     )
 
 

@@ -36,12 +36,14 @@ from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
 from projections.runtime import open_view_store
-from services.bootstrap import ensure_schemas, open_registry
+from services.bootstrap import REGISTRY_FILE, ensure_schemas, open_registry
 from services.demo import run_demo
+from services.logs import configure_logging
 from services.privacy import participant_export
+from services.progress import ProgressReport
 from services.serve import serve
 from services.settings import Settings, SettingsError, env_name
-from services.tail import DurableOfAnotherTenant, run_tail
+from services.tail import CONNECT_RETRY_S, TailError, run_tail
 
 EXIT_USAGE = 2
 COMMON_SETTINGS = ("data_dir", "database_url")  # flags of every command
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         settings = Settings.from_env(os.environ, **_flag_overrides(args))
+        if args.run is not _serve:  # (serve configures its own, per process)
+            # On stderr: a command's stdout is its answer, which scripts read (`--json`).
+            configure_logging(settings.log_format, settings.log_level, _command_name(args), sys.stderr)
         result = args.run(settings, args)
     except (CommandError, RegistryError, SchemaError, SettingsError, ValueError) as failure:
         _fail(args, str(failure))
@@ -203,6 +208,10 @@ def _add_tail(commands: Commands, common: argparse.ArgumentParser) -> None:
     follow.add_argument("--from", dest="start", choices=["start", "now"], default="start", help="(start)")
     follow.add_argument("--limit", type=int, help="stop after this many facts (default: follow forever)")
     follow.add_argument("--nats-url", help="RECIPROCITY_NATS_URL (default: the embedded server of serve)")
+    follow.add_argument(
+        "--retry-s", type=float, default=CONNECT_RETRY_S,
+        help=f"how long to try to reach NATS, at start or after losing it, before giving up ({CONNECT_RETRY_S:g})",
+    )  # fmt: skip
     follow.set_defaults(run=_tail)
 
 
@@ -246,6 +255,11 @@ def _participant(text: str) -> str:
     if not re.fullmatch(PARTICIPANT_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a participant id ({PARTICIPANT_PATTERN})")
     return text
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """The command as its log lines' role: `rebuild`, `tail`, `key_add`."""
+    return args.run.__name__.lstrip("_")
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -412,6 +426,12 @@ def _fields(pairs: list[str]) -> dict[str, Any]:
 
 
 def _tail(settings: Settings, args: argparse.Namespace) -> None:
+    """Refuses a tenant the store does not know, where it can see the store; NATS alone cannot tell an unknown
+    tenant from one without facts yet (tail then waits, and says so)."""
+    if args.retry_s <= 0:
+        raise CommandError("--retry-s must be above 0 seconds")
+    if settings.database_url or (settings.data_dir / REGISTRY_FILE).exists():
+        _require_tenant(settings, args.tenant)
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
     try:
         run_tail(
@@ -422,9 +442,10 @@ def _tail(settings: Settings, args: argparse.Namespace) -> None:
             limit=args.limit,
             as_json=getattr(args, "json", False),
             creds=settings.nats_creds,
+            retry_s=args.retry_s,
         )
-    except DurableOfAnotherTenant as refused:
-        raise CommandError(str(refused)) from None
+    except TailError as failed:
+        raise CommandError(str(failed)) from None
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
@@ -438,8 +459,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Shows its progress on stderr: a line rewritten in place on a terminal, else log lines (services/progress.py)."""
     try:
-        return rebuild(settings.database_url, settings.data_dir, args.view, args.wait_s, settings.connection_limits())
+        with ProgressReport("rebuild") as progress:
+            limits = settings.connection_limits()
+            return rebuild(settings.database_url, settings.data_dir, args.view, args.wait_s, limits, progress)
     except RebuildRefused as refused:
         raise CommandError(str(refused)) from None
 

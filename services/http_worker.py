@@ -45,7 +45,7 @@ def run_http(settings: Settings, app: web.Application, listener: socket.socket |
 
 def main() -> None:
     settings = Settings.from_env(os.environ)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(f"{settings.role}-http")
     listener = socket.socket(fileno=int(os.environ[SOCKET_FD_ENV]))
     run_http(settings, create_app(settings, parts=http_parts(settings.role, settings.background_process)), listener)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import re
 import select
 import sys
@@ -129,34 +130,53 @@ class BufferedLineLogger:
             self.flush()
 
 
-def _stdout_bytes() -> IO[bytes]:
-    """Stdout's descriptor, unbuffered: BufferedLineLogger decides what each write holds (where stdout has
-    no descriptor, its own buffer)."""
+def _bytes_of(stream: IO[str]) -> IO[bytes]:
+    """The stream's descriptor, unbuffered: BufferedLineLogger decides what each write holds (where the
+    stream has no descriptor, its own buffer)."""
     try:
-        descriptor = sys.stdout.fileno()
+        descriptor = stream.fileno()
     except (OSError, ValueError, AttributeError):
-        return sys.stdout.buffer
-    sys.stdout.flush()
+        return stream.buffer  # type: ignore[attr-defined,no-any-return]
+    stream.flush()
     return open(descriptor, "wb", buffering=0, closefd=False)
 
 
-def configure_logging(log_format: str | None, level: str = "info") -> None:
-    """JSON when not on a TTY (or when asked), the console renderer otherwise; always to stdout."""
-    as_json = log_format == "json" or (log_format is None and not sys.stdout.isatty())
+def process_fields(role: str) -> Any:
+    """structlog processor: every line says which role and which process wrote it (serve's processes, and
+    the pods of a role, write to one place). The pid is taken once: every process of ours configures its
+    logging when it starts (none forks after)."""
+    pid = os.getpid()
+
+    def add(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        event_dict["role"] = role
+        event_dict["pid"] = pid
+        return event_dict
+
+    return add
+
+
+def configure_logging(
+    log_format: str | None, level: str = "info", role: str = "all", stream: IO[str] | None = None
+) -> None:
+    """JSON when not on a TTY (or when asked), the console renderer otherwise; to stdout (an admin command,
+    whose stdout is its answer, gives stderr). `role` is the service's role, or the command's name."""
+    stream = stream or sys.stdout
+    as_json = log_format == "json" or (log_format is None and not stream.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        process_fields(role),
         structlog.processors.format_exc_info,
         redact_credentials,  # after format_exc_info, so a traceback is redacted too
     ]
     if as_json:
-        shared = BufferedLineLogger(_stdout_bytes())
+        shared = BufferedLineLogger(_bytes_of(stream))
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         factory: Any = lambda *args: shared  # noqa: E731
     else:
         processors.append(structlog.dev.ConsoleRenderer())
-        factory = structlog.WriteLoggerFactory(sys.stdout)
+        factory = structlog.WriteLoggerFactory(stream)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

@@ -31,6 +31,9 @@ def forget_process(pid: int) -> None:
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+RECOMPUTE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Methods as labels: any other token a client sends counts as OTHER, so a client cannot add series at will.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # Every metric, by its attribute on Metrics: (kind, name, help, labels, options).
 METRICS: dict[str, tuple[type, str, str, tuple[str, ...], dict[str, Any]]] = {
@@ -62,18 +65,20 @@ METRICS: dict[str, tuple[type, str, str, tuple[str, ...], dict[str, Any]]] = {
         (),
         {"buckets": LATENCY_BUCKETS},
     ),
-    "http_duration": (
-        Histogram,
-        "reciprocity_http_request_duration_seconds",
-        "HTTP request handling time by route.",
-        ("route",),
-        {"buckets": LATENCY_BUCKETS},
+    "http_requests": (
+        Counter,
+        "reciprocity_http_requests_total",
+        "HTTP requests answered, by method, route (its pattern: never an id) and status.",
+        ("method", "route", "status"),
+        {},
     ),
+    # The one latency histogram, of every HTTP request (view queries, webhooks, operations): DESIGN section 5
+    # names it with its `route` label; `sum by (le, route)` gives a route's latency as it always did.
     "query_duration": (
         Histogram,
         "reciprocity_query_duration_seconds",
-        "View query handling time by route.",
-        ("route",),
+        "HTTP request handling time, by method, route (its pattern) and status.",
+        ("method", "route", "status"),
         {"buckets": LATENCY_BUCKETS},
     ),
     "http_errors": (
@@ -118,6 +123,34 @@ METRICS: dict[str, tuple[type, str, str, tuple[str, ...], dict[str, Any]]] = {
         (),
         {"multiprocess_mode": "livemin"},
     ),
+    "worker_active": (
+        Gauge,
+        "reciprocity_worker_active",
+        "1 on the process holding the worker's lock (projector, relay), 0 on one standing by for it.",
+        ("worker",),
+        {"multiprocess_mode": "livemax"},  # under serve: 1 when any of its live processes holds it
+    ),
+    "kv_writer_lag": (
+        Gauge,
+        "reciprocity_kv_writer_lag_events",
+        "Positions of the view the KV writer has not written to the bucket yet.",
+        ("bucket",),
+        {"multiprocess_mode": "mostrecent"},  # set on each scrape
+    ),
+    "influence_recompute": (
+        Histogram,
+        "reciprocity_influence_recompute_seconds",
+        "Time to recompute one tenant's influence (in the influence worker process, as the projector waits).",
+        (),
+        {"buckets": RECOMPUTE_BUCKETS},
+    ),
+    "commit_queue": (
+        Gauge,
+        "reciprocity_commit_queue_facts",
+        "Facts waiting in the group committer for a transaction (ingest answers 503 past the queue's bound).",
+        (),
+        {"multiprocess_mode": "livesum"},  # each HTTP process has its own committer
+    ),
     "log_head": (
         Gauge,
         "reciprocity_log_head_position",
@@ -135,7 +168,7 @@ class Metrics:
     ingest_facts: Counter
     commit_batch_size: Histogram
     commit_duration: Histogram
-    http_duration: Histogram
+    http_requests: Counter
     query_duration: Histogram
     http_errors: Counter
     projection_failures: Counter
@@ -143,33 +176,41 @@ class Metrics:
     view_lag_seconds: Gauge
     relay_position: Gauge
     nats_connected: Gauge
+    worker_active: Gauge
+    kv_writer_lag: Gauge
+    influence_recompute: Histogram
+    commit_queue: Gauge
     log_head: Gauge
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         for attribute, (kind, name, documentation, labels, options) in METRICS.items():
             setattr(self, attribute, kind(name, documentation, labels, registry=self.registry, **options))
-        self._route_durations: dict[str, Any] = {}
-        self._query_durations: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._ingest_outcomes: dict[str, Any] = {}
 
-    def observe_request(self, route: str, seconds: float) -> None:
-        # Labelled children are looked up once per label value: labels() is not free at this rate.
-        child = self._route_durations.get(route)
-        if child is None:
-            child = self._route_durations[route] = self.http_duration.labels(route=route)
-        child.observe(seconds)
-
-    def observe_query(self, route: str, seconds: float) -> None:
-        child = self._query_durations.get(route)
-        if child is None:
-            child = self._query_durations[route] = self.query_duration.labels(route=route)
-        child.observe(seconds)
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Counts and times one answered request. `route` is the route's pattern, never the path: ids are
+        personal data, and one series per id would grow without bound."""
+        # Labelled children are looked up once per label values: labels() is not free at this rate.
+        key = (method, route, status)
+        children = self._requests.get(key)
+        if children is None:
+            labels = {"method": method if method in HTTP_METHODS else "OTHER", "route": route, "status": str(status)}
+            children = (self.http_requests.labels(**labels), self.query_duration.labels(**labels))
+            if method in HTTP_METHODS:  # (an unknown method's key is not kept: there is no end to them)
+                self._requests[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_lag(self, lag: dict[str, dict[str, float]]) -> None:
         for view, figures in lag.items():
             self.view_lag_events.labels(view=view).set(figures["events"])
             self.view_lag_seconds.labels(view=view).set(figures["seconds"])
+
+    def set_kv_lag(self, lag: dict[str, int]) -> None:
+        for bucket, behind in lag.items():
+            self.kv_writer_lag.labels(bucket=bucket).set(behind)
 
     def count_ingest_request(self, outcome: str) -> None:
         child = self._ingest_outcomes.get(outcome)

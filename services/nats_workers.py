@@ -55,7 +55,7 @@ class BusWorkers:
         self.client: Client | None = None
         self.prepared = asyncio.Event()  # the stream and buckets exist
         self.background = BackgroundTasks()
-        self.kv_writer: KvWriter | None = None
+        self.kv_writer: KvWriter | None = None  # in a process that may project (its lag is a metric)
         if kv:  # the KV writer follows the projector: it runs in whichever process projects, while it does
             store = projections.store
             self.kv_writer = KvWriter(store, projections.influence, projections.influence_position)

@@ -95,7 +95,7 @@ class EmbeddedNatsServer:
         )
         log_file.close()
         self._wait_until_listening()
-        log.info("nats_started", url=self.url, pid=self.process.pid, store=str(self.directory))
+        log.info("nats_started", url=self.url, child_pid=self.process.pid, store=str(self.directory))
         return self.url
 
     def _wait_until_listening(self) -> None:
@@ -118,7 +118,7 @@ class EmbeddedNatsServer:
         except (OSError, ValueError):
             return
         if _is_nats_server(pid):
-            log.warning("nats_orphan_stopped", pid=pid)
+            log.warning("nats_orphan_stopped", orphan_pid=pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             for _ in range(50):

@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(settings.role)  # pg_stat_activity tells the roles' connections apart (README, "Connections")
     try:  # before any process starts: a schema this release may not use stops serve here, with the command to run
         ensure_schemas(settings, settings.schema_mode())

@@ -9,7 +9,4 @@ COMPONENTS = web.AppKey("components", Components)
 INGEST = web.RequestKey("ingest", bool)
 OUTCOME = web.RequestKey("outcome", str)
 EVENT_IDS = web.RequestKey("event_ids", list)
-QUERY = web.RequestKey("query", bool)  # a view route: timed as reciprocity_query_duration_seconds
 LOG_FIELDS = web.RequestKey("log_fields", dict)  # more fields for the request's log line (tenant, source)
-# The path a request's log line shows, where the real one names a person the request is about (export, erasure).
-LOGGED_PATH = web.RequestKey("logged_path", str)

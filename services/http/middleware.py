@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from contracts import problems
-from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, LOGGED_PATH, OUTCOME, QUERY
+from services.http.keys import EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME
 from services.http.responses import problem_answer
 from services.metrics import Metrics
 
@@ -25,6 +25,21 @@ REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # slowly for as long as those connections live. Reconnecting lets the less busy process take some over.
 REQUESTS_PER_CONNECTION_MAX = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Path parameters that name a person: a route with one is logged by its pattern (DESIGN section 7).
+PERSON_PARAMETERS = ("{participant}", "{a}", "{b}")
+_PERSONAL_ROUTES: dict[str, bool] = {}  # per route pattern: whether it names a person
+
+
+def logged_path(request: web.Request, route: str) -> str:
+    """The path a request's log line shows: a log kept after an erasure must not remember whom it erased, or
+    whose balance, pairs or data were asked for. A route naming a person shows as its pattern with only the
+    tenant filled in (the participant stays a placeholder); any other path as it was asked."""
+    personal = _PERSONAL_ROUTES.get(route)
+    if personal is None:  # once per route pattern (a handful), not per request
+        personal = _PERSONAL_ROUTES[route] = any(parameter in route for parameter in PERSON_PARAMETERS)
+    if not personal:
+        return request.path
+    return route.replace("{tenant}", request.match_info.get("tenant", "{tenant}"))
 
 
 def request_ids() -> Callable[[], str]:
@@ -71,25 +86,26 @@ def request_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awa
         route = resource.canonical if resource else "unmatched"
         if response.status == 500:
             metrics.http_errors.labels(route=route).inc()
-        metrics.observe_request(route, duration_s)
-        if request.get(QUERY):
-            metrics.observe_query(route, duration_s)
+        metrics.observe_request(request.method, route, response.status, duration_s)
         if request.get(INGEST):
             metrics.count_ingest_request(request.get(OUTCOME, "error"))
         response.headers["X-Request-Id"] = request_id
         # aiohttp counts the requests of each connection (a private attribute; the test would notice its loss).
         if getattr(request.protocol, "_request_count", 0) >= REQUESTS_PER_CONNECTION_MAX:
             response.force_close()
+        fields = request.get(LOG_FIELDS, {})
+        if "tenant" not in fields and (tenant := request.match_info.get("tenant")) is not None:
+            fields = {"tenant": tenant, **fields}  # every line of a tenant's route says whose (the reads too)
         (log.error if response.status == 500 else log.info)(
             "request",
             request_id=request_id,
             method=request.method,
-            path=request.get(LOGGED_PATH, request.path),
+            path=logged_path(request, route),
             status=response.status,
             outcome=request.get(OUTCOME),
             event_ids=request.get(EVENT_IDS),
             duration_ms=round(duration_s * 1000, 3),
-            **request.get(LOG_FIELDS, {}),
+            **fields,
         )
         return response
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from contracts.openapi import openapi_document
+from projections.kv import recorded_lag
 from services.bootstrap import Components
 from services.http.keys import COMPONENTS
 from services.metrics import SHARED_DIR_ENV
@@ -86,6 +88,8 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     components = request.app[COMPONENTS]
+    with contextlib.suppress(Exception):  # apart: a store that does not answer must not hide who holds a lock
+        await asyncio.to_thread(_read_worker_gauges, components)
     try:
         components.metrics.set_lag(await _probe(components.projections.lag))
         components.metrics.log_head.set(await _probe(components.ledger.head_position))
@@ -95,6 +99,23 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     except Exception:
         pass
     return web.Response(body=components.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def _read_worker_gauges(components: Components) -> None:
+    """The workers' state as of this scrape: which locks this process holds, the commit queue, the KV
+    writer's lag. A process reports only the workers it may run (a standby reports 0), so the max over
+    the pods of a role says whether any holds the lock."""
+    metrics, projections, bus = components.metrics, components.projections, components.bus
+    if projections.project:
+        metrics.worker_active.labels(worker="projector").set(int(projections.lock.held))
+    if bus is not None and bus.relay is not None:
+        metrics.worker_active.labels(worker="relay").set(int(bus.relay_lock.held))
+    if components.committer is not None:
+        metrics.commit_queue.set(components.committer.queued_facts)
+    if bus is not None and bus.kv_writer is not None:
+        metrics.set_kv_lag(bus.kv_writer.lag())
+    elif components.settings.role == "all" and not projections.project:  # serve: KV is written by its other process
+        metrics.set_kv_lag(recorded_lag(projections.store, projections.influence_position))
 
 
 def _count_background_failures(components: Components) -> None:

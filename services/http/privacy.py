@@ -12,7 +12,7 @@ from contracts.answers import ParticipantErased
 from contracts.query_parameters import NoQuery, Query
 from ledger.group_commit import ConflictPersisted
 from services.http.auth import require_key
-from services.http.keys import COMPONENTS, LOG_FIELDS, LOGGED_PATH, OUTCOME, QUERY
+from services.http.keys import COMPONENTS, LOG_FIELDS, OUTCOME
 from services.http.responses import json_answer
 from services.http.views import parse_query, path_participant, wait_for_view
 from services.privacy import participant_export
@@ -27,20 +27,8 @@ def _no_participant(participant: str) -> problems.ProblemException:
     )
 
 
-def _unnamed(request: web.Request) -> str:
-    """The request's path for its log line, without the participant: a log kept after an erasure must not
-    remember whom it erased (or whose data was exported)."""
-    tenant = request.match_info["tenant"]
-    resource = request.match_info.route.resource
-    assert resource is not None  # a matched route's
-    request[LOGGED_PATH] = resource.canonical.replace("{tenant}", tenant)
-    request[LOG_FIELDS] = {"tenant": tenant}
-    return tenant
-
-
 async def export(request: web.Request) -> web.StreamResponse:
-    tenant = _unnamed(request)
-    request[QUERY] = True
+    tenant = request.match_info["tenant"]  # (the log line shows the route's pattern: services/http/middleware.py)
     await require_key(request, tenant, SCOPE)
     query = parse_query(request, Query)  # before the path, as on every read route: a repeated parameter is 400
     participant = path_participant(request)
@@ -56,7 +44,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 async def erase(request: web.Request) -> web.StreamResponse:
-    tenant = _unnamed(request)
+    tenant = request.match_info["tenant"]
     await require_key(request, tenant, SCOPE)
     parse_query(request, NoQuery)
     participant = path_participant(request)

@@ -20,7 +20,7 @@ from contracts.query_parameters import MIN_POSITION_WAIT_S, BalancesQuery, Maint
 from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
 from projections.queries import CursorError
 from services.http.auth import require_key
-from services.http.keys import COMPONENTS, QUERY
+from services.http.keys import COMPONENTS
 from services.http.responses import json_answer
 
 Q = TypeVar("Q", bound=BaseModel)
@@ -58,7 +58,6 @@ def path_participant(request: web.Request, name: str = "participant") -> str:
 async def _prepare(request: web.Request, model: type[Q], view: str = "reciprocity") -> tuple[str, Q]:
     """Key, query contract and min_position, common to every view route."""
     tenant = request.match_info["tenant"]
-    request[QUERY] = True
     await require_key(request, tenant, "read")
     query = parse_query(request, model)
     await wait_for_view(request, tenant, query, view)

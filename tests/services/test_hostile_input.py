@@ -236,7 +236,8 @@ async def test_a_fault_of_ours_is_a_logged_counted_problem(client, monkeypatch):
     with structlog.testing.capture_logs() as logs:
         response = await client.get("/v1/tenants/acme/pairs/ann/bob", headers=client.sender.read_headers())
     (line,) = [entry for entry in logs if entry["event"] == "request"]
-    assert (line["log_level"], line["status"], line["path"]) == ("error", 500, "/v1/tenants/acme/pairs/ann/bob")
+    assert (line["log_level"], line["status"], line["path"]) == ("error", 500, "/v1/tenants/acme/pairs/{a}/{b}")
+    assert line["tenant"] == "acme"
     assert "a bug" in line["error"]
     problem = await problem_of(response, 500)
     assert "a bug" not in json.dumps(problem)  # the cause is logged, never told to the client

@@ -157,10 +157,8 @@ async def test_metrics_report_view_lag_and_query_latency(client):
     await get(client, f"/v1/tenants/acme/participants/ann/balance?min_position={position}")
     text = await (await client.get("/metrics")).text()
     assert 'reciprocity_view_lag_events{view="reciprocity"} 0.0' in text
-    assert (
-        'reciprocity_query_duration_seconds_count{route="/v1/tenants/{tenant}/participants/{participant}/balance"}'
-        in text
-    )
+    route = "/v1/tenants/{tenant}/participants/{participant}/balance"
+    assert f'reciprocity_query_duration_seconds_count{{method="GET",route="{route}",status="200"}} 1.0' in text
     ready = await (await client.get("/readyz")).json()
     assert ready["views"]["reciprocity"]["events"] == 0
 

@@ -75,7 +75,9 @@ def test_serve_logs_the_nats_url_without_its_password(sqlite_settings, tmp_path)
         )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not {"starting", "nats_error"} <= events(log_path):
+        while time.monotonic() < deadline and not (
+            {"starting", "nats_error"} <= events(log_path) and writing_processes(log_path) > 1
+        ):
             assert process.poll() is None, log_path.read_text()
             time.sleep(0.1)
     finally:
@@ -86,6 +88,11 @@ def test_serve_logs_the_nats_url_without_its_password(sqlite_settings, tmp_path)
     assert PASSWORD not in text
     starting = next(line for line in lines(log_path) if line["event"] == "starting")
     assert starting["nats"] == nats_url.replace(PASSWORD, "***")
+    # Every line says which role and process wrote it: serve's own, and its background process's.
+    assert {line["role"] for line in lines(log_path)} == {"all"}
+    writers = {line["pid"] for line in lines(log_path)}
+    background = next(line for line in lines(log_path) if line["event"] == "background_started")["child_pid"]
+    assert {process.pid, background} <= writers, writers
 
 
 def lines(log_path) -> list[dict]:
@@ -96,6 +103,11 @@ def lines(log_path) -> list[dict]:
         except ValueError:
             continue  # a line cut by the read, or not ours
     return found
+
+
+def writing_processes(log_path) -> int:
+    """How many processes wrote lines (serve's, and its background process's once that logs)."""
+    return len({line.get("pid") for line in lines(log_path)})
 
 
 def events(log_path) -> set[str]:

@@ -9,6 +9,7 @@ Kubernetes 1.30 and of the newest version `kubernetes-validate` ships.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ EXPECTED_REPLICAS = {
     "production": {"ingest": 3, "query": 3, "projector": 2, "relay": 2},
 }
 # A database URL, a password, or credentials inside any URL (user:secret@host).
+GRAFANA_LABEL = "grafana_dashboard"  # what Grafana's dashboard sidecar looks for
+DASHBOARD = COMPONENTS / "monitoring" / "dashboard.json"
 SECRET_LIKE = re.compile(r"postgres(ql)?://|passw(or)?d|DATABASE_URL|://[^/\s@]+:[^/\s@]+@", re.IGNORECASE)
 
 
@@ -51,9 +54,11 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 
 def referenced_paths(kust: dict[str, Any]) -> list[str]:
-    """Every local path a kustomization names: resources, components, patches and strategic merge patches."""
+    """Every local path a kustomization names: resources, components, patches, strategic merge patches and
+    the files of ConfigMap generators (`key=path` or `path`)."""
     paths = [*kust.get("resources", []), *kust.get("components", []), *kust.get("patchesStrategicMerge", [])]
     paths += [patch["path"] for patch in kust.get("patches", []) if "path" in patch]
+    paths += [entry.split("=")[-1] for gen in kust.get("configMapGenerator", []) for entry in gen.get("files", [])]
     return paths
 
 
@@ -72,6 +77,12 @@ def base_deployments() -> dict[str, dict[str, Any]]:
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     (only,) = deployment["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def settings_configmaps(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ConfigMaps of settings by name: every one but the Grafana dashboard of the monitoring component."""
+    found = by_kind(docs, "ConfigMap")
+    return {name: doc for name, doc in found.items() if GRAFANA_LABEL not in doc["metadata"].get("labels", {})}
 
 
 def generator_literals(kust: dict[str, Any]) -> list[str]:
@@ -244,7 +255,7 @@ def quantity(value: str | int) -> float:
 def test_each_overlay_builds_with_its_replicas_image_and_hashed_configmap(env):
     """The overlay builds with its replicas, and every pod uses the one hash-named ConfigMap, so a change rolls them."""
     docs = build(OVERLAYS[env])
-    (configmap,) = by_kind(docs, "ConfigMap").values()
+    (configmap,) = settings_configmaps(docs).values()
     assert re.fullmatch(rf"{CONFIGMAP}-[a-z0-9]{{10}}", configmap["metadata"]["name"])
     assert configmap["data"]["RECIPROCITY_LOG_FORMAT"] == ("console" if env == "dev" else "json")
     assert configmap["data"]["RECIPROCITY_HTTP_HOST"] == "0.0.0.0"  # merged, not replaced
@@ -371,7 +382,7 @@ def test_a_migrate_job_per_release_holds_the_only_ddl_credentials_and_the_roles_
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["backoffLimit"] >= 1 and job["spec"]["activeDeadlineSeconds"] > 0
     assert database_secret(job["spec"]["template"]) == OWNER_DATABASE_SECRET
-    (configmap,) = by_kind(docs, "ConfigMap").values()
+    (configmap,) = settings_configmaps(docs).values()
     assert configmap["data"]["RECIPROCITY_MIGRATE"] == "false"
     for name, deployment in by_kind(docs, "Deployment").items():
         assert database_secret(deployment["spec"]["template"]) == RUNTIME_DATABASE_SECRET, name
@@ -567,14 +578,27 @@ def test_the_alerts_cover_what_the_issue_asks_with_metrics_the_code_exports():
         "ReciprocityNoActiveProjector",
         "ReciprocityRelayLagging",
         "ReciprocityNoActiveRelay",
+        "ReciprocityNoWorkerActive",
         "ReciprocityNatsDisconnected",
         "ReciprocityIngestErrors",
+        "ReciprocityHttpErrors",
     }
-    exported = set(re.findall(r'"(reciprocity_\w+)"', (K8S.parent / "services" / "metrics.py").read_text()))
     for alert, expr in alerts.items():
-        used = set(re.findall(r"\breciprocity_\w+", expr))
-        assert used and used <= exported, (alert, used - exported)
+        assert_names_exported_metrics(alert, expr)
         assert 'app_kubernetes_io_part_of="reciprocity-ledger"' in expr, alert
+    assert "reciprocity_worker_active" in alerts["ReciprocityNoWorkerActive"]
+    assert 'status=~"5.."' in alerts["ReciprocityHttpErrors"]
+
+
+def exported_metrics() -> set[str]:
+    """The metric names services/metrics.py defines, with the series names Prometheus derives from them."""
+    names = set(re.findall(r'"(reciprocity_\w+)"', (K8S.parent / "services" / "metrics.py").read_text()))
+    return names | {f"{name}{suffix}" for name in names for suffix in ("_bucket", "_sum", "_count")}
+
+
+def assert_names_exported_metrics(where: str, expr: str) -> None:
+    used = set(re.findall(r"\breciprocity_\w+", expr))
+    assert used and used <= exported_metrics(), (where, used - exported_metrics())
 
 
 def test_every_alert_expression_parses_as_promql():
@@ -587,6 +611,61 @@ def test_every_alert_expression_parses_as_promql():
                 promql_parser.parse(alert["expr"])
             except ValueError as invalid:  # its message gives the position
                 pytest.fail(f"{alert['alert']}: {invalid}")
+
+
+def dashboard_expressions() -> dict[str, str]:
+    """Each panel target's expression of the Grafana dashboard, by panel title and target."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return {
+        f"{panel['title']} {target['refId']}": target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    }
+
+
+def test_the_dashboard_is_json_that_grafana_loads_from_its_labelled_configmap():
+    """The component names the dashboard's file in a ConfigMap the Grafana sidecar picks up by its label, under
+    a name without a hash (an edit replaces the dashboard); the file is a dashboard with a uid and panels."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["panels"]
+    (generator,) = kustomization(COMPONENTS / "monitoring")["configMapGenerator"]
+    assert generator["files"] == [f"reciprocity-ledger.json={DASHBOARD.name}"]
+    assert generator["options"]["labels"] == {GRAFANA_LABEL: "1"}
+    assert generator["options"]["disableNameSuffixHash"] is True
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace"} <= variables
+
+
+@needs_kustomize
+def test_production_renders_the_dashboard_configmap_with_the_json_and_dev_has_none():
+    """Kustomize puts the file in, whole, under the labelled ConfigMap of the namespace; dev has no monitoring."""
+    configmap = by_kind(build(OVERLAYS["production"]), "ConfigMap")["reciprocity-dashboard"]
+    assert configmap["metadata"]["namespace"] == NAMESPACE
+    assert configmap["metadata"]["labels"][GRAFANA_LABEL] == "1"
+    assert json.loads(configmap["data"]["reciprocity-ledger.json"]) == json.loads(DASHBOARD.read_text())
+    assert "reciprocity-dashboard" not in by_kind(build(OVERLAYS["dev"]), "ConfigMap")
+
+
+def test_every_dashboard_expression_parses_as_promql_and_names_exported_metrics():
+    """Each panel's query parses (Grafana's $namespace sits in a label value, which PromQL takes as text),
+    keeps to this app's series, and names only metrics services/metrics.py defines."""
+    promql_parser = pytest.importorskip("promql_parser", reason="promql-parser is in the test extras")
+    expressions = dashboard_expressions()
+    for where, expr in expressions.items():
+        try:
+            promql_parser.parse(expr)
+        except ValueError as invalid:
+            pytest.fail(f"{where}: {invalid}")
+        assert_names_exported_metrics(where, expr)
+        assert 'namespace="$namespace"' in expr, where
+    shown = {name for expr in expressions.values() for name in re.findall(r"\breciprocity_\w+", expr)}
+    asked = {  # what the issue asks the dashboard to show
+        "reciprocity_ingest_requests_total", "reciprocity_http_requests_total",
+        "reciprocity_query_duration_seconds_bucket", "reciprocity_commit_batch_size_bucket",
+        "reciprocity_commit_queue_facts", "reciprocity_view_lag_events", "reciprocity_kv_writer_lag_events",
+        "reciprocity_relay_position", "reciprocity_worker_active", "reciprocity_influence_recompute_seconds_bucket",
+    }  # fmt: skip
+    assert asked <= shown, asked - shown
 
 
 def migrate_phase_selector() -> tuple[str, set[str]]:
@@ -612,7 +691,7 @@ def test_the_documented_migrate_apply_brings_what_the_job_needs_and_no_role(env)
     assert not kinds & {"Deployment", "Service", "CronJob", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
     (job,) = by_kind(chosen, "Job").values()
     pod = job["spec"]["template"]["spec"]
-    assert by_kind(chosen, "ConfigMap").keys() == {pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]}
+    assert settings_configmaps(chosen).keys() == {pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]}
     assert pod["serviceAccountName"] in by_kind(chosen, "ServiceAccount")
     assert {p["metadata"]["name"] for p in by_kind(docs, "NetworkPolicy").values()} == set(
         by_kind(chosen, "NetworkPolicy")

@@ -104,6 +104,8 @@ def test_secrets_and_keys_never_appear_in_the_logs(settings, server, tmp_path):
     assert [line["status"] for line in requests] == [201, 409, 201, 401, 200]
     assert all(line["request_id"] and line["duration_ms"] >= 0 for line in requests)
     assert requests[0]["tenant"] == "acme" and requests[0]["source"] == "crm" and requests[0]["event_ids"]
+    assert requests[-1]["method"] == "GET" and requests[-1]["tenant"] == "acme"  # the reads' lines say whose too
+    assert all(line["role"] == "all" and line["pid"] > 0 for line in lines)
     for secret in (sender.secret, sender.secret.removeprefix("whsec_"), sender.read_key, headers["webhook-signature"]):
         assert secret not in logs
 
@@ -190,8 +192,8 @@ def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings
     server = Server(settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2").start()
     try:
         nats_pid = int((settings.data_dir / "nats" / "nats-server.pid").read_text())
-        background_pid = _logged(tmp_path / "serve.log", "background_started")["pid"]
-        worker_pid = _logged(tmp_path / "serve.log", "http_worker_started")["pid"]
+        background_pid = _logged(tmp_path / "serve.log", "background_started")["child_pid"]
+        worker_pid = _logged(tmp_path / "serve.log", "http_worker_started")["child_pid"]
         children = {
             nats_pid: b"nats-server",
             background_pid: b"services.background",
@@ -225,7 +227,7 @@ def test_http_workers_share_the_port_and_their_metrics_add_up(settings, tmp_path
                 answers = list(pool.map(lambda _: _request_id(server, path, sender.read_headers()), range(64)))
             processes |= {request_id.rsplit("-", 1)[0] for request_id in answers}
             answered += len(answers)
-        route = 'route="/v1/tenants/{tenant}/participants/{participant}/balance"'
+        route = 'method="GET",route="/v1/tenants/{tenant}/participants/{participant}/balance",status="200"'
         for _ in range(4):  # several scrapes, so both processes answer one with the same totals
             counted = _metric(server, f"reciprocity_query_duration_seconds_count{{{route}}}")
             assert counted == answered
