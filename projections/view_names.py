@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from ledger.facts import Acknowledgement, Erasure, Fact, Give, Introduction
+from ledger.facts import Acknowledgement, Erasure, Fact, Give, Introduction, named_people
 from ledger.participants import ParticipantNames, tombstone
 from ledger.store import StoredFact
 from projections.viewstore import ViewCursor, ViewStore
@@ -32,15 +32,7 @@ TenantToken = tuple[str, str]
 
 def tokens_of(fact: Fact) -> tuple[str, ...]:
     """The tokens a fact holds where the views need a name: its people, or an erasure's participant."""
-    if isinstance(fact, Give):
-        return (fact.giver, fact.receiver)
-    if isinstance(fact, Introduction):
-        return (fact.introducer, *fact.introduced)
-    if isinstance(fact, Acknowledgement):
-        return (fact.acknowledger,)
-    if isinstance(fact, Erasure):
-        return (fact.token,)
-    return ()
+    return (fact.token,) if isinstance(fact, Erasure) else named_people(fact)
 
 
 def show_names(fact: Fact, name_of: Callable[[str], str]) -> None:

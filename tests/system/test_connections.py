@@ -11,10 +11,9 @@ from collections import Counter, defaultdict
 import psycopg
 import pytest
 
-from services.natsserver import EmbeddedNatsServer
 from services.settings import Settings
 from tests.helpers import Sender, envelope, give
-from tests.processes import Server, cli, cli_json, free_port
+from tests.processes import Server, cli, cli_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -32,14 +31,6 @@ def connections_by_name(database_url: str) -> Counter[str]:
             "WHERE application_name LIKE 'reciprocity-%%' AND datname = current_database() GROUP BY 1"
         ).fetchall()
     return Counter(dict(rows))
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_each_role_holds_no_more_connections_than_the_readme_says(postgres_schema_url, nats_server, tmp_path):

@@ -23,10 +23,9 @@ from ledger.store import open_ledger
 from projections.nats_bus import STREAM, open_client
 from services.bootstrap import open_components, registry_database
 from services.http.app import create_app
-from services.natsserver import EmbeddedNatsServer
 from tests.conftest import make_sender
 from tests.helpers import acknowledgement, give, introduction, reversal, until
-from tests.processes import cli_json, free_port
+from tests.processes import cli_json
 
 pytestmark = pytest.mark.slow
 
@@ -220,14 +219,6 @@ def raw_contents(settings) -> bytes:
     schema = urllib.parse.parse_qs(url.query)["schema"][0]
     plain = urllib.parse.urlunsplit(url._replace(query=""))
     return subprocess.run(["pg_dump", "--schema", schema, plain], capture_output=True, check=True).stdout
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_after_erasure_nothing_names_the_person_and_every_other_number_is_unchanged(

@@ -41,21 +41,12 @@ from projections.relay import Relay, stream_position
 from projections.runtime import open_view_store
 from services.bootstrap import open_components
 from services.http.app import create_app
-from services.natsserver import EmbeddedNatsServer
 from tests.conftest import make_sender
 from tests.helpers import acknowledgement, community, give, introduction, post_all, received, until
-from tests.processes import environment, free_port
+from tests.processes import environment
 
 DUPLICATE_WINDOW_S = 1.0
 PARTICIPANTS = PARTICIPANTS_HEADER
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -17,9 +17,7 @@ from projections.kv_erasure import UnsafeSubject, erased_subjects
 from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS, BUCKETS, connect, ensure_buckets
 from projections.queries import ReciprocityQueries
 from projections.runtime import open_view_store
-from services.natsserver import EmbeddedNatsServer
 from tests.helpers import until
-from tests.processes import free_port
 
 ANN = "ann-erasable"
 ERASED_AT = 10
@@ -34,14 +32,6 @@ KEPT = {  # and after it (in tenant zeta, ann-erasable is someone else)
     BUCKET_PAIRS: ["acme.bob.cas", f"acme.bob.{TOMBSTONE}"],
     BUCKET_INFLUENCE: ["acme.bob"],
 }
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

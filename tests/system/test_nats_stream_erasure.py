@@ -21,22 +21,12 @@ from ledger.store import open_ledger
 from projections.nats_bus import PARTICIPANTS_HEADER, POSITION_HEADER, STREAM, connect, ensure_stream, open_client
 from projections.relay import Relay
 from projections.stream_erasure import Located, StreamEraser
-from services.natsserver import EmbeddedNatsServer
 from tests.helpers import acknowledgement, give, introduction, received, reversal, until
-from tests.processes import free_port
 from tests.system.test_nats import start_relay
 
 ANN = "ann-erasable"  # an id no other text contains
 ANN_NOTE = "ann's private note"
 ERASURE_DEADLINE_S = 5.0  # DESIGN: within 5 seconds of the relay publishing the erasure
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = EmbeddedNatsServer(tmp_path / "nats-home", free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
