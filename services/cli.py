@@ -37,7 +37,7 @@ from projections.queries import ReciprocityQueries
 from projections.rebuild import VIEWS, RebuildRefused, rebuild
 from projections.runtime import open_view_store
 from services.bootstrap import REGISTRY_FILE, ensure_schemas, open_registry
-from services.demo import run_demo
+from services.demo import DemoError, run_demo
 from services.logs import configure_logging
 from services.privacy import participant_export
 from services.progress import ProgressReport
@@ -219,6 +219,15 @@ def _add_demo(commands: Commands, common: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo", parents=[common], help="a small community through the real HTTP path: balances, influence, upkeep"
     )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the community in the data directory and go on serving it, with a UI link and a read key, "
+        "until Ctrl-C or SIGTERM",
+    )
+    for name in ("http_host", "http_port"):  # only --keep listens where the settings say; the demo alone, anywhere
+        field = Settings.model_fields[name]
+        demo.add_argument(f"--{name.replace('_', '-')}", help=f"{env_name(name)}, with --keep ({field.default})")
     demo.set_defaults(run=_demo)
 
 
@@ -449,13 +458,17 @@ def _tail(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> None:
-    """In a throwaway SQLite directory unless --data-dir or --database-url says where (then it is kept)."""
+    """In a throwaway SQLite directory unless --data-dir or --database-url says where, or --keep asks to keep
+    it (then in the configured store: RECIPROCITY_DATA_DIR, ./data by default)."""
     as_json = getattr(args, "json", False)
-    if getattr(args, "data_dir", None) or getattr(args, "database_url", None):
-        run_demo(settings, as_json=as_json)
-        return
-    with tempfile.TemporaryDirectory(prefix="reciprocity-demo-") as scratch:
-        run_demo(settings.with_(data_dir=Path(scratch), database_url=None), as_json=as_json)
+    try:
+        if args.keep or getattr(args, "data_dir", None) or getattr(args, "database_url", None):
+            run_demo(settings, as_json=as_json, keep=args.keep)
+            return
+        with tempfile.TemporaryDirectory(prefix="reciprocity-demo-") as scratch:
+            run_demo(settings.with_(data_dir=Path(scratch), database_url=None), as_json=as_json)
+    except DemoError as refused:
+        raise CommandError(str(refused)) from None
 
 
 def _rebuild(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import json
 import logging
+import signal
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, TextIO
 
 import aiohttp
@@ -32,6 +35,7 @@ from aiohttp import web
 from contracts.webhook_bodies import FactType
 from ledger.signatures import secret_key, sign
 from services.bootstrap import open_registry
+from services.demo_text import render
 from services.http.app import create_app
 from services.settings import Settings
 
@@ -212,16 +216,23 @@ class DemoTenant:
     read_key: str = field(repr=False)
 
 
-def run_demo(settings: Settings, *, out: TextIO = sys.stdout, as_json: bool = False) -> dict[str, Any]:
-    """Runs the community through the service on `settings` and prints what it reads back."""
-    started = time.monotonic()
+def run_demo(
+    settings: Settings, *, out: TextIO = sys.stdout, as_json: bool = False, keep: bool = False
+) -> dict[str, Any]:
+    """Runs the community through the service on `settings` and prints what it reads back.
+
+    With `keep` the service goes on serving the community on settings.http_host:http_port, and the output
+    adds the UI link and a read key, until SIGINT or SIGTERM stop it cleanly; the data stays in the store.
+    Without it the service listens on a free port of 127.0.0.1 and stops once the views are read."""
+
+    def show(result: dict[str, Any]) -> None:
+        out.write(json.dumps(result) + "\n" if as_json else render(result))
+        out.flush()  # a person, or a script waiting for the link and key, reads it while the service runs on
+
     with _quiet_service_logs():
-        result = asyncio.run(_run(settings))
-    result["duration_s"] = round(time.monotonic() - started, 2)
-    if as_json:
-        out.write(json.dumps(result) + "\n")
-    else:
-        out.write(render(result))
+        result = asyncio.run(_run(settings, show, keep))
+    if keep:  # on stderr: with --json, stdout holds the one JSON object
+        print("reciprocity demo: stopped; the community stays in the store", file=sys.stderr)
     return result
 
 
@@ -241,17 +252,39 @@ def _quiet_service_logs() -> Iterator[None]:
         structlog.configure(**previous)
 
 
-async def _run(settings: Settings) -> dict[str, Any]:
+async def _run(settings: Settings, show: Callable[[dict[str, Any]], None], keep: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    stop = _stop_on_signals() if keep else None
+    # Bound before anything is written: a taken port stops the demo with no tenant left behind.
+    listener = _listen(settings.http_host, settings.http_port) if keep else _listen("127.0.0.1", 0)
     # Registered before the service starts, so its first registry snapshot already knows the sources.
     tenant = await asyncio.to_thread(_register, settings)
-    runner, base_url = await _start_service(settings)
+    runner, base_url = await _start_service(settings, listener)
     try:
         async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=30)) as http:
             sent, position = await _send_community(http, tenant)
             views = await _read_views(http, tenant, position)
+        result = {"tenant": tenant.name, "url": base_url, "sources": list(SOURCES), "facts_sent": sent}
+        result.update(position=position, **views, duration_s=round(time.monotonic() - started, 2))
+        if stop is not None:
+            result.update(ui_url=f"{base_url}/ui/#/t/{tenant.name}", read_key=tenant.read_key)
+            # null on PostgreSQL: the store is the one RECIPROCITY_DATABASE_URL names
+            result.update(data_dir=None if settings.database_url else str(settings.data_dir.resolve()))
+        show(result)
+        if stop is not None:
+            await stop.wait()
     finally:
         await runner.cleanup()  # closes the group committer, projections and store with the app
-    return {"tenant": tenant.name, "url": base_url, "facts_sent": sent, "position": position, **views}
+    return result
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """Set by Ctrl-C or SIGTERM: the kept service then stops as serve does, closing the store cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def _register(settings: Settings) -> DemoTenant:
@@ -271,17 +304,39 @@ def _unused_tenant(existing: frozenset[str]) -> str:
     return next(name for name in candidates if name not in existing)
 
 
-async def _start_service(settings: Settings) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(create_app(settings), access_log=None)
-    await runner.setup()  # opens the store, the views and the group committer
+def _listen(host: str, port: int) -> socket.socket:
+    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    listener = socket.socket(family, kind)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        # Port 0: the OS picks a free port, so a `reciprocity serve` on 8080 is never in the way.
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        listener.bind(address)
+    except OSError as failure:
+        listener.close()
+        if failure.errno == errno.EADDRINUSE:
+            raise DemoError(f"port {port} on {host} is taken: set RECIPROCITY_HTTP_PORT or --http-port") from None
+        raise
+    return listener
+
+
+async def _start_service(settings: Settings, listener: socket.socket) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    try:
+        await runner.setup()  # opens the store, the views and the group committer
+        await web.SockSite(runner, listener).start()
     except BaseException:
         await runner.cleanup()
+        listener.close()
         raise
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    host, port = listener.getsockname()[:2]
+    return runner, f"http://{_link_host(host)}:{port}"
+
+
+def _link_host(host: str) -> str:
+    """The host a link names: a service listening on every address is reached on this machine's loopback."""
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 # --- sending -----------------------------------------------------------------------------------------
@@ -379,104 +434,3 @@ async def _get(http: aiohttp.ClientSession, path: str, headers: dict[str, str], 
         if response.status != 200:
             raise DemoError(f"GET {path}: {response.status} {answer.get('detail', answer)}")
         return answer
-
-
-# --- printing ----------------------------------------------------------------------------------------
-
-
-def render(result: dict[str, Any]) -> str:
-    """The three tables a person reads, with a line that says where they came from."""
-    people = len(result["balances"])
-    intro = (
-        f"{result['facts_sent']} signed facts about {people} people, sent by {len(SOURCES)} sources "
-        f"({', '.join(SOURCES)}) to tenant {result['tenant']}\n"
-        f"over HTTP to the real service at {result['url']} (now stopped), read back at position "
-        f"{result['position']}; {result['duration_s']} s in all.\n\n"
-    )
-    return "\n".join(
-        [
-            intro + balances_table(result["balances"]),
-            influence_table(result["influence"]),
-            upkeep_table(result["maintenance"]),
-        ]
-    )
-
-
-def balances_table(balances: list[dict[str, Any]]) -> str:
-    rows = [
-        [
-            b["participant"],
-            b["given"]["value"],
-            b["received"]["value"],
-            b["balance"],
-            str(b["counterparts"]),
-            "-" if b["reciprocity"] is None else f"{b['reciprocity']:.0%}",
-            f"{b['unacknowledged']['count']} ({b['unacknowledged']['value']})" if b["unacknowledged"]["count"] else "-",
-        ]
-        for b in balances
-    ]
-    given, received = (sum(Decimal(b[side]["value"]) for b in balances) for side in ("given", "received"))
-    # Everything given was received by someone: the totals row shows the books balance.
-    rows.append(["total", str(given), str(received), str(sum(Decimal(b["balance"]) for b in balances)), "", "", ""])
-    headers = ["participant", "given", "received", "balance", "counterparts", "reciprocity", "unacknowledged"]
-    note = "reciprocity: share of what they gave that came back; unacknowledged: gives not yet thanked, count (value)"
-    return table("Balances (value given and received)", headers, rows, right={1, 2, 3, 4, 5}) + note + "\n"
-
-
-def influence_table(influence: list[dict[str, Any]]) -> str:
-    rows = [
-        [
-            str(item["rank"]),
-            item["participant"],
-            f"{item['score']:.2f}",
-            "-" if item["constraint"] is None else f"{item['constraint']:.3f}",
-            str(item["introductions_paid_off"]),
-            ", ".join(_endorsement(c) for c in item["contributions"]) or "-",
-        ]
-        for item in influence
-    ]
-    headers = ["rank", "participant", "score", "constraint", "intros paid off", "endorsed by"]
-    note = "score: weighted PageRank (sums to 100); low constraint: a broker between otherwise separate people"
-    return table("Top influencers", headers, rows, right={0, 2, 3, 4}) + note + "\n"
-
-
-def _endorsement(contribution: dict[str, Any]) -> str:
-    facts = len(contribution["facts"])
-    return f"{contribution['from']} {contribution['weight']:.1f} ({facts} fact{'' if facts == 1 else 's'})"
-
-
-def upkeep_table(maintenance: dict[str, dict[str, Any]]) -> str:
-    rows: list[list[str]] = []
-    for person, answer in maintenance.items():
-        as_of = datetime.fromisoformat(answer["as_of"])
-        for tie in answer["dormant_ties"]:
-            rows.append([person, "dormant tie", tie["counterpart"], *_when(tie["last_at"], as_of), tie["strength"]])
-        for thanks in answer["pending_thanks"]:
-            rows.append(
-                [person, "pending thanks", thanks["giver"], *_when(thanks["occurred_at"], as_of), thanks["value"]]
-            )
-        if not answer["dormant_ties"] and not answer["pending_thanks"]:
-            rows.append([person, "nothing pending", "", "", "", ""])
-    headers = ["participant", "upkeep", "with", "since", "days ago", "value"]
-    note = (
-        "dormant tie: one of the strongest ties, no give either way for over 90 days; "
-        "pending thanks: a give received over 14 days ago, not yet acknowledged"
-    )
-    return table("Upkeep: pending thanks and dormant ties", headers, rows, right={4, 5}) + note + "\n"
-
-
-def _when(moment: str, as_of: datetime) -> tuple[str, str]:
-    at = datetime.fromisoformat(moment)
-    return at.date().isoformat(), str((as_of - at).days)
-
-
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    """Plain text with aligned columns; numbers (columns in `right`) align on the right."""
-    widths = [max([len(headers[i]), *(len(row[i]) for row in rows)]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-        return "  ".join(padded).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([title, "=" * len(title), line(headers), rule, *(line(row) for row in rows)]) + "\n"
