@@ -85,7 +85,7 @@ def influence_table(influence: list[dict[str, Any]], people: int) -> str:
         "older one less",
         "score points from: how many of those points each person they gave to or introduced passes on to "
         "them (the largest 5), and through how many of their gives and introductions; the rest of a score "
-        "is a share every person gets alike",
+        "is a share every person gets alike, and smaller flows",
         "constraint: from 0 to 1; low means a broker between people who are otherwise apart",
         "intros paid off: introductions they made after which the two introduced exchanged a give",
     ]
