@@ -305,8 +305,14 @@ def _unused_tenant(existing: frozenset[str]) -> str:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    listener = socket.socket(family, kind)
+    """The service's listening socket; a host or port it cannot have is a DemoError that says which."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+            0
+        ]
+        listener = socket.socket(family, kind)
+    except OSError as failure:
+        raise DemoError(f"cannot listen on {host}: {failure.strerror} (RECIPROCITY_HTTP_HOST, --http-host)") from None
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind(address)
@@ -314,7 +320,7 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.close()
         if failure.errno == errno.EADDRINUSE:
             raise DemoError(f"port {port} on {host} is taken: set RECIPROCITY_HTTP_PORT or --http-port") from None
-        raise
+        raise DemoError(f"cannot listen on {host} port {port}: {failure.strerror}") from None
     return listener
 
 
