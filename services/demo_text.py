@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 WIDTH_MAX = 100
@@ -132,24 +133,36 @@ def when(moment: str, as_of: datetime) -> tuple[str, str]:
 def explore_text(result: dict[str, Any]) -> str:
     """Where the kept community is served and the read key to explore it with (shown here only)."""
     api = f"{result['url']}/v1/tenants/{result['tenant']}/balances"
-    return "\n".join(
-        [
-            "Explore it: the service goes on serving this community until Ctrl-C (or SIGTERM).",
-            f"  open      {result['ui_url']}",
-            f"  read key  {result['read_key']}",
-            "            (the page asks for it once; it is shown only here, store it now)",
-            f'  or        curl -H "Authorization: Bearer {result["read_key"]}" \\',
-            f"              {api}",
-            paragraph(f"The data stays after it stops: {stays_in(result['data_dir'])}"),
-        ]
+    return (
+        "\n".join(
+            [
+                "Explore it: the service goes on serving this community.",
+                f"  open      {result['ui_url']}",
+                f"  read key  {result['read_key']}",
+                "            (the page asks for it once; it is shown only here, store it now)",
+                f'  or        curl -H "Authorization: Bearer {result["read_key"]}" \\',
+                f"              {api}",
+                *serve_again(result["data_dir"]),
+                KEEP_LAST_LINE,
+            ]
+        )
+        + "\n"
     )
 
 
-def stays_in(data_dir: str | None) -> str:
+KEEP_LAST_LINE = "Serving until Ctrl-C (or SIGTERM)."  # the last line --keep prints before it serves on
+
+
+def serve_again(data_dir: str | None) -> list[str]:
+    """Where the data stays, and the command that serves it again."""
     if data_dir is None:
-        return "in the PostgreSQL store; `reciprocity serve` with the same RECIPROCITY_DATABASE_URL serves it again."
+        return ["The data stays in the PostgreSQL store; to serve it again, with the same RECIPROCITY_DATABASE_URL:",
+                "  reciprocity serve"]  # fmt: skip
+    path = Path(data_dir)
+    # Within the working directory the path is shown from it (./data by default): short, and as typed.
+    shown = f"./{path.relative_to(Path.cwd())}" if path.is_relative_to(Path.cwd()) else str(path)
     # By flag, which wins over RECIPROCITY_DATA_DIR, so the command serves this directory in any environment.
-    return f"in {data_dir}; `reciprocity serve --data-dir {data_dir}` serves it again."
+    return ["The data stays after it stops; to serve it again:", f"  reciprocity serve --data-dir {shown}"]
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:

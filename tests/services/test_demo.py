@@ -23,6 +23,7 @@ import pytest
 
 from services.bootstrap import open_registry
 from services.demo import FOCUS, DemoError, community_steps, run_demo
+from services.demo_text import KEEP_LAST_LINE
 from services.settings import Settings
 from tests.processes import Server, environment, free_port
 
@@ -179,19 +180,21 @@ def test_keep_serves_the_community_until_sigterm_and_leaves_it_in_the_data_dir(t
         text=True,
     )
     try:
-        printed = read_until(process, "serves it again." if output == "text" else "\n", timeout_s=60)
+        printed = read_until(process, f"{KEEP_LAST_LINE}\n" if output == "text" else "\n", timeout_s=60)
         link, key, facts_sent = kept_link_and_key(printed, output)
-        assert all(len(line) <= WIDTH_MAX for line in printed.splitlines()) or output == "json"
         url = urllib.parse.urlsplit(link)
         assert (url.scheme, url.netloc, url.path) == ("http", f"127.0.0.1:{port}", "/ui/")
         tenant = re.fullmatch(r"/t/([a-z0-9-]+)", url.fragment)[1]
         kept = KeptService(f"http://127.0.0.1:{port}", tenant, key)
         balances, influence, maintenance = kept.views()
         if output == "text":
+            assert max(map(len, printed.splitlines())) <= WIDTH_MAX
+            assert f"  reciprocity serve --data-dir {settings.data_dir}\n" in printed
             assert_printed_matches(printed, balances, influence, maintenance)
         else:
             printed_json = json.loads(printed)
-            assert (printed_json["balances"], printed_json["influence"]) == (balances, influence)
+            shown = (printed_json["balances"], printed_json["influence"], printed_json["maintenance"])
+            assert shown == (balances, influence, maintenance)
             assert printed_json["data_dir"] == str(settings.data_dir.resolve())
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
