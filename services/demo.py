@@ -3,7 +3,9 @@
 Why: someone new should see what the ledger is for in one command, before wiring up any app of their own.
 The demo starts the real service in-process, registers a tenant with two sources the way any app would be
 registered, signs every fact per Standard Webhooks, and reads the views over HTTP like any client. It takes
-no shortcut around the service, so a demo that runs also shows that the whole path works.
+no shortcut around the service, so a demo that runs also shows that the whole path works. With `--keep`
+the community stays in the store and the service goes on serving it, so a person can explore it afterwards
+in the web UI or the API (the link and a read key are printed); services/demo_text.py says what is printed.
 
 The community lives by the seed text's ideas: value exists only once it is spent, so people share
 knowledge and connect others; their ties belong to a place, an activity and a subject; every contact needs
