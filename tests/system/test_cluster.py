@@ -1,0 +1,215 @@
+"""DESIGN section 9's scale-out promise on a real cluster: three clustered nats-server processes, PostgreSQL,
+and the roles as processes (two ingest, a query, two projectors, two relays; the projector runs the KV writer
+and the influence worker), replicas 3. Under sustained signed load a NATS node, then the active projector,
+then the active relay are killed with SIGKILL, and the node comes back. Afterwards every acknowledged fact is in
+the log once, the stream equals the log, KV equals HTTP, everything is on 3 servers again, and ingest never
+answered a 5xx but a retryable 503. The failover times are printed (with -s) and in the run's summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import pytest
+from nats.js import JetStreamContext
+
+from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS, STREAM, open_client
+from services.natsserver import EmbeddedNatsServer
+from tests.helpers import until
+from tests.nats_cluster import NatsCluster
+from tests.processes import Server
+from tests.role_cluster import (
+    JETSTREAM_TIMEOUT_S,
+    RoleCluster,
+    SignedLoad,
+    replicated,
+    retried,
+    scraped,
+    stream_ids,
+    stream_last_seq,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+FAILOVER_S = 60.0  # generous: a standby asks for its lock every 2 s, on two loaded cores
+SETTLE_S = 120.0  # for the stream, the views, KV and influence to catch up once the load stops
+ROUTES = {  # bucket -> the HTTP route its values equal, by the key's parts after the tenant
+    BUCKET_BALANCES: "/v1/tenants/acme/participants/{0}/balance",
+    BUCKET_PAIRS: "/v1/tenants/acme/pairs/{0}/{1}",
+    BUCKET_INFLUENCE: "/v1/tenants/acme/participants/{0}/influence",
+}
+
+
+@pytest.fixture
+def nats(tmp_path: Path):
+    cluster = NatsCluster(tmp_path / "nats-cluster").start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def roles(tmp_path: Path, postgres_schema_url: str, nats: NatsCluster):
+    cluster = RoleCluster(tmp_path / "roles", postgres_schema_url, nats, replicas=3)
+    yield cluster
+    cluster.stop()
+
+
+async def test_the_roles_survive_a_nats_node_the_active_projector_and_the_active_relay_killed_under_load(
+    nats: NatsCluster, roles: RoleCluster, report_figures: list[str]
+):
+    await nats.until_ready(replicas=3, timeout_s=60)
+    await asyncio.to_thread(roles.start)
+    assert roles.sender is not None
+    client = await nats.client()
+    js = client.jetstream(timeout=JETSTREAM_TIMEOUT_S)
+    load = SignedLoad(roles.of_role("ingest"), roles.sender, pause_s=0.02)
+    try:
+        await until(lambda: replicated(js, 3), 60, what="the stream and the buckets on 3 servers")
+        load.start()
+        await until(lambda: on_stream(js, 100), 60, what="100 facts on the stream")
+
+        node, observer, node_figures = await kill_the_stream_leader(nats, js, load)
+        await client.close()  # it may have been connected to the dead node; the observer stays
+        js = observer.jetstream(timeout=JETSTREAM_TIMEOUT_S)
+        projector_s = await kill_the_active(roles, "projector", projector_progress)
+        relay_s = await kill_the_active(roles, "relay", relay_progress)
+        node.start()
+        await until(lambda: replicated(js, 3), FAILOVER_S, what="the node back and every replica current")
+        acknowledged = load.count()
+        await until(lambda: more_than(load, acknowledged + 50), 60, what="50 more facts acknowledged")
+        load.stop()
+        await settled(roles, js, load)
+    finally:
+        load.stop()
+        await client.close()
+    figures = [
+        *node_figures,
+        f"active projector killed -9: the standby's first page {projector_s:.2f} s later",
+        f"active relay killed -9: the standby's first publish {relay_s:.2f} s later",
+        f"{load.count()} facts acknowledged, refusals: {Counter(status for status, _ in load.refusals)}",
+    ]
+    report_figures.extend(figures)
+    print("\n" + "\n".join(figures))
+
+
+async def kill_the_stream_leader(
+    nats: NatsCluster, js: JetStreamContext, load: SignedLoad
+) -> tuple[EmbeddedNatsServer, object, list[str]]:
+    """Kills the stream's leader node; returns it, a client of the nodes that stay, and what was measured:
+    the longest gap in acknowledged ingest while it was down and how soon the stream took publishes again."""
+    info = await retried(lambda: js.stream_info(STREAM), 30, "the stream's leader")
+    name = info.cluster.leader
+    node = nats.node_named(name)
+    # Watched from servers that stay: the times are the cluster's, not a watcher's own reconnection.
+    observer = await open_client(nats.url([other for other in nats.nodes if other is not node]), "test")
+    watch = observer.jetstream(timeout=JETSTREAM_TIMEOUT_S)
+    killed_at = time.monotonic()
+    nats.kill(node)
+    await until(lambda: on_stream(watch, info.state.last_seq + 1), FAILOVER_S, what="the stream taking publishes")
+    publishing_s = time.monotonic() - killed_at
+    target = load.count() + 50
+    await until(lambda: more_than(load, target), 60, what="50 facts acknowledged with the node down")
+    gap_s = load.longest_gap_s(killed_at, time.monotonic())
+    return (
+        node,
+        observer,
+        [
+            f"NATS node {name} (the stream's leader) killed -9: longest gap in acknowledged ingest {gap_s:.2f} s; "
+            f"the stream took the relay's publishes again after {publishing_s:.2f} s",
+        ],
+    )
+
+
+async def kill_the_active(
+    roles: RoleCluster, worker: str, progress: Callable[[RoleCluster], Callable[[], Awaitable[bool]]]
+) -> float:
+    """Kills the process holding `worker`'s lock; returns the seconds until the standby made progress."""
+    active = await wait_for(lambda: roles.active(worker), FAILOVER_S, f"an active {worker}")
+    made_progress = progress(roles)  # what "progress" is measured against is taken before the kill
+    killed_at = time.monotonic()
+    active.kill()
+    await until(made_progress, FAILOVER_S, what=f"the standby {worker} taking over")
+    return time.monotonic() - killed_at
+
+
+def projector_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
+    """The view moved past where the killed projector left it, and the standby holds the lock."""
+    before = roles.view_position()
+
+    async def moved() -> bool:
+        standby = await asyncio.to_thread(roles.active, "projector")
+        return standby is not None and await asyncio.to_thread(roles.view_position) > before
+
+    return moved
+
+
+def relay_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
+    """The standby relay published a fact past the last the killed one reported."""
+    before = max(scraped(server, "reciprocity_relay_position") or 0 for server in roles.alive("relay"))
+
+    async def published() -> bool:
+        standby = await asyncio.to_thread(roles.active, "relay")
+        position = standby and await asyncio.to_thread(scraped, standby, "reciprocity_relay_position")
+        return bool(position and position > before)
+
+    return published
+
+
+async def settled(roles: RoleCluster, js: JetStreamContext, load: SignedLoad) -> None:
+    """What must hold once the load stopped, after the kills and the node's return."""
+    assert not [(status, answer) for status, answer in load.refusals if status != 503 or not answer["retryable"]]
+    log = await asyncio.to_thread(roles.log_ids)
+    assert [ident for ident, seen in Counter(log).items() if seen > 1] == []
+    assert sorted(ack.event_id for ack in load.acknowledged) == sorted(log)  # each acknowledged fact, once
+    await until(lambda: on_stream(js, len(log)), SETTLE_S, what="the stream catching up with the log")
+    assert await stream_ids(js) == log
+    query, headers = roles.of_role("query")[0], roles.sender.read_headers()
+    for bucket in ROUTES:
+        equal = partial(kv_equals_http, js, query, headers, bucket)
+        await until(equal, SETTLE_S, what=f"{bucket} equal to HTTP")
+    await until(lambda: replicated(js, 3), FAILOVER_S, what="every replica current")
+
+
+async def kv_equals_http(js: JetStreamContext, query: Server, headers: dict[str, str], bucket: str) -> bool:
+    """Every key of the bucket holds what HTTP answers (but `position`); every participant has a balance."""
+    try:
+        kv = await js.key_value(bucket)
+        keys = await kv.keys()
+        values = {key: json.loads((await kv.get(key)).value) for key in keys}
+    except Exception:  # the cluster answering slowly, or no key yet
+        return False
+    if bucket == BUCKET_BALANCES:
+        _, listed = await asyncio.to_thread(query.get, "/v1/tenants/acme/balances?limit=1000", headers)
+        if sorted(values) != sorted(f"acme.{item['participant']}" for item in listed["items"]):
+            return False
+    for key, stored in values.items():
+        path = ROUTES[bucket].format(*key.split(".")[1:])
+        status, http = await asyncio.to_thread(query.get, path, headers)
+        if status != 200 or {**stored, "position": None} != {**http, "position": None}:
+            return False
+    return True
+
+
+async def on_stream(js: JetStreamContext, messages: int) -> bool:
+    last = await stream_last_seq(js)
+    return last is not None and last >= messages
+
+
+async def more_than(load: SignedLoad, count: int) -> bool:
+    return load.count() > count
+
+
+async def wait_for(find, timeout_s: float, what: str):
+    found: list = []
+
+    async def present() -> bool:
+        found[:] = [await asyncio.to_thread(find)]
+        return found[0] is not None
+
+    await until(present, timeout_s, what=what)
+    return found[0]
