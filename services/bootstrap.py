@@ -117,7 +117,7 @@ async def open_components(
     await projections.start()  # after the bus gave it what runs while projecting (the KV writer)
     committer = await _start_committer(settings, parts, ledger, metrics, partial(_wake, projections, bus))
     # Followers are woken by our own commits (above), by PostgreSQL's NOTIFY, or by SQLite's commit watch.
-    notifications = _listen_for_commits(settings, parts, projections, bus)
+    notifications = _listen_for_commits(settings, parts, ledger, projections, bus)
     background = BackgroundTasks()
     if parts & {"ingest", "query"}:
         background.start(retry_forever(registry.follow, "registry-follower"), "registry-follower")
@@ -206,15 +206,15 @@ async def _start_committer(
 
 
 def _listen_for_commits(
-    settings: Settings, parts: frozenset[str], projections: Projections, bus: BusWorkers | None
+    settings: Settings, parts: frozenset[str], ledger: Ledger, projections: Projections, bus: BusWorkers | None
 ) -> PostgresNotifications | None:
     """PostgreSQL's NOTIFY of other processes' commits, for the followers of this one."""
-    if not settings.database_url or not parts & {"projector", "relay"}:
+    if not settings.database_url or not parts & {"projector", "relay"} or ledger.commit_channel is None:
         return None
     loop = asyncio.get_running_loop()
     notifications = PostgresNotifications(
         settings.database_url,
-        "stored_events",
+        ledger.commit_channel,
         lambda: loop.call_soon_threadsafe(_wake, projections, bus),
         settings.connection_limits(),
         wanted=lambda: projections.projecting or (bus is not None and bus.relaying),
