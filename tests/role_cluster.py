@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ledger.store import open_ledger
 from projections.nats_bus import BUCKETS, STREAM, bucket_stream
 from services.settings import Settings
-from tests.helpers import Sender, envelope, give
+from tests.helpers import Sender, envelope, give, until
 from tests.nats_cluster import NatsCluster
 from tests.processes import Server, cli, cli_json
 
@@ -33,6 +33,7 @@ STREAMS = (STREAM, *(bucket_stream(bucket) for bucket in BUCKETS))
 JETSTREAM_TIMEOUT_S = 2.0  # one request; `retried` asks again until its deadline
 RETRY_PAUSE_S = 0.25
 READY_TIMEOUT_S = 120.0
+FAILOVER_S = 60.0  # generous: a standby asks for its lock every 2 s, on two loaded cores
 
 
 class RoleCluster:
@@ -231,3 +232,61 @@ async def stream_ids(js: JetStreamContext, timeout_s: float = 60.0) -> list[str]
         message = await retried(lambda seq=seq: js.get_msg(STREAM, seq=seq), timeout_s, f"message {seq}")
         ids.append(message.headers["Nats-Msg-Id"])
     return ids
+
+
+async def kill_the_active(
+    roles: RoleCluster, worker: str, progress: Callable[[RoleCluster], Callable[[], Awaitable[bool]]]
+) -> float:
+    """Kills the process holding `worker`'s lock; returns the seconds until the standby made progress."""
+    active = await wait_for(lambda: roles.active(worker), FAILOVER_S, f"an active {worker}")
+    made_progress = progress(roles)  # what "progress" is measured against is taken before the kill
+    killed_at = time.monotonic()
+    active.kill()
+    await until(made_progress, FAILOVER_S, what=f"the standby {worker} taking over")
+    return time.monotonic() - killed_at
+
+
+def projector_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
+    """The view moved past where the killed projector left it, and the standby holds the lock."""
+    before = roles.view_position()
+
+    async def moved() -> bool:
+        standby = await asyncio.to_thread(roles.active, "projector")
+        return standby is not None and await asyncio.to_thread(roles.view_position) > before
+
+    return moved
+
+
+def relay_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
+    """The standby relay published a fact past the last the killed one reported."""
+    before = max(scraped(server, "reciprocity_relay_position") or 0 for server in roles.alive("relay"))
+
+    async def published() -> bool:
+        standby = await asyncio.to_thread(roles.active, "relay")
+        position = standby and await asyncio.to_thread(scraped, standby, "reciprocity_relay_position")
+        return bool(position and position > before)
+
+    return published
+
+
+async def on_stream(js: JetStreamContext, messages: int) -> bool:
+    """The stream holds at least `messages` (False while it does not answer)."""
+    last = await stream_last_seq(js)
+    return last is not None and last >= messages
+
+
+async def more_than(load: SignedLoad, count: int) -> bool:
+    return load.count() > count
+
+
+async def wait_for(find: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    """What `find` returns once it returns something (it blocks: run on a thread)."""
+    found: list[T | None] = [None]
+
+    async def present() -> bool:
+        found[:] = [await asyncio.to_thread(find)]
+        return found[0] is not None
+
+    await until(present, timeout_s, what=what)
+    assert found[0] is not None
+    return found[0]

@@ -11,7 +11,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -24,19 +23,22 @@ from tests.helpers import until
 from tests.nats_cluster import NatsCluster
 from tests.processes import Server
 from tests.role_cluster import (
+    FAILOVER_S,
     JETSTREAM_TIMEOUT_S,
     RoleCluster,
     SignedLoad,
+    kill_the_active,
+    more_than,
+    on_stream,
+    projector_progress,
+    relay_progress,
     replicated,
     retried,
-    scraped,
     stream_ids,
-    stream_last_seq,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-FAILOVER_S = 60.0  # generous: a standby asks for its lock every 2 s, on two loaded cores
 SETTLE_S = 120.0  # for the stream, the views, KV and influence to catch up once the load stops
 ROUTES = {  # bucket -> the HTTP route its values equal, by the key's parts after the tenant
     BUCKET_BALANCES: "/v1/tenants/acme/participants/{0}/balance",
@@ -125,41 +127,6 @@ async def kill_the_stream_leader(
     )
 
 
-async def kill_the_active(
-    roles: RoleCluster, worker: str, progress: Callable[[RoleCluster], Callable[[], Awaitable[bool]]]
-) -> float:
-    """Kills the process holding `worker`'s lock; returns the seconds until the standby made progress."""
-    active = await wait_for(lambda: roles.active(worker), FAILOVER_S, f"an active {worker}")
-    made_progress = progress(roles)  # what "progress" is measured against is taken before the kill
-    killed_at = time.monotonic()
-    active.kill()
-    await until(made_progress, FAILOVER_S, what=f"the standby {worker} taking over")
-    return time.monotonic() - killed_at
-
-
-def projector_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
-    """The view moved past where the killed projector left it, and the standby holds the lock."""
-    before = roles.view_position()
-
-    async def moved() -> bool:
-        standby = await asyncio.to_thread(roles.active, "projector")
-        return standby is not None and await asyncio.to_thread(roles.view_position) > before
-
-    return moved
-
-
-def relay_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
-    """The standby relay published a fact past the last the killed one reported."""
-    before = max(scraped(server, "reciprocity_relay_position") or 0 for server in roles.alive("relay"))
-
-    async def published() -> bool:
-        standby = await asyncio.to_thread(roles.active, "relay")
-        position = standby and await asyncio.to_thread(scraped, standby, "reciprocity_relay_position")
-        return bool(position and position > before)
-
-    return published
-
-
 async def settled(roles: RoleCluster, js: JetStreamContext, load: SignedLoad) -> None:
     """What must hold once the load stopped, after the kills and the node's return."""
     assert not [(status, answer) for status, answer in load.refusals if status != 503 or not answer["retryable"]]
@@ -193,23 +160,3 @@ async def kv_equals_http(js: JetStreamContext, query: Server, headers: dict[str,
         if status != 200 or {**stored, "position": None} != {**http, "position": None}:
             return False
     return True
-
-
-async def on_stream(js: JetStreamContext, messages: int) -> bool:
-    last = await stream_last_seq(js)
-    return last is not None and last >= messages
-
-
-async def more_than(load: SignedLoad, count: int) -> bool:
-    return load.count() > count
-
-
-async def wait_for(find, timeout_s: float, what: str):
-    found: list = []
-
-    async def present() -> bool:
-        found[:] = [await asyncio.to_thread(find)]
-        return found[0] is not None
-
-    await until(present, timeout_s, what=what)
-    return found[0]
