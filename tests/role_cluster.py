@@ -141,7 +141,9 @@ class SignedLoad:
 
     def start(self) -> SignedLoad:
         for number, target in enumerate(self.targets):
-            thread = threading.Thread(target=self._send, args=(number, target), name=f"load-{number}", daemon=True)
+            thread = threading.Thread(
+                target=self.send_until_stopped, args=(number, target), name=f"load-{number}", daemon=True
+            )
             thread.start()
             self.threads.append(thread)
         return self
@@ -151,17 +153,17 @@ class SignedLoad:
         for thread in self.threads:
             thread.join(60)
 
-    def _send(self, number: int, target: Server) -> None:
+    def send_until_stopped(self, number: int, target: Server) -> None:
         n = 0
         while not self.stopping.is_set():
             a, b = (n * 7 + number) % self.people, (n * 5 + 3 * number + 1) % self.people
             fact = give(f"s{number}-{n}", f"p{a}", f"p{b if b != a else (a + 1) % self.people}", value=str(1 + n % 3))
-            self._until_acknowledged(target, json.dumps(envelope(fact)).encode())
+            self.post_until_acknowledged(target, json.dumps(envelope(fact)).encode())
             n += 1
             if self.pause_s:
                 time.sleep(self.pause_s)
 
-    def _until_acknowledged(self, target: Server, body: bytes) -> None:
+    def post_until_acknowledged(self, target: Server, body: bytes) -> None:
         while True:
             try:
                 status, answer = target.post(self.sender.path, body, self.sender.headers(body))
