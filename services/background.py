@@ -12,6 +12,7 @@ data_version, checked every 10 ms. It dies with its parent (PR_SET_PDEATHSIG) an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -25,7 +26,7 @@ import structlog
 
 from ledger.child_process import die_with_parent
 from ledger.connections import name_connections
-from services.bootstrap import open_components
+from services.bootstrap import Components, open_components
 from services.logs import configure_logging
 from services.roles import background_parts
 from services.settings import Settings
@@ -33,18 +34,40 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 RESTART_PAUSE_S = 1.0
+DEAD_CHECK_S = 1.0  # how often the background process looks for loops that died
+EXIT_DEAD_LOOPS = 3  # the exit code of a background process that ended because a loop died
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings) -> int:
+    """Runs the background parts until SIGTERM (0), or until a loop has been dead for
+    RECIPROCITY_DEAD_LOOP_RESTART_S (EXIT_DEAD_LOOPS): this process answers no probe, so it ends itself and
+    serve (WatchedProcess) starts it again, as a liveness probe on /healthz restarts a role's pod."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     components = await open_components(settings, parts=background_parts(settings.role, True))
     try:
-        await stop.wait()
+        dead = await until_stopped_or_dead(components, stop, settings.dead_loop_restart_s)
     finally:
         await components.close()
+    if dead:
+        log.error("background_exiting", dead_loops=dead, code=EXIT_DEAD_LOOPS)
+        return EXIT_DEAD_LOOPS
+    return 0
+
+
+async def until_stopped_or_dead(
+    components: Components, stop: asyncio.Event, dead_s: float, check_s: float = DEAD_CHECK_S
+) -> dict[str, str]:
+    """Waits for `stop`; returns the loops dead for `dead_s` if there are any first (else nothing)."""
+    while not stop.is_set():
+        if dead := components.dead_for(dead_s):
+            return dead
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(check_s):
+                await stop.wait()
+    return {}
 
 
 class WatchedProcess:
@@ -111,7 +134,7 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(f"{settings.role}-background")
     gc.freeze()  # as in serve: start-up's objects out of the collector's sight
-    asyncio.run(run(settings))
+    sys.exit(asyncio.run(run(settings)))
 
 
 if __name__ == "__main__":

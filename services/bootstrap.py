@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
@@ -76,16 +77,30 @@ class Components:
     bus: BusWorkers | None
     background: BackgroundTasks
     _notifications: PostgresNotifications | None
+    _dead_since: dict[str, float] = field(default_factory=dict)  # name -> when it died, or was first seen dead
 
     def dead_loops(self) -> dict[str, str]:
         """The background loops of this process that died (name -> what ended it): its work has stopped,
         whatever else still answers, so it is not ready (/readyz)."""
-        dead = {**self.background.died, **self.projections.background.died}
+        loops = [self.background, self.projections.background]
         if self.bus is not None:
-            dead.update(self.bus.background.died)
+            loops.append(self.bus.background)
+        dead: dict[str, str] = {}
+        for tasks in loops:
+            dead.update(tasks.died)
+            for name, at in tasks.died_at.items():
+                self._dead_since.setdefault(name, at)
         if self._notifications is not None and not self._notifications.alive():
             dead["pg-listen"] = "the thread ended"
+            self._dead_since.setdefault("pg-listen", time.monotonic())
         return dead
+
+    def dead_for(self, seconds: float) -> dict[str, str]:
+        """The loops dead for at least `seconds`: past that, the process is no longer alive (/healthz), since
+        nothing but a restart brings a loop back. The wait lets readiness take the process out of service
+        first, and an operator read /readyz."""
+        now = time.monotonic()
+        return {name: error for name, error in self.dead_loops().items() if now - self._dead_since[name] >= seconds}
 
     async def close(self) -> None:
         await self.background.close()

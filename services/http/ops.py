@@ -32,6 +32,14 @@ def _probe(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
+    """Alive, unless a background loop has been dead for RECIPROCITY_DEAD_LOOP_RESTART_S: its work (projecting,
+    relaying, following the registry) stopped for good, and a liveness probe on this route restarts the
+    process, which /readyz alone never does."""
+    components = request.app[COMPONENTS]
+    dead = components.dead_for(components.settings.dead_loop_restart_s)
+    if dead:
+        reason = f"background loops dead: {', '.join(sorted(dead))} (restart the process)"
+        return web.json_response({"status": "dead", "dead_loops": dead, "reason": reason}, status=503)
     return web.json_response({"status": "ok"})
 
 
