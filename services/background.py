@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -21,11 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import name_connections
+from ledger.connections import PRIVATE_FILE_MODE, name_connections, private_directory
+from projections.supervision import retry_forever
 from services.bootstrap import Components, open_components
 from services.logs import configure_logging
 from services.roles import background_parts
@@ -34,6 +37,8 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 RESTART_PAUSE_S = 1.0
+WORKERS_FILE = "background-workers.json"  # under the data directory: which locks the background process holds
+WORKERS_REPORT_S = 0.5
 DEAD_CHECK_S = 1.0  # how often the background process looks for loops that died
 EXIT_DEAD_LOOPS = 3  # the exit code of a background process that ended because a loop died
 
@@ -47,6 +52,10 @@ async def run(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     components = await open_components(settings, parts=background_parts(settings.role, True))
+    report = settings.data_dir / WORKERS_FILE
+    components.background.start(
+        retry_forever(lambda: report_workers(components, report), "worker-report"), "worker-report"
+    )
     try:
         dead = await until_stopped_or_dead(components, stop, settings.dead_loop_restart_s)
     finally:
@@ -55,6 +64,36 @@ async def run(settings: Settings) -> int:
         log.error("background_exiting", dead_loops=dead, code=EXIT_DEAD_LOOPS)
         return EXIT_DEAD_LOOPS
     return 0
+
+
+async def report_workers(components: Components, path: Path, interval_s: float = WORKERS_REPORT_S) -> None:
+    """Keeps `path` saying which worker locks this process holds, for serve's HTTP processes to report on
+    /metrics (`reciprocity_worker_active`): nobody scrapes this process."""
+    reported = None
+    private_directory(path.parent)  # (on PostgreSQL nothing else may have made it)
+    while True:
+        held = {
+            "projector": components.projections.projecting,
+            "relay": bool(components.bus and components.bus.relaying),
+        }
+        if held != reported:
+            staged = path.with_suffix(".tmp")
+            staged.write_text(json.dumps({"pid": os.getpid(), **held}))
+            staged.chmod(PRIVATE_FILE_MODE)
+            staged.replace(path)  # whole or not at all, for a reader at any moment
+            reported = held
+        await asyncio.sleep(interval_s)
+
+
+def background_workers(data_dir: Path) -> dict[str, bool]:
+    """Which worker locks serve's background process holds, as it last reported them; none while it is not
+    running (killed, or being restarted: its report names a process that is gone)."""
+    try:
+        report = json.loads((data_dir / WORKERS_FILE).read_text())
+        alive = b"services.background" in Path(f"/proc/{report['pid']}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError):
+        alive = False
+    return {worker: alive and bool(report[worker]) for worker in ("projector", "relay")}
 
 
 async def until_stopped_or_dead(

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from contracts.openapi import openapi_document
 from projections.kv import recorded_lag
+from services.background import background_workers
 from services.bootstrap import Components
 from services.http.keys import COMPONENTS
 from services.metrics import SHARED_DIR_ENV
@@ -116,6 +117,9 @@ def _read_worker_gauges(components: Components) -> None:
     metrics, projections, bus = components.metrics, components.projections, components.bus
     if projections.project:
         metrics.worker_active.labels(worker="projector").set(int(projections.lock.held))
+    elif components.settings.role == "all":  # serve: its background process works, and reports what it holds
+        for worker, held in background_workers(components.settings.data_dir).items():
+            metrics.worker_active.labels(worker=worker).set(int(held))
     if bus is not None and bus.relay is not None:
         metrics.worker_active.labels(worker="relay").set(int(bus.relay_lock.held))
     if components.committer is not None:
