@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ async def measure(roles: RoleCluster, nats: NatsCluster, args: argparse.Namespac
         figures = await _window(load, arrived, started, ended)
         figures["stream_facts_per_s"] = round(((last_seq or 0) - (first_seq or 0)) / (ended - started))
         if failover:
-            figures["projector_failover_s"] = round(await kill_the_active(roles, "projector", projector_progress), 2)
-            figures["relay_failover_s"] = round(await kill_the_active(roles, "relay", relay_progress), 2)
+            projector_s = await kill_the_active(roles, "projector", partial(projector_progress, roles))
+            relay_s = await kill_the_active(roles, "relay", partial(relay_progress, roles, js))
+            figures.update(projector_failover_s=round(projector_s, 2), relay_failover_s=round(relay_s, 2))
         return figures
     finally:
         load.stop()

@@ -97,10 +97,19 @@ class RoleCluster:
         finally:
             ledger.close()
 
-    def view_position(self) -> int:
-        """The reciprocity view's position, as the query process reports it."""
-        status, body = self.of_role("query")[0].get("/readyz")
-        return body["views"]["reciprocity"]["position"] if status == 200 and isinstance(body["views"], dict) else 0
+    def view_position(self, timeout_s: float = 30.0) -> int:
+        """The reciprocity view's position, as the query process reports it (asked again while it cannot say:
+        its probe reads the views with a 2 s timeout, which a loaded machine may exceed)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                _, body = self.of_role("query")[0].get("/readyz")
+            except OSError as failure:
+                body = {"error": str(failure)}
+            if isinstance(body, dict) and isinstance(body.get("views"), dict):
+                return body["views"]["reciprocity"]["position"]
+            assert time.monotonic() < deadline, f"the query process reports no view position: {body}"
+            time.sleep(0.1)
 
 
 def scraped(server: Server, name: str, **labels: str) -> float | None:
@@ -236,21 +245,22 @@ async def stream_ids(js: JetStreamContext, timeout_s: float = 60.0) -> list[str]
     return ids
 
 
-async def kill_the_active(
-    roles: RoleCluster, worker: str, progress: Callable[[RoleCluster], Callable[[], Awaitable[bool]]]
-) -> float:
-    """Kills the process holding `worker`'s lock; returns the seconds until the standby made progress."""
+Condition = Callable[[], Awaitable[bool]]
+
+
+async def kill_the_active(roles: RoleCluster, worker: str, progress: Callable[[], Awaitable[Condition]]) -> float:
+    """Kills the process holding `worker`'s lock; returns the seconds until the standby made progress, which
+    `progress` defines from where the killed one left off (read after the kill: it can move nothing since)."""
     active = await wait_for(lambda: roles.active(worker), FAILOVER_S, f"an active {worker}")
-    made_progress = progress(roles)  # what "progress" is measured against is taken before the kill
     killed_at = time.monotonic()
     active.kill()
-    await until(made_progress, FAILOVER_S, what=f"the standby {worker} taking over")
+    await until(await progress(), FAILOVER_S, what=f"the standby {worker} taking over")
     return time.monotonic() - killed_at
 
 
-def projector_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
+async def projector_progress(roles: RoleCluster) -> Condition:
     """The view moved past where the killed projector left it, and the standby holds the lock."""
-    before = roles.view_position()
+    before = await asyncio.to_thread(roles.view_position)
 
     async def moved() -> bool:
         standby = await asyncio.to_thread(roles.active, "projector")
@@ -259,9 +269,12 @@ def projector_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
     return moved
 
 
-def relay_progress(roles: RoleCluster) -> Callable[[], Awaitable[bool]]:
-    """The standby relay published a fact past the last the killed one reported."""
-    before = max(scraped(server, "reciprocity_relay_position") or 0 for server in roles.alive("relay"))
+async def relay_progress(roles: RoleCluster, js: JetStreamContext) -> Condition:
+    """The standby relay published a fact past the stream's last when the active one was killed (its position
+    after aligning is that one, so only a publish moves it further)."""
+    info = await retried(lambda: js.stream_info(STREAM), FAILOVER_S, "the stream's info")
+    last = await retried(lambda: js.get_msg(STREAM, seq=info.state.last_seq), FAILOVER_S, "the stream's last")
+    before = int(last.headers["Reciprocity-Position"])
 
     async def published() -> bool:
         standby = await asyncio.to_thread(roles.active, "relay")

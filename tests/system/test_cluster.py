@@ -78,8 +78,8 @@ async def test_the_roles_survive_a_nats_node_the_active_projector_and_the_active
         node, observer, node_figures = await kill_the_stream_leader(nats, js, load)
         await client.close()  # it may have been connected to the dead node; the observer stays
         js = observer.jetstream(timeout=JETSTREAM_TIMEOUT_S)
-        projector_s = await kill_the_active(roles, "projector", projector_progress)
-        relay_s = await kill_the_active(roles, "relay", relay_progress)
+        projector_s = await kill_the_active(roles, "projector", partial(projector_progress, roles))
+        relay_s = await kill_the_active(roles, "relay", partial(relay_progress, roles, js))
         node.start()
         await until(lambda: replicated(js, 3), FAILOVER_S, what="the node back and every replica current")
         acknowledged = load.count()
