@@ -238,7 +238,15 @@ def _paths() -> dict[str, Any]:
                 "description": f"{ERASURE_DESCRIPTION} It takes no query parameters; {UNKNOWN_PARAMETER}.",
             }
         },
-        "/healthz": {"get": _plain("The process is alive")},
+        "/healthz": {
+            "get": _plain(
+                "The process is alive",
+                unavailable=(
+                    "A background loop has been dead longer than RECIPROCITY_DEAD_LOOP_RESTART_S (`dead_loops`): "
+                    "only a restart brings its work back"
+                ),
+            )
+        },
         "/readyz": {
             "get": _plain(
                 "The store answers and this role's work runs; view lag and NATS state",

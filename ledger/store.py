@@ -480,6 +480,12 @@ class Ledger(Application[UUID]):
         """The position of the newest fact (0 when there is none)."""
         return self.recorder.max_fact_position()
 
+    @property
+    def commit_channel(self) -> str | None:
+        """The PostgreSQL channel the store NOTIFYs in each insert (the library names it after the events
+        table), which followers in other processes LISTEN on; None on SQLite."""
+        return getattr(self.recorder, "channel_name", None)
+
     # --- participants (ledger/participants.py) ---
 
     def participant_keys(self, tenant: str, digests: Sequence[str]) -> dict[str, ParticipantKey]:

@@ -149,6 +149,7 @@ class BackgroundTasks:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[Any]] = []
         self.died: dict[str, str] = {}  # name -> what ended it
+        self.died_at: dict[str, float] = {}  # name -> when (time.monotonic())
         self._finite: set[asyncio.Task[Any]] = set()
 
     def start(self, coroutine: Coroutine[Any, Any, Any], name: str, *, may_return: bool = False) -> asyncio.Task[Any]:
@@ -169,6 +170,7 @@ class BackgroundTasks:
             return
         error = error_text(failure) if failure is not None else "the loop returned"
         self.died[task.get_name()] = error
+        self.died_at[task.get_name()] = time.monotonic()
         log.error("worker_loop_died", worker=task.get_name(), error=error, exc_info=failure)
 
     async def close(self) -> None:

@@ -12,7 +12,9 @@ data_version, checked every 10 ms. It dies with its parent (PR_SET_PDEATHSIG) an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +22,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import name_connections
-from services.bootstrap import open_components
+from ledger.connections import PRIVATE_FILE_MODE, name_connections, private_directory
+from projections.supervision import retry_forever
+from services.bootstrap import Components, open_components
 from services.logs import configure_logging
 from services.roles import background_parts
 from services.settings import Settings
@@ -33,18 +37,76 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 RESTART_PAUSE_S = 1.0
+WORKERS_FILE = "background-workers.json"  # under the data directory: which locks the background process holds
+WORKERS_REPORT_S = 0.5
+DEAD_CHECK_S = 1.0  # how often the background process looks for loops that died
+EXIT_DEAD_LOOPS = 3  # the exit code of a background process that ended because a loop died
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings) -> int:
+    """Runs the background parts until SIGTERM (0), or until a loop has been dead for
+    RECIPROCITY_DEAD_LOOP_RESTART_S (EXIT_DEAD_LOOPS): this process answers no probe, so it ends itself and
+    serve (WatchedProcess) starts it again, as a liveness probe on /healthz restarts a role's pod."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     components = await open_components(settings, parts=background_parts(settings.role, True))
+    report = settings.data_dir / WORKERS_FILE
+    components.background.start(
+        retry_forever(lambda: report_workers(components, report), "worker-report"), "worker-report"
+    )
     try:
-        await stop.wait()
+        dead = await until_stopped_or_dead(components, stop, settings.dead_loop_restart_s)
     finally:
         await components.close()
+    if dead:
+        log.error("background_exiting", dead_loops=dead, code=EXIT_DEAD_LOOPS)
+        return EXIT_DEAD_LOOPS
+    return 0
+
+
+async def report_workers(components: Components, path: Path, interval_s: float = WORKERS_REPORT_S) -> None:
+    """Keeps `path` saying which worker locks this process holds, for serve's HTTP processes to report on
+    /metrics (`reciprocity_worker_active`): nobody scrapes this process."""
+    reported = None
+    private_directory(path.parent)  # (on PostgreSQL nothing else may have made it)
+    while True:
+        held = {
+            "projector": components.projections.projecting,
+            "relay": bool(components.bus and components.bus.relaying),
+        }
+        if held != reported:
+            staged = path.with_suffix(".tmp")
+            staged.write_text(json.dumps({"pid": os.getpid(), **held}))
+            staged.chmod(PRIVATE_FILE_MODE)
+            staged.replace(path)  # whole or not at all, for a reader at any moment
+            reported = held
+        await asyncio.sleep(interval_s)
+
+
+def background_workers(data_dir: Path) -> dict[str, bool]:
+    """Which worker locks serve's background process holds, as it last reported them; none while it is not
+    running (killed, or being restarted: its report names a process that is gone)."""
+    try:
+        report = json.loads((data_dir / WORKERS_FILE).read_text())
+        alive = b"services.background" in Path(f"/proc/{report['pid']}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError):
+        alive = False
+    return {worker: alive and bool(report[worker]) for worker in ("projector", "relay")}
+
+
+async def until_stopped_or_dead(
+    components: Components, stop: asyncio.Event, dead_s: float, check_s: float = DEAD_CHECK_S
+) -> dict[str, str]:
+    """Waits for `stop`; returns the loops dead for `dead_s` if there are any first (else nothing)."""
+    while not stop.is_set():
+        if dead := components.dead_for(dead_s):
+            return dead
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(check_s):
+                await stop.wait()
+    return {}
 
 
 class WatchedProcess:
@@ -111,7 +173,7 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(f"{settings.role}-background")
     gc.freeze()  # as in serve: start-up's objects out of the collector's sight
-    asyncio.run(run(settings))
+    sys.exit(asyncio.run(run(settings)))
 
 
 if __name__ == "__main__":

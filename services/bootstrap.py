@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
@@ -76,16 +77,30 @@ class Components:
     bus: BusWorkers | None
     background: BackgroundTasks
     _notifications: PostgresNotifications | None
+    _dead_since: dict[str, float] = field(default_factory=dict)  # name -> when it died, or was first seen dead
 
     def dead_loops(self) -> dict[str, str]:
         """The background loops of this process that died (name -> what ended it): its work has stopped,
         whatever else still answers, so it is not ready (/readyz)."""
-        dead = {**self.background.died, **self.projections.background.died}
+        loops = [self.background, self.projections.background]
         if self.bus is not None:
-            dead.update(self.bus.background.died)
+            loops.append(self.bus.background)
+        dead: dict[str, str] = {}
+        for tasks in loops:
+            dead.update(tasks.died)
+            for name, at in tasks.died_at.items():
+                self._dead_since.setdefault(name, at)
         if self._notifications is not None and not self._notifications.alive():
             dead["pg-listen"] = "the thread ended"
+            self._dead_since.setdefault("pg-listen", time.monotonic())
         return dead
+
+    def dead_for(self, seconds: float) -> dict[str, str]:
+        """The loops dead for at least `seconds`: past that, the process is no longer alive (/healthz), since
+        nothing but a restart brings a loop back. The wait lets readiness take the process out of service
+        first, and an operator read /readyz."""
+        now = time.monotonic()
+        return {name: error for name, error in self.dead_loops().items() if now - self._dead_since[name] >= seconds}
 
     async def close(self) -> None:
         await self.background.close()
@@ -117,7 +132,7 @@ async def open_components(
     await projections.start()  # after the bus gave it what runs while projecting (the KV writer)
     committer = await _start_committer(settings, parts, ledger, metrics, partial(_wake, projections, bus))
     # Followers are woken by our own commits (above), by PostgreSQL's NOTIFY, or by SQLite's commit watch.
-    notifications = _listen_for_commits(settings, parts, projections, bus)
+    notifications = _listen_for_commits(settings, parts, ledger, projections, bus)
     background = BackgroundTasks()
     if parts & {"ingest", "query"}:
         background.start(retry_forever(registry.follow, "registry-follower"), "registry-follower")
@@ -206,15 +221,15 @@ async def _start_committer(
 
 
 def _listen_for_commits(
-    settings: Settings, parts: frozenset[str], projections: Projections, bus: BusWorkers | None
+    settings: Settings, parts: frozenset[str], ledger: Ledger, projections: Projections, bus: BusWorkers | None
 ) -> PostgresNotifications | None:
     """PostgreSQL's NOTIFY of other processes' commits, for the followers of this one."""
-    if not settings.database_url or not parts & {"projector", "relay"}:
+    if not settings.database_url or not parts & {"projector", "relay"} or ledger.commit_channel is None:
         return None
     loop = asyncio.get_running_loop()
     notifications = PostgresNotifications(
         settings.database_url,
-        "stored_events",
+        ledger.commit_channel,
         lambda: loop.call_soon_threadsafe(_wake, projections, bus),
         settings.connection_limits(),
         wanted=lambda: projections.projecting or (bus is not None and bus.relaying),

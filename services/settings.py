@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     migrate: bool = Field(
         True, description="create a missing schema at start (false: only `reciprocity migrate` changes the schema)"
     )
+    dead_loop_restart_s: float = Field(
+        30.0, ge=0, description="how long a background loop may be dead before /healthz fails (restart the process)"
+    )
     lock_timeout_s: int = Field(
         int(DEFAULT_LIMITS.lock_timeout_s), ge=1, description="how long a write waits for another's lock, then fails"
     )

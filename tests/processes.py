@@ -51,8 +51,9 @@ def cli_json(settings: Settings, *args: str, timeout_s: float = 60) -> dict[str,
 class Server:
     """`reciprocity serve` in its own process, logging JSON to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path, **extra_env: str) -> None:
+    def __init__(self, settings: Settings, log_path: Path, ready_timeout_s: float = 30.0, **extra_env: str) -> None:
         self.settings = settings
+        self.ready_timeout_s = ready_timeout_s
         self.extra_env = extra_env
         self.port = free_port()
         self.nats_port = free_port()  # the embedded nats-server's, so runs never collide
@@ -72,7 +73,7 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}: {self.log_path.read_text()}")
@@ -82,7 +83,7 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("serve did not become ready in 30 s")
+        raise RuntimeError(f"serve did not become ready in {self.ready_timeout_s} s")
 
     def kill(self) -> None:
         assert self.process is not None

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from contracts.openapi import openapi_document
 from projections.kv import recorded_lag
+from services.background import background_workers
 from services.bootstrap import Components
 from services.http.keys import COMPONENTS
 from services.metrics import SHARED_DIR_ENV
@@ -32,6 +33,14 @@ def _probe(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
+    """Alive, unless a background loop has been dead for RECIPROCITY_DEAD_LOOP_RESTART_S: its work (projecting,
+    relaying, following the registry) stopped for good, and a liveness probe on this route restarts the
+    process, which /readyz alone never does."""
+    components = request.app[COMPONENTS]
+    dead = components.dead_for(components.settings.dead_loop_restart_s)
+    if dead:
+        reason = f"background loops dead: {', '.join(sorted(dead))} (restart the process)"
+        return web.json_response({"status": "dead", "dead_loops": dead, "reason": reason}, status=503)
     return web.json_response({"status": "ok"})
 
 
@@ -108,6 +117,9 @@ def _read_worker_gauges(components: Components) -> None:
     metrics, projections, bus = components.metrics, components.projections, components.bus
     if projections.project:
         metrics.worker_active.labels(worker="projector").set(int(projections.lock.held))
+    elif components.settings.role == "all":  # serve: its background process works, and reports what it holds
+        for worker, held in background_workers(components.settings.data_dir).items():
+            metrics.worker_active.labels(worker=worker).set(int(held))
     if bus is not None and bus.relay is not None:
         metrics.worker_active.labels(worker="relay").set(int(bus.relay_lock.held))
     if components.committer is not None:

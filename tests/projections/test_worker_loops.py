@@ -1,5 +1,5 @@
 """Standbys that always take over: worker loops outlive store errors, and a loop that died anyway makes the
-process not ready."""
+process not ready, then (past RECIPROCITY_DEAD_LOOP_RESTART_S) not alive, so it is restarted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ledger.locks import WorkerLock
 from ledger.store import open_ledger
 from projections.runtime import Projections, open_view_store
 from projections.supervision import BACKOFF_FIRST_S, BACKOFF_MAX_S, BackgroundTasks, Backoff, run_while_holding
+from services.background import until_stopped_or_dead
 from services.bootstrap import open_components
 from services.http.app import create_app
 from tests.helpers import give, received, until
@@ -186,5 +187,62 @@ async def test_readyz_is_503_naming_the_loop_that_died(aiohttp_client, sqlite_se
         assert response.status == 503 and body["status"] == "unavailable"
         assert body["dead_loops"] == {"relay": "connection to server was lost"}
         assert "relay" in body["reason"]
+    finally:
+        await components.close()
+
+
+async def crash_a_loop(components, name: str, error: str) -> None:
+    async def crashing() -> None:
+        raise RuntimeError(error)
+
+    async def dead() -> bool:
+        return bool(components.dead_loops())
+
+    with capture_logs():
+        components.background.start(crashing(), name)
+        await until(dead, 5, "the loop dying")
+
+
+@pytest.mark.parametrize(("restart_s", "alive"), [(3600.0, True), (0.0, False)])
+async def test_healthz_fails_once_a_loop_has_been_dead_for_the_restart_bound(
+    aiohttp_client, sqlite_settings, restart_s, alive
+):
+    """A liveness probe on /healthz restarts a process whose loop died: not at once (readiness takes it out of
+    service first, and /readyz says what died), but once the loop has been dead RECIPROCITY_DEAD_LOOP_RESTART_S."""
+    settings = sqlite_settings.with_(dead_loop_restart_s=restart_s)
+    components = await open_components(settings)
+    try:
+        client = await aiohttp_client(create_app(settings, components))
+        assert (await client.get("/healthz")).status == 200
+        await crash_a_loop(components, "projector", "the views file vanished")
+        assert (await client.get("/readyz")).status == 503
+        response = await client.get("/healthz")
+        body = await response.json()
+        if alive:
+            assert (response.status, body) == (200, {"status": "ok"})
+        else:
+            assert response.status == 503 and body["status"] == "dead"
+            assert body["dead_loops"] == {"projector": "the views file vanished"}
+            assert "projector" in body["reason"]
+    finally:
+        await components.close()
+
+
+async def test_serves_background_process_ends_itself_once_a_loop_has_been_dead_for_the_restart_bound(
+    sqlite_settings,
+):
+    """serve's background process answers no probe: it stops (and serve starts it again) once a loop has been
+    dead for the bound, and before then, only when told to stop."""
+    components = await open_components(sqlite_settings, parts=frozenset({"projector", "relay"}))
+    try:
+        stop = asyncio.Event()
+        waiting = asyncio.create_task(until_stopped_or_dead(components, stop, 3600.0, check_s=0.05))
+        await crash_a_loop(components, "relay", "connection to server was lost")
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # dead, but not for an hour
+        stop.set()
+        assert await asyncio.wait_for(waiting, 5) == {}
+        ended = await asyncio.wait_for(until_stopped_or_dead(components, asyncio.Event(), 0.0, check_s=0.05), 5)
+        assert ended == {"relay": "connection to server was lost"}
     finally:
         await components.close()

@@ -12,3 +12,20 @@ def nats_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report_figures(request: pytest.FixtureRequest) -> list[str]:
+    """Lines a test measured (failover times), shown in the run's summary whether or not output is captured."""
+    return request.config.stash.setdefault(FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    figures = config.stash.get(FIGURES, [])
+    if figures:
+        terminalreporter.section("measured")
+        for line in figures:
+            terminalreporter.write_line(line)

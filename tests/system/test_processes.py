@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -182,6 +183,32 @@ def test_the_projector_and_the_relay_log_worker_active_when_they_take_their_lock
                 break
             assert time.monotonic() < deadline, f"worker_active logged for {active} only"
             time.sleep(0.1)
+    finally:
+        server.stop()
+
+
+def test_serve_reports_on_metrics_that_its_projector_and_relay_are_active(settings, tmp_path):
+    """Under plain serve the workers run in its background process, which nobody scrapes: /metrics says 1 for
+    each while that process holds the locks, 0 once it is killed, and 1 again when serve has restarted it."""
+    server = Server(settings, tmp_path / "serve.log").start()
+    active = {"projector": 1.0, "relay": 1.0}
+
+    def workers() -> dict[str, float]:
+        series = 'reciprocity_worker_active{{worker="{}"}}'
+        return {worker: _metric(server, series.format(worker), missing=-1.0) for worker in active}
+
+    def until_workers(expected: dict[str, float], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (seen := workers()) != expected:
+            assert time.monotonic() < deadline, f"/metrics says {seen}, not {expected}"
+            time.sleep(0.05)
+
+    try:
+        until_workers(active, 30)
+        background = _logged(tmp_path / "serve.log", "background_started")["child_pid"]
+        os.kill(background, signal.SIGKILL)
+        until_workers({"projector": 0.0, "relay": 0.0}, 10)  # serve waits a second before it restarts it
+        until_workers(active, 60)
     finally:
         server.stop()
 
