@@ -35,16 +35,21 @@ def tokens_of(fact: Fact) -> tuple[str, ...]:
     return (fact.token,) if isinstance(fact, Erasure) else named_people(fact)
 
 
-def show_names(fact: Fact, name_of: Callable[[str], str]) -> None:
-    """Rewrites a decoded fact's people from tokens to what they show as, in place (an erasure keeps its token:
-    it says whose name to take away)."""
+def show_names(fact: Fact, tenant: str, names: Mapping[TenantToken, str]) -> None:
+    """Rewrites a decoded fact's people from tokens to what they show as (`names` by tenant and token), in place
+    (an erasure keeps its token: it says whose name to take away)."""
     if isinstance(fact, Give):
-        fact.giver, fact.receiver = name_of(fact.giver), name_of(fact.receiver)
+        fact.giver, fact.receiver = names[tenant, fact.giver], names[tenant, fact.receiver]
     elif isinstance(fact, Introduction):
         first, second = fact.introduced
-        fact.introducer, fact.introduced = name_of(fact.introducer), (name_of(first), name_of(second))
+        fact.introducer = names[tenant, fact.introducer]
+        fact.introduced = (names[tenant, first], names[tenant, second])
     elif isinstance(fact, Acknowledgement):
-        fact.acknowledger = name_of(fact.acknowledger)
+        fact.acknowledger = names[tenant, fact.acknowledger]
+
+
+def _page_names(page: list[StoredFact]) -> Iterable[TenantToken]:
+    return ((stored.fact.tenant, token) for stored in page for token in tokens_of(stored.fact))
 
 
 def insert_names(cursor: ViewCursor, names: Mapping[TenantToken, str]) -> None:
@@ -70,19 +75,20 @@ class ViewNames:
         names, not tokens); returns the names met for the first time, which the page's transaction records."""
         if after < self.position:  # the view was reset (a rebuild): what was kept may be gone
             self.known.clear()
-        wanted = {(stored.fact.tenant, token) for stored in page for token in tokens_of(stored.fact)}
-        missing = wanted - self.known.keys()
-        found = self._recorded(missing) if missing else {}
-        self.known.update(found)  # recorded already, whatever becomes of this page
-        unmet = missing - found.keys()
+        known = self.known
+        missing = {key for key in _page_names(page) if key not in known}
         new: dict[TenantToken, str] = {}
-        if unmet:
-            shown = self.lookup(token for _, token in unmet)
-            new = {(tenant, token): shown.name(token) for tenant, token in unmet}
-        names = {key: new[key] if key in new else self.known[key] for key in wanted}
+        if missing:
+            found = self._recorded(missing)
+            known.update(found)  # recorded already, whatever becomes of this page
+            if unmet := missing - found.keys():
+                shown = self.lookup(token for _, token in unmet)
+                new = {(tenant, token): shown.name(token) for tenant, token in unmet}
+        names: Mapping[TenantToken, str] = known
+        if new:  # names met for the first time stay out of `known` until their page commits (`committed`)
+            names = {key: new.get(key) or known[key] for key in _page_names(page)}
         for stored in page:
-            tenant = stored.fact.tenant
-            show_names(stored.fact, lambda token, tenant=tenant: names[tenant, token])  # type: ignore[misc]
+            show_names(stored.fact, stored.fact.tenant, names)
         return new
 
     def _recorded(self, keys: set[TenantToken]) -> dict[TenantToken, str]:
