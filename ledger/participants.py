@@ -153,7 +153,14 @@ def revealed_data(
 ) -> dict[str, Any]:
     """A fact's stored data as the log shows it: ids (or tombstones) for tokens, the note opened (in its place)
     or left out. `tokens` are the tokens of everyone the fact concerns (the stored fact's `participants`)."""
-    shown: dict[str, Any] = {}
+    if SEALED_NOTE not in data:  # most facts: a copy with the people renamed, no loop over every field
+        shown = dict(data)
+        for key in PERSON_FIELDS.intersection(shown):
+            shown[key] = names.name(shown[key])
+        if "introduced" in shown:
+            shown["introduced"] = [names.name(token) for token in shown["introduced"]]
+        return shown
+    shown = {}
     for key, value in data.items():
         if key in PERSON_FIELDS:
             shown[key] = names.name(value)
