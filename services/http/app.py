@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.bootstrap import Components, open_components
-from services.http import events, ops, privacy, views, webhooks
+from services.http import events, ops, privacy, ui, views, webhooks
 from services.http.keys import COMPONENTS
 from services.http.middleware import request_middleware
 from services.metrics import Metrics
@@ -53,6 +53,7 @@ def create_app(
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/influence", views.participant_influence)
         app.router.add_get("/v1/tenants/{tenant}/maintenance", views.maintenance)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/export", privacy.export)
+        ui.add_routes(app)  # the UI reads the query API, so it is served where that is
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
