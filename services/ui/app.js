@@ -46,6 +46,7 @@ async function api(tenant, path, params) {
   const url = `/v1/tenants/${encodeURIComponent(tenant)}${path}${query.size ? "?" + query : ""}`;
   const response = await fetch(url, { headers: { Authorization: `Bearer ${apiKey()}` } });
   if (response.ok) return response.json();
+  if (response.status === 401 && apiKey()) keyRefused();
   const problem = await response.json().catch(() => ({ title: response.statusText }));
   throw new ApiError(response.status, problem);
 }
@@ -137,14 +138,17 @@ async function render() {
   try {
     await pages[route.page](route);
   } catch (error) {
-    if (hash !== location.hash) return; // the user moved on; this page is gone
-    if (error.status === 401) {
-      sessionStorage.removeItem(KEY_STORAGE);
-      document.getElementById("forget-key").hidden = true;
-      return renderKeyPrompt(route, true);
-    }
+    // Gone if the user moved on, or if the key was refused (the prompt has replaced the page).
+    if (hash !== location.hash || !apiKey()) return;
     main.append(showError(error));
   }
+}
+
+// Any request answered 401: the key is dropped and asked for again, whatever else the page was loading.
+function keyRefused() {
+  sessionStorage.removeItem(KEY_STORAGE);
+  document.getElementById("forget-key").hidden = true;
+  renderKeyPrompt(parseRoute(location.hash), true);
 }
 
 // --- community: the graph and the leaderboard -------------------------------------------------------------
