@@ -193,6 +193,9 @@ def _not_ahead(moment: datetime) -> datetime:
 # A moment in the ledger's time: from 1900 to 5 minutes ahead (an `as_of` asks about such a moment).
 Moment = Annotated[AwareDatetime, AfterValidator(_in_range), AfterValidator(_not_ahead)]
 
+# A bound of a time window: any moment from 1900 on (a window may reach into the future).
+WindowBound = Annotated[AwareDatetime, AfterValidator(_in_range)]
+
 Timestamp = Annotated[
     AwareDatetime,
     BeforeValidator(_datetime_text),

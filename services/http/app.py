@@ -52,6 +52,9 @@ def create_app(
         app.router.add_get("/v1/tenants/{tenant}/influence", views.influence)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/influence", views.participant_influence)
         app.router.add_get("/v1/tenants/{tenant}/maintenance", views.maintenance)
+        app.router.add_get("/v1/tenants/{tenant}/graph", views.graph)
+        app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/ties", views.ties)
+        app.router.add_get("/v1/tenants/{tenant}/upkeep", views.upkeep)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/export", privacy.export)
         ui.add_routes(app)  # the UI reads the query API, so it is served where that is
     app.router.add_get("/healthz", ops.healthz)
