@@ -229,14 +229,14 @@ def test_the_person_page_shows_what_the_api_says_about_them(community, page):
     influence = read(server, sender, "/participants/ann/influence")
     assert field(tab, "score") == js_number(influence["score"])
     assert field(tab, "rank") == str(influence["rank"])
-    sources = table_rows(tab.get_by_role("region", name="Influence"))
+    sources = table_rows(tab.get_by_role("region", name="Influence", exact=True))
     assert [row[0] for row in sources] == [c["from"] for c in influence["contributions"]]
-    facts = tab.get_by_role("region", name="Influence").locator("[data-event-id]")
+    facts = tab.get_by_role("region", name="Influence", exact=True).locator("[data-event-id]")
     assert [f.get_attribute("data-event-id") for f in facts.all()] == [
         fact for c in influence["contributions"] for fact in c["facts"]
     ]
     ties = read(server, sender, "/participants/ann/ties?order=strength")["items"]
-    tie_rows = table_rows(tab.get_by_role("region", name="Ties"))
+    tie_rows = table_rows(tab.get_by_role("region", name="Ties", exact=True))
 
     def flow(side: dict[str, Any]) -> str:
         return f"{side['value']} ({side['count']})"
@@ -245,10 +245,10 @@ def test_the_person_page_shows_what_the_api_says_about_them(community, page):
         (t["counterpart"], flow(t["given"]), flow(t["received"]), t["balance"]) for t in ties
     ]
     maintenance = read(server, sender, "/maintenance?participant=ann")
-    thanks = table_rows(tab.get_by_role("region", name="Thanks still to give"))
+    thanks = table_rows(tab.get_by_role("region", name="Thanks still to give", exact=True))
     assert [(row[0], row[1]) for row in thanks] == [(t["giver"], t["value"]) for t in maintenance["pending_thanks"]]
     assert len(thanks) == 2  # to Bob and to Carol: the community is built so that both are due
-    dormant = table_rows(tab.get_by_role("region", name="Ties to revive"))
+    dormant = table_rows(tab.get_by_role("region", name="Ties to revive", exact=True))
     revive = maintenance["dormant_ties"]
     assert [tuple(row[:2]) for row in dormant] == [(t["counterpart"], t["strength"]) for t in revive]
     assert [row[0] for row in dormant] == ["bob"]
