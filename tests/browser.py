@@ -44,11 +44,15 @@ class PageWatch:
 
     errors: list[str] = field(default_factory=list)
     api_requests: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "404 <url>": the console's own message names no URL
 
     def attach(self, page: Any) -> Any:
         page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("request", lambda request: "/v1/" in request.url and self.api_requests.append(request.url))
+        page.on(
+            "response", lambda answer: answer.status >= 400 and self.refused.append(f"{answer.status} {answer.url}")
+        )
         return page
 
 

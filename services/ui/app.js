@@ -6,9 +6,10 @@ const KEY_STORAGE = "reciprocity.apiKey";
 const LEADERS_MAX = 20;
 const UPKEEP_PAGE = 500;
 const TIES_PAGE = 100;
-// cose places a graph well but its cost grows with nodes x edges; above this many edges the concentric layout
-// (by influence, the most influential in the middle) keeps the page interactive (bench/ui.py measures both).
-const FORCE_LAYOUT_EDGES_MAX = 2500;
+// cose places a graph well but its cost grows with the square of the people: 0.6 s for 125, 9 to 18 s for the
+// top 1,000 ties of a 5,000-tie community. Above this many people the concentric layout (by influence, the most
+// influential in the middle) keeps a 2,000-edge graph interactive within 2 s (bench/ui.py, docs/performance.md).
+const FORCE_LAYOUT_NODES_MAX = 150;
 const COLOURS = { giver: "#0072B2", receiver: "#E69F00", even: "#999999", selected: "#D55E00", edge: "#8a8a8a" };
 
 const main = document.getElementById("main");
@@ -61,14 +62,16 @@ function personLink(tenant, participant) {
   return h("a", { href: hrefs.person(tenant, participant), class: "person", text: participant });
 }
 
-// "#/t/acme/p/ann" -> {page: "person", tenant: "acme", participant: "ann"}
+// "#/t/acme/p/ann" -> {page: "person", tenant: "acme", participant: "ann"}; the community page's filters ride
+// after a "?" ("#/t/acme?context.subject=python&limit=2000"), so a filtered view is a link too.
 function parseRoute(hash) {
-  const parts = hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
+  const [path, query] = hash.replace(/^#\/?/, "").split("?");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (parts[0] !== "t" || !parts[1]) return { page: "home" };
   const tenant = parts[1];
   if (parts[2] === "p" && parts[3]) return { page: "person", tenant, participant: parts[3] };
   if (parts[2] === "upkeep") return { page: "upkeep", tenant };
-  return { page: "community", tenant };
+  return { page: "community", tenant, params: new URLSearchParams(query || "") };
 }
 
 function renderNav(route) {
@@ -153,8 +156,26 @@ function keyRefused() {
 
 // --- community: the graph and the leaderboard -------------------------------------------------------------
 
-function graphControls(route, filters, reload) {
-  const kinds = ["", "location", "activity", "subject"];
+const CONTEXT_KINDS = ["location", "activity", "subject"];
+const GRAPH_EDGES_DEFAULT = 500;
+
+function filtersOf(params) {
+  const kind = CONTEXT_KINDS.find((k) => params.has(`context.${k}`)) || "";
+  const limit = Number(params.get("limit")) || GRAPH_EDGES_DEFAULT;
+  return { kind, value: kind ? params.get(`context.${kind}`) : "", since: params.get("since") || "", until: params.get("until") || "", limit };
+}
+
+function filtersQuery(filters) {
+  const params = new URLSearchParams();
+  if (filters.kind && filters.value) params.set(`context.${filters.kind}`, filters.value);
+  if (filters.since) params.set("since", filters.since);
+  if (filters.until) params.set("until", filters.until);
+  if (Number(filters.limit) !== GRAPH_EDGES_DEFAULT) params.set("limit", filters.limit);
+  return params.size ? `?${params}` : "";
+}
+
+function graphControls(route, filters) {
+  const kinds = ["", ...CONTEXT_KINDS];
   const kind = h("select", { id: "context-kind", name: "context-kind" }, kinds.map((k) => h("option", { value: k, selected: k === filters.kind, text: k || "any context" })));
   const value = h("input", { id: "context-value", name: "context-value", value: filters.value || "", size: 14 });
   const since = h("input", { id: "since", name: "since", type: "date", value: filters.since || "" });
@@ -162,7 +183,10 @@ function graphControls(route, filters, reload) {
   const limit = h("input", { id: "limit", name: "limit", type: "number", min: 1, max: 5000, value: filters.limit, size: 6 });
   const apply = (event) => {
     event.preventDefault();
-    reload({ kind: kind.value, value: value.value.trim(), since: since.value, until: until.value, limit: limit.value });
+    const next = { kind: kind.value, value: value.value.trim(), since: since.value, until: until.value, limit: limit.value };
+    const hash = hrefs.community(route.tenant) + filtersQuery(next);
+    if (location.hash === hash) render();
+    else location.hash = hash;
   };
   return h(
     "form",
@@ -206,7 +230,7 @@ function legend() {
     h("span", {}, h("span", { class: "swatch giver" }), "net giver"),
     h("span", {}, h("span", { class: "swatch receiver" }), "net receiver"),
     h("span", {}, h("span", { class: "swatch even" }), "even"),
-    h("span", { text: "size: influence; arrow: giver to receiver; width: value" }),
+    h("span", { text: "size: influence; width: value; arrows from giver to receiver up to 1,000 ties" }),
   );
 }
 
@@ -228,28 +252,44 @@ function graphElements(answer) {
   return nodes.concat(edges);
 }
 
-function graphLayout(edgeCount) {
-  if (edgeCount <= FORCE_LAYOUT_EDGES_MAX) {
-    return { name: "cose", animate: false, randomize: true, numIter: 400, nodeRepulsion: () => 6000, idealEdgeLength: () => 50 };
+function graphLayout(nodeCount, drawn) {
+  // Marks the moment the laid-out graph is on screen (two frames after the layout stops): tests wait for it,
+  // and bench/ui.py reads the mark.
+  const stop = () => requestAnimationFrame(() => requestAnimationFrame(drawn));
+  if (nodeCount <= FORCE_LAYOUT_NODES_MAX) {
+    return { name: "cose", animate: false, randomize: true, numIter: 400, nodeRepulsion: () => 6000, idealEdgeLength: () => 50, stop };
   }
-  return { name: "concentric", animate: false, concentric: (node) => node.data("score"), levelWidth: () => 0.5, minNodeSpacing: 4 };
+  return { name: "concentric", animate: false, concentric: (node) => node.data("score"), levelWidth: () => 0.5, minNodeSpacing: 4, stop };
 }
 
-const GRAPH_STYLE = [
-  { selector: "node", style: { width: "data(size)", height: "data(size)", "background-color": "data(colour)", label: "data(id)", "font-size": 11, "min-zoomed-font-size": 9, "text-valign": "bottom", "text-margin-y": 2, color: "#1a1a1a" } },
-  { selector: "edge", style: { width: "data(width)", "line-color": COLOURS.edge, "target-arrow-color": COLOURS.edge, "target-arrow-shape": "triangle", "curve-style": "haystack", opacity: 0.55 } },
-  { selector: "node:selected", style: { "border-width": 4, "border-color": COLOURS.selected } },
-  { selector: "edge:selected", style: { "line-color": COLOURS.selected, "target-arrow-color": COLOURS.selected, opacity: 1 } },
-];
+// Straight edges show their arrow; past ARROW_EDGES_MAX, haystack edges (which draw no arrow) are cheaper.
+const ARROW_EDGES_MAX = 1000;
+const ARROWS = { "curve-style": "straight", "target-arrow-color": COLOURS.edge, "target-arrow-shape": "triangle" };
+
+function graphStyle(edgeCount) {
+  const lines = edgeCount <= ARROW_EDGES_MAX ? ARROWS : { "curve-style": "haystack" };
+  return [
+    { selector: "node", style: { width: "data(size)", height: "data(size)", "background-color": "data(colour)", label: "data(id)", "font-size": 11, "min-zoomed-font-size": 9, "text-valign": "bottom", "text-margin-y": 2, color: "#1a1a1a" } },
+    { selector: "edge", style: { width: "data(width)", "line-color": COLOURS.edge, opacity: 0.55, ...lines } },
+    { selector: "node:selected", style: { "border-width": 4, "border-color": COLOURS.selected } },
+    { selector: "edge:selected", style: { "line-color": COLOURS.selected, "target-arrow-color": COLOURS.selected, opacity: 1 } },
+  ];
+}
 
 function drawGraph(container, answer, tenant, status) {
+  const edgeCount = answer.edges.length;
+  delete container.dataset.drawn;
+  const drawn = () => {
+    container.dataset.drawn = "true";
+    performance.mark("graph-drawn", { detail: { edges: edgeCount } });
+  };
   const cy = cytoscape({
     container,
     elements: graphElements(answer),
-    style: GRAPH_STYLE,
-    layout: graphLayout(answer.edges.length),
-    hideEdgesOnViewport: answer.edges.length > 1000, // panning a large graph redraws nodes only
-    textureOnViewport: answer.edges.length > 1000,
+    style: graphStyle(edgeCount),
+    layout: graphLayout(answer.nodes.length, drawn),
+    hideEdgesOnViewport: edgeCount > ARROW_EDGES_MAX, // panning a large graph redraws nodes only
+    textureOnViewport: edgeCount > ARROW_EDGES_MAX,
     minZoom: 0.05,
     maxZoom: 4,
   });
@@ -314,7 +354,7 @@ async function loadLeaderboard(route, board) {
 }
 
 async function renderCommunity(route) {
-  const filters = { kind: "", value: "", since: "", until: "", limit: 500 };
+  const filters = filtersOf(route.params);
   const area = h(
     "section",
     { "aria-label": "Graph" },
@@ -324,10 +364,9 @@ async function renderCommunity(route) {
     h("p", { class: "edge-status muted", "aria-live": "polite" }),
   );
   const board = h("aside", { class: "leaderboard", "aria-label": "Leaderboard" });
-  const reload = (next) => loadGraph(route, Object.assign(filters, next), area).catch((error) => area.prepend(showError(error)));
   main.replaceChildren(
     h("h1", { text: `Community ${route.tenant}` }),
-    graphControls(route, filters, reload),
+    graphControls(route, filters),
     searchForm(route, (name) => findPerson(route.tenant, name)),
     h("div", { class: "community" }, area, board),
   );
@@ -493,7 +532,7 @@ async function renderUpkeep(route) {
     list.replaceChildren(...upkeepGroups(tenant, items));
     more.hidden = !page.next_cursor;
   });
-  const intro = items.length ? `Oldest first, as of ${page.as_of}: who should thank whom, and which strong ties have gone quiet.` : "Nobody owes thanks and no tie needs upkeep.";
+  const intro = items.length ? `Oldest first, as of ${(page.as_of || "").slice(0, 10)}: who should thank whom, and which strong ties have gone quiet.` : "Nobody owes thanks and no tie needs upkeep.";
   main.replaceChildren(h("h1", { text: "Upkeep" }), h("p", { class: "muted", text: intro }), list, more);
 }
 

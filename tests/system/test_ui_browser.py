@@ -171,7 +171,7 @@ def test_the_community_page_shows_the_graph_and_leaderboard_the_api_gives(commun
 
 
 def test_filtering_by_context_and_time_shows_the_api_graph_for_them(community, page):
-    """Context `subject` = python narrows the graph to what /graph answers for it; a time window likewise."""
+    """Context `subject` = Python narrows the graph to what /graph answers for it; a time window likewise."""
     server, sender = community
     tab, _ = page
     open_page(tab, server, sender, "/t/acme")
@@ -179,6 +179,7 @@ def test_filtering_by_context_and_time_shows_the_api_graph_for_them(community, p
     tab.locator("#context-kind").select_option("subject")
     tab.locator("#context-value").fill("Python")
     tab.locator("#context-value").press("Enter")
+    tab.wait_for_url(re.compile(r"#/t/acme\?context\.subject=Python$"))  # the filtered view is a link
     python = read(server, sender, "/graph?context.subject=Python")
     tab.get_by_text(f"{len(python['nodes'])} people, {len(python['edges'])} ties").wait_for()
     assert sorted(tab.evaluate("graph.nodes().map((n) => n.id())")) == sorted(n["participant"] for n in python["nodes"])
@@ -198,7 +199,7 @@ def test_clicking_a_person_in_the_graph_opens_their_page(community, page):
     tab, _ = page
     open_page(tab, server, sender, "/t/acme")
     tab.locator(".leaderboard ol").wait_for()
-    tab.wait_for_function("typeof graph !== 'undefined' && graph !== null && graph.nodes().length > 0")
+    tab.locator("#graph[data-drawn]").wait_for()
     box = tab.locator("#graph").bounding_box()
     spot = tab.evaluate("graph.$id('ann').renderedPosition()")
     tab.mouse.click(box["x"] + spot["x"], box["y"] + spot["y"])
