@@ -117,9 +117,10 @@ function renderKeyPrompt(route, refused) {
     sessionStorage.setItem(KEY_STORAGE, input.value.trim());
     render();
   };
+  const refusal = h("div", { class: "alert", role: "alert", text: "The key was refused. Enter a valid read key." });
   main.replaceChildren(
     h("h1", { text: "Read key" }),
-    refused ? h("div", { class: "alert", role: "alert", text: "The key was refused. Enter a valid read key." }) : null,
+    ...(refused ? [refusal] : []),
     h("p", { text: `This page reads the ledger of tenant ${route.tenant} with a read API key (reciprocity key add ${route.tenant} --scope read). It is kept in this tab only, until you close it.` }),
     h("form", { onsubmit: save, id: "key-form" }, h("label", { for: "api-key", text: "API key" }), " ", input, " ", h("button", { type: "submit", text: "Use key" })),
   );

@@ -117,6 +117,8 @@ def test_the_key_is_asked_for_once_and_no_request_goes_before_it(community, page
     tab.goto(f"{server.url}/ui/#/t/acme")
     tab.locator("#api-key").wait_for()
     assert tab.evaluate("document.activeElement.id") == "api-key"
+    # The heading, then the explanation: nothing in between (a stray "null" once was).
+    assert tab.locator("main").inner_text().split()[:6] == ["Read", "key", "This", "page", "reads", "the"]
     tab.wait_for_timeout(500)  # time for any stray request to go out
     assert watch.api_requests == []
     screenshot(tab, "key-prompt")
