@@ -137,3 +137,19 @@ async def test_bad_parameters_are_refused_naming_the_parameter_and_rule(client, 
 async def test_a_parameter_given_twice_is_400(client):
     problem = await get(client, "/v1/tenants/acme/graph?limit=1&limit=2", 400)
     assert "limit" in problem["detail"]
+
+
+async def test_equal_ties_and_edges_order_by_id_across_pages(client):
+    """Equal strengths, times and values: ties by counterpart, edges by from then to, one per page."""
+    at = "2026-01-01T00:00:00Z"
+    people = ["eve", "Bob", "dan", "cas"]  # "Bob" sorts first by byte value
+    position = await post_all(client, [give(f"g{n}", "ann", p, occurred_at=at) for n, p in enumerate(people)])
+    for order in ("strength", "last_at"):
+        seen, cursor = [], f"&min_position={position}"
+        for _ in people:
+            page = await get(client, f"/v1/tenants/acme/participants/ann/ties?order={order}&limit=1{cursor}")
+            seen += [t["counterpart"] for t in page["items"]]
+            cursor = f"&cursor={page['next_cursor']}" if page["next_cursor"] else ""
+        assert (seen, cursor) == (sorted(people), ""), order
+    graph = await get(client, f"/v1/tenants/acme/graph?limit=3&min_position={position}")
+    assert [e["to"] for e in graph["edges"]] == sorted(people)[:3] and graph["truncated"] is True
