@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from contracts.types import context_key, utc_text
+from ledger.schema import SchemaError, SchemaMode
 from projections.graph import GraphQueries
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
+from projections.runtime import open_view_store
+from projections.viewstore import ADDED_IN_VERSION_3
 from tests.graph_reference import reference_graph, reference_ties, reference_upkeep
 from tests.projections.test_reciprocity_views import START, TENANTS, build, fresh_store, history
 from tests.reference import reference_views
@@ -90,3 +94,37 @@ def collect(read_page) -> list[dict]:
         if answer.next_cursor is None:
             return items
         cursor = answer.next_cursor
+
+
+def test_a_version_2_views_schema_gets_the_graph_indexes_from_migrate_and_keeps_its_rows(settings):
+    """Version 3 adds the pairs' indexes by each direction's value: a version-2 schema is refused at start,
+    and `migrate` adds them to the rows as they are (nothing to build again)."""
+    views = open_view_store(settings.database_url, settings.data_dir)
+    with views.transaction() as cursor:
+        for index in ADDED_IN_VERSION_3:
+            cursor.execute(f"DROP INDEX {index}")
+        cursor.execute("UPDATE schema_versions SET version = 2 WHERE part = 'views'")
+        cursor.execute(
+            "INSERT INTO view_pairs (tenant, scope, a, b, ab_count, ab_micro, ba_count, ba_micro, strength_micro,"
+            " first_at, last_at, decayed_ab, decayed_ba, changed_position)"
+            " VALUES ('acme', '', 'ann', 'bob', 1, 5000000, 0, 0, 5000000, 't', 't', 0.0, 0.0, 1)"
+        )
+        cursor.execute(
+            "INSERT INTO view_gives VALUES ('acme', 'e1', 1, 'g1', 'ann', 'bob', 5000000, 't', NULL, NULL, NULL, 1, 0)"
+        )
+    views.close()
+    with pytest.raises(SchemaError, match=r"views schema is version 2, this release needs version 3"):
+        open_view_store(settings.database_url, settings.data_dir)
+    views = open_view_store(settings.database_url, settings.data_dir, schema_mode=SchemaMode.MIGRATE)
+    try:
+        assert views.schema_found == 2 and index_names(views) >= set(ADDED_IN_VERSION_3)
+        graph = GraphQueries(views).graph("acme", "", None, None, 10)
+        assert [(e.from_, e.to, e.value) for e in graph.edges] == [("ann", "bob", "5")]
+    finally:
+        views.close()
+
+
+def index_names(views) -> set[str]:
+    if views.postgres:
+        return {r[0] for r in views.read("SELECT indexname FROM pg_indexes WHERE tablename = 'view_pairs'")}
+    return {r[0] for r in views.read("SELECT name FROM sqlite_master WHERE type = 'index'")}
