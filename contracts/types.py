@@ -190,11 +190,23 @@ def _not_ahead(moment: datetime) -> datetime:
     return moment
 
 
+_DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}")
+
+
+def _date_time_text(value: object) -> object:
+    """A query's moment is RFC 3339 text: pydantic alone would also read `0.5` as seconds since the epoch."""
+    if isinstance(value, str) and not _DATE_TIME_TEXT.match(value):
+        raise PydanticCustomError("datetime_parsing", "must be an RFC 3339 date-time with an offset")
+    return value
+
+
 # A moment in the ledger's time: from 1900 to 5 minutes ahead (an `as_of` asks about such a moment).
-Moment = Annotated[AwareDatetime, AfterValidator(_in_range), AfterValidator(_not_ahead)]
+Moment = Annotated[
+    AwareDatetime, BeforeValidator(_date_time_text), AfterValidator(_in_range), AfterValidator(_not_ahead)
+]
 
 # A bound of a time window: any moment from 1900 on (a window may reach into the future).
-WindowBound = Annotated[AwareDatetime, AfterValidator(_in_range)]
+WindowBound = Annotated[AwareDatetime, BeforeValidator(_date_time_text), AfterValidator(_in_range)]
 
 Timestamp = Annotated[
     AwareDatetime,

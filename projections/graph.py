@@ -29,6 +29,7 @@ from projections.viewstore import ViewCursor, ViewStore
 
 KEYS_PER_QUERY = 500
 PARTICIPANT = re.compile(PARTICIPANT_PATTERN)
+STORED_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # utc_text's form
 TIE_ORDERS = {"strength": "strength_micro", "last_at": "last_at"}
 UPKEEP_KINDS = ("dormant_tie", "pending_thanks")  # in this order where two items have the same `since`
 Edge = tuple[str, str, int, int]  # from, to, count, value_micro
@@ -361,7 +362,7 @@ def _tie_key(key: list[Any], order: str) -> tuple[Any, str]:
     # A cursor comes back from a client: each part is checked as strictly as the column it meets.
     if len(key) != 2 or not isinstance(key[1], str) or not PARTICIPANT.fullmatch(key[1]):
         raise CursorError("not a cursor of this list")
-    valid = _is_int64(key[0]) if order == "strength" else isinstance(key[0], str) and len(key[0]) <= 64
+    valid = _is_int64(key[0]) if order == "strength" else isinstance(key[0], str) and STORED_TIME.fullmatch(key[0])
     if not valid:
         raise CursorError("not a cursor of this list (or of another order)")
     return key[0], key[1]
@@ -369,7 +370,7 @@ def _tie_key(key: list[Any], order: str) -> tuple[Any, str]:
 
 def _upkeep_key(key: list[Any]) -> UpkeepKey:
     texts_ok = len(key) == 5 and all(isinstance(part, str) for part in key[:4])
-    if not texts_ok or key[1] not in UPKEEP_KINDS or len(key[0]) > 64 or not _is_int64(key[4]):
+    if not texts_ok or key[1] not in UPKEEP_KINDS or not STORED_TIME.fullmatch(key[0]) or not _is_int64(key[4]):
         raise CursorError("not a cursor of this list")
     if not (PARTICIPANT.fullmatch(key[2]) and PARTICIPANT.fullmatch(key[3])):
         raise CursorError("not a cursor of this list")

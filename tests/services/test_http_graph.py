@@ -118,7 +118,8 @@ async def test_upkeep_lists_pending_thanks_and_dormant_ties_oldest_first(client)
         ("graph?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", "query.until", "window_order"),
         ("graph?context.subject=x&context.location=y", "query", "value_error"),
         ("graph?format=csv", "query.format", "literal_error"),
-        ("graph?since=yesterday", "query.since", "datetime_from_date_parsing"),
+        ("graph?since=yesterday", "query.since", "datetime_parsing"),
+        ("graph?until=0.5", "query.until", "datetime_parsing"),
         ("participants/ann/ties?order=name", "query.order", "literal_error"),
         ("participants/ann/ties?cursor=bm9wZQ", "query.cursor", "cursor"),
         ("participants/ann/ties?limit=1001", "query.limit", "less_than_equal"),
@@ -136,3 +137,19 @@ async def test_bad_parameters_are_refused_naming_the_parameter_and_rule(client, 
 async def test_a_parameter_given_twice_is_400(client):
     problem = await get(client, "/v1/tenants/acme/graph?limit=1&limit=2", 400)
     assert "limit" in problem["detail"]
+
+
+async def test_equal_ties_and_edges_order_by_id_across_pages(client):
+    """Equal strengths, times and values: ties by counterpart, edges by from then to, one per page."""
+    at = "2026-01-01T00:00:00Z"
+    people = ["eve", "Bob", "dan", "cas"]  # "Bob" sorts first by byte value
+    position = await post_all(client, [give(f"g{n}", "ann", p, occurred_at=at) for n, p in enumerate(people)])
+    for order in ("strength", "last_at"):
+        seen, cursor = [], f"&min_position={position}"
+        for _ in people:
+            page = await get(client, f"/v1/tenants/acme/participants/ann/ties?order={order}&limit=1{cursor}")
+            seen += [t["counterpart"] for t in page["items"]]
+            cursor = f"&cursor={page['next_cursor']}" if page["next_cursor"] else ""
+        assert (seen, cursor) == (sorted(people), ""), order
+    graph = await get(client, f"/v1/tenants/acme/graph?limit=3&min_position={position}")
+    assert [e["to"] for e in graph["edges"]] == sorted(people)[:3] and graph["truncated"] is True
