@@ -34,6 +34,7 @@ from contracts.types import (
     PARTICIPANT_PATTERN,
     RESERVED_PARTICIPANT_PREFIX,
     SLUG_PATTERN,
+    UUID_PATTERN,
 )
 from contracts.view_answers import (
     Balance,
@@ -64,6 +65,11 @@ PATH_PARAMETERS = {
     ),
     "a": (PARTICIPANT_PATTERN, "ann", "A participant id{tombstone} (anything else: 422 at `path.a`)."),
     "b": (PARTICIPANT_PATTERN, "bob", "A participant id{tombstone} (anything else: 422 at `path.b`)."),
+    "event_id": (
+        UUID_PATTERN,
+        "0b8e3c9a-2f0d-5a3b-8c1e-4d6f7a9b0c2e",
+        "A fact's `event_id` (anything else: 422 at `path.event_id`).",
+    ),
 }
 # Where an erased participant was, answers show their tombstone, and the read routes take it like an id.
 TOMBSTONE = f", or the tombstone `{RESERVED_PARTICIPANT_PREFIX}<token>` that answers show for an erased one"
@@ -145,6 +151,7 @@ READ_ERRORS = {
     "404": "Unknown tenant (or another tenant's), or nothing recorded for the participant or pair",
     "422": "A parameter breaks a rule, or is unknown; `errors` names `query.<name>` or `path.<name>` and the rule",
 }
+FACT_ERRORS = {**READ_ERRORS, "404": "Unknown tenant (or another tenant's), or no fact of this tenant has this id"}
 VIEW_ERRORS = {
     **READ_ERRORS,
     "503": f"The view did not reach `min_position` within {MIN_POSITION_WAIT_S} s (`/problems/view-behind`)",
@@ -235,6 +242,9 @@ def _paths() -> dict[str, Any]:
             "post": _webhook("Batch", f"Up to {BATCH_EVENTS_MAX:,} facts", {"200": "BatchAnswer"})
         },
         f"{tenant}/events": {"get": _read("The tenant's facts in log order", LogQuery, "EventsPage", READ_ERRORS)},
+        f"{tenant}/events/{{event_id}}": {
+            "get": _read("One fact, as the log shows it", NoQuery, "LoggedFact", FACT_ERRORS, ["event_id"])
+        },
         f"{tenant}/participants/{{participant}}/balance": {
             "get": _read("A participant's reciprocity totals", Query, "Balance", VIEW_ERRORS, ["participant"])
         },

@@ -20,6 +20,8 @@ from pydantic_core import PydanticCustomError
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 PARTICIPANT_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# A fact's event_id in a path (GET .../events/{event_id}): a UUID in its usual hyphenated form.
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 EXTERNAL_ID_PATTERN = r"^[\x20-\x7e]{1,256}$"
 
 VALUE_MAX = Decimal(1_000_000)

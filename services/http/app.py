@@ -46,6 +46,7 @@ def create_app(
         app.router.add_delete("/v1/tenants/{tenant}/participants/{participant}", privacy.erase)
     if "query" in parts:
         app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
+        app.router.add_get("/v1/tenants/{tenant}/events/{event_id}", events.one_event)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/balance", views.balance)
         app.router.add_get("/v1/tenants/{tenant}/pairs/{a}/{b}", views.pair)
         app.router.add_get("/v1/tenants/{tenant}/balances", views.balances)

@@ -56,6 +56,7 @@ const hrefs = {
   community: (tenant) => `#/t/${encodeURIComponent(tenant)}`,
   person: (tenant, p) => `#/t/${encodeURIComponent(tenant)}/p/${encodeURIComponent(p)}`,
   upkeep: (tenant) => `#/t/${encodeURIComponent(tenant)}/upkeep`,
+  fact: (tenant, eventId) => `#/t/${encodeURIComponent(tenant)}/f/${encodeURIComponent(eventId)}`,
 };
 
 function personLink(tenant, participant) {
@@ -71,6 +72,7 @@ function parseRoute(hash) {
   const tenant = parts[1];
   if (parts[2] === "p" && parts[3]) return { page: "person", tenant, participant: parts[3] };
   if (parts[2] === "upkeep") return { page: "upkeep", tenant };
+  if (parts[2] === "f" && parts[3]) return { page: "fact", tenant, eventId: parts[3] };
   return { page: "community", tenant, params: new URLSearchParams(query || "") };
 }
 
@@ -137,7 +139,7 @@ async function render() {
   document.getElementById("forget-key").hidden = !apiKey();
   if (route.page === "home") return renderHome();
   if (!apiKey()) return renderKeyPrompt(route, false);
-  const pages = { community: renderCommunity, person: renderPerson, upkeep: renderUpkeep };
+  const pages = { community: renderCommunity, person: renderPerson, upkeep: renderUpkeep, fact: renderFact };
   const hash = location.hash;
   try {
     await pages[route.page](route);
@@ -418,14 +420,14 @@ function balanceSection(b) {
   );
 }
 
-function factIds(facts) {
-  // Shortened for reading; the whole event id is in the title, to find the fact in the log (/events).
-  return facts.map((id, i) => [i ? " " : "", h("code", { class: "id", title: id, "data-event-id": id, text: id.slice(0, 8) })]);
+function factLinks(tenant, facts) {
+  // Shortened for reading; the link opens the whole fact.
+  return facts.map((id, i) => [i ? " " : "", h("a", { href: hrefs.fact(tenant, id), class: "id", title: id, "data-event-id": id, text: id.slice(0, 8) })]);
 }
 
 function influenceSection(tenant, influence) {
   if (!influence) return h("section", {}, h("h2", { text: "Influence" }), h("p", { class: "muted", text: "No influence computed for this person yet." }));
-  const rows = influence.contributions.map((c) => [personLink(tenant, c.from), formatWeight(c.weight), h("span", {}, factIds(c.facts))]);
+  const rows = influence.contributions.map((c) => [personLink(tenant, c.from), formatWeight(c.weight), h("span", {}, factLinks(tenant, c.facts))]);
   return h(
     "section",
     { "aria-label": "Influence" },
@@ -495,6 +497,33 @@ async function renderPerson(route) {
     h("div", { class: "columns" }, balanceSection(balance), influenceSection(tenant, influence)),
     tiesSection(tenant, ties),
     h("div", { class: "columns" }, upkeepSections(tenant, maintenance)),
+  );
+  main.focus();
+}
+
+// --- a fact, as the log shows it ------------------------------------------------------------------------------
+
+const PERSON_FIELDS = ["giver", "receiver", "introducer", "acknowledger"];
+
+function factValue(tenant, name, value) {
+  if (PERSON_FIELDS.includes(name)) return personLink(tenant, value);
+  if (name === "introduced") return value.map((p, i) => [i ? " and " : "", personLink(tenant, p)]);
+  return typeof value === "object" && value !== null ? JSON.stringify(value) : String(value);
+}
+
+async function renderFact(route) {
+  const fact = await api(route.tenant, `/events/${encodeURIComponent(route.eventId)}`);
+  const data = Object.entries(fact.data).map(([name, value]) => [name, factValue(route.tenant, name, value)]);
+  main.replaceChildren(
+    h("h1", { text: `${fact.type} ${fact.external_id}` }),
+    definitions([
+      ["event id", fact.event_id],
+      ["source", fact.source],
+      ["occurred at", fact.occurred_at],
+      ["recorded at", fact.recorded_at],
+      ["position", String(fact.position)],
+      ...data,
+    ]),
   );
   main.focus();
 }

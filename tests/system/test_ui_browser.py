@@ -219,7 +219,7 @@ def table_rows(section: Any) -> list[list[str]]:
 
 def test_the_person_page_shows_what_the_api_says_about_them(community, page):
     """Ann's balance, reciprocity, influence and its sources, ties, thanks to give and ties to revive, each as
-    the API answers them."""
+    the API answers them; a contribution's fact opens as the log API answers it."""
     server, sender = community
     tab, _ = page
     open_page(tab, server, sender, "/t/acme/p/ann")
@@ -256,6 +256,13 @@ def test_the_person_page_shows_what_the_api_says_about_them(community, page):
     assert [tuple(row[:2]) for row in dormant] == [(t["counterpart"], t["strength"]) for t in revive]
     assert [row[0] for row in dormant] == ["bob"]
     screenshot(tab, "person")
+    event_id = facts.first.get_attribute("data-event-id")
+    facts.first.click()  # a contribution's fact opens as the log shows it
+    tab.wait_for_url(re.compile(rf"#/t/acme/f/{event_id}$"))
+    fact = read(server, sender, f"/events/{event_id}")
+    tab.get_by_role("heading", name=f"{fact['type']} {fact['external_id']}").wait_for()
+    assert field(tab, "event id") == event_id
+    assert (field(tab, "source"), field(tab, "position")) == (fact["source"], str(fact["position"]))
 
 
 def test_the_upkeep_page_shows_who_should_thank_or_reach_out_to_whom(community, page):
