@@ -63,11 +63,20 @@ function personLink(tenant, participant) {
   return h("a", { href: hrefs.person(tenant, participant), class: "person", text: participant });
 }
 
+// A hand-typed link may hold a stray "%"; it is read as it stands rather than failing the page.
+function decodePart(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
+}
+
 // "#/t/acme/p/ann" -> {page: "person", tenant: "acme", participant: "ann"}; the community page's filters ride
 // after a "?" ("#/t/acme?context.subject=python&limit=2000"), so a filtered view is a link too.
 function parseRoute(hash) {
   const [path, query] = hash.replace(/^#\/?/, "").split("?");
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const parts = path.split("/").filter(Boolean).map(decodePart);
   if (parts[0] !== "t" || !parts[1]) return { page: "home" };
   const tenant = parts[1];
   if (parts[2] === "p" && parts[3]) return { page: "person", tenant, participant: parts[3] };
