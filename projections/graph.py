@@ -188,9 +188,11 @@ class GraphQueries:
         if after is not None:
             condition = f" WHERE {column} < ? OR ({column} = ? AND counterpart > ?)"
             params = (after[0], after[0], after[1])
+        # Materialized: else SQLite pushes the ORDER BY into each side and walks the whole tenant's strength index.
         return cursor.execute(
-            f"SELECT counterpart, given_count, given_micro, received_count, received_micro, first_at, last_at, "
-            f"{column} FROM ({both}) AS ties{condition} ORDER BY {column} DESC, counterpart LIMIT ?",
+            f"WITH ties AS MATERIALIZED ({both}) SELECT counterpart, given_count, given_micro, received_count, "
+            f"received_micro, first_at, last_at, {column} FROM ties{condition} ORDER BY {column} DESC, counterpart "
+            "LIMIT ?",
             (tenant, participant, tenant, participant, *params, count),
         )
 
@@ -282,8 +284,8 @@ def _dormant_ties(
     )[0][0]
     condition, params = "", ()
     if after is not None:
-        condition = " AND (last_at, ?, a, b, 0) > (?, ?, ?, ?, ?)"
-        params = ("dormant_tie", *after)
+        condition = " AND last_at >= ? AND (last_at, ?, a, b, 0) > (?, ?, ?, ?, ?)"
+        params = (after[0], "dormant_tie", *after)
     rows = cursor.execute(
         "SELECT last_at, a, b, strength_micro FROM view_pairs WHERE tenant = ? AND scope = '' "
         f"AND strength_micro >= ? AND strength_micro > 0 AND last_at < ?{condition} ORDER BY last_at, a, b LIMIT ?",
