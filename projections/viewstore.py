@@ -202,9 +202,10 @@ def _moved_tables(ddl: Sequence[str]) -> list[str]:
 # Version 2: participants' tokens and names (`view_names`), erasures (`view_erasures`, view_tenants'
 # erased_position). A version-1 database is upgraded by dropping every view and building it again from the log:
 # views are derived, and version 1's were written from a store that held ids (DESIGN section 7).
-# Version 3: the pairs' indexes by each direction's value (the graph's heaviest edges), added to the rows as they are.
+# Version 3: the pairs' indexes by each direction's value (the graph's heaviest edges) and by last_at (upkeep's
+# dormant ties), added to the rows as they are.
 VIEWS_SCHEMA = SchemaPart("views", version=3, probe_table="view_participants")
-ADDED_IN_VERSION_3 = ("view_pairs_forward", "view_pairs_backward")
+ADDED_IN_VERSION_3 = ("view_pairs_forward", "view_pairs_backward", "view_pairs_last_overall")
 _CREATED_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS ((?:\w+\.)?\w+)")
 
 

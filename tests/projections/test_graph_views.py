@@ -11,6 +11,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from contracts.types import context_key, utc_text
+from contracts.view_answers import Graph
 from ledger.schema import SchemaError, SchemaMode
 from projections.graph import GraphQueries
 from projections.influence_view import InfluenceView
@@ -58,7 +59,9 @@ def test_graph_ties_and_upkeep_equal_the_reference(settings, steps, chunks, aske
 def check_graph(views: GraphQueries, influence: InfluenceView, log: list[dict], tenant: str, asked: dict) -> None:
     context, (since, until), limit = asked["context"], asked["window"], asked["limit"]
     scope = f"{context[0]}={context_key(context[1])}" if context else ""
-    graph = views.graph(tenant, scope, since, until, limit).model_dump(mode="json", by_alias=True)
+    answer = views.graph(tenant, scope, since, until, limit)
+    assert Graph.model_validate_json(answer.model_dump_json()) == answer  # built unvalidated, it keeps the contract
+    graph = answer.model_dump(mode="json", by_alias=True)
     balances, _ = reference_views(log)
     nodes, edges, truncated = reference_graph(log, tenant, context, since, until, limit, balances)
     assert (graph["edges"], graph["truncated"]) == (edges, truncated), (tenant, asked)
