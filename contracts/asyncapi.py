@@ -9,9 +9,26 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from contracts.answers import LoggedFact
-from contracts.nats_requests import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
+from contracts.nats_requests import (
+    BalanceRequest,
+    GraphRequest,
+    InfluenceRequest,
+    MaintenanceRequest,
+    PairRequest,
+    TiesRequest,
+    UpkeepRequest,
+)
 from contracts.types import PARTICIPANT_PATTERN, SLUG_PATTERN
-from contracts.view_answers import Balance, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import (
+    Balance,
+    Graph,
+    InfluencePage,
+    Maintenance,
+    Pair,
+    ParticipantInfluence,
+    TiesPage,
+    UpkeepPage,
+)
 from contracts.webhook_bodies import FACT_TYPES
 
 REF = "#/components/schemas/{model}"
@@ -43,16 +60,25 @@ PAYLOADS: list[type[BaseModel]] = [
     ParticipantInfluence,
     InfluencePage,
     Maintenance,
+    Graph,
+    TiesPage,
+    UpkeepPage,
     BalanceRequest,
     PairRequest,
     InfluenceRequest,
     MaintenanceRequest,
+    GraphRequest,
+    TiesRequest,
+    UpkeepRequest,
 ]
 QUERIES = {  # endpoint: (request, reply)
     "balance": ("BalanceRequest", "Balance"),
     "pair": ("PairRequest", "Pair"),
     "influence": ("InfluenceRequest", "InfluencePage"),
     "maintenance": ("MaintenanceRequest", "Maintenance"),
+    "graph": ("GraphRequest", "Graph"),
+    "ties": ("TiesRequest", "TiesPage"),
+    "upkeep": ("UpkeepRequest", "UpkeepPage"),
 }
 BUCKETS = {  # bucket: (key address after the bucket, value)
     "reciprocity_balances": ("{tenant}.{participant}", "Balance"),

@@ -26,7 +26,17 @@ from contracts.answers import (
 )
 from contracts.asyncapi import asyncapi_document
 from contracts.openapi import openapi_document
-from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import (
+    Balance,
+    BalancesPage,
+    Graph,
+    InfluencePage,
+    Maintenance,
+    Pair,
+    ParticipantInfluence,
+    TiesPage,
+    UpkeepPage,
+)
 from contracts.webhook_bodies import Batch, Webhook
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -46,6 +56,9 @@ OUTPUTS: dict[str, Any] = {
     "influence-page": InfluencePage,
     "participant-influence": ParticipantInfluence,
     "maintenance": Maintenance,
+    "graph": Graph,
+    "ties-page": TiesPage,
+    "upkeep-page": UpkeepPage,
     "participant-export": ParticipantExport,
     "participant-erased": ParticipantErased,
 }

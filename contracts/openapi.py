@@ -12,15 +12,20 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from contracts.answers import BatchAnswer, EventsPage, FactAccepted, ParticipantErased, ParticipantExport, Problem
+from contracts.graphml import GRAPHML_CONTENT_TYPE
 from contracts.query_parameters import (
+    GRAPH_EDGES_MAX,
     MIN_POSITION_WAIT_S,
     PAGE_MAX,
     BalancesQuery,
+    GraphQuery,
     LogQuery,
     MaintenanceQuery,
     NoQuery,
     PageQuery,
     Query,
+    TiesQuery,
+    UpkeepQuery,
 )
 from contracts.types import (
     CONTEXT_CHARS_MAX,
@@ -29,8 +34,19 @@ from contracts.types import (
     PARTICIPANT_PATTERN,
     RESERVED_PARTICIPANT_PREFIX,
     SLUG_PATTERN,
+    UUID_PATTERN,
 )
-from contracts.view_answers import Balance, BalancesPage, InfluencePage, Maintenance, Pair, ParticipantInfluence
+from contracts.view_answers import (
+    Balance,
+    BalancesPage,
+    Graph,
+    InfluencePage,
+    Maintenance,
+    Pair,
+    ParticipantInfluence,
+    TiesPage,
+    UpkeepPage,
+)
 from contracts.webhook_bodies import BATCH_EVENTS_MAX, Batch, Webhook
 
 REF = "#/components/schemas/{model}"
@@ -49,6 +65,11 @@ PATH_PARAMETERS = {
     ),
     "a": (PARTICIPANT_PATTERN, "ann", "A participant id{tombstone} (anything else: 422 at `path.a`)."),
     "b": (PARTICIPANT_PATTERN, "bob", "A participant id{tombstone} (anything else: 422 at `path.b`)."),
+    "event_id": (
+        UUID_PATTERN,
+        "0b8e3c9a-2f0d-5a3b-8c1e-4d6f7a9b0c2e",
+        "A fact's `event_id` (anything else: 422 at `path.event_id`).",
+    ),
 }
 # Where an erased participant was, answers show their tombstone, and the read routes take it like an id.
 TOMBSTONE = f", or the tombstone `{RESERVED_PARTICIPANT_PREFIX}<token>` that answers show for an erased one"
@@ -73,7 +94,31 @@ QUERY_DESCRIPTIONS = {
         "outside that range: 422 at `query.as_of`. Default: now."
     ),
 }
-QUERY_EXAMPLES = {"participant": "ann", "as_of": "2026-03-01T12:00:00Z"}
+WINDOW_BOUND = (
+    f"RFC 3339 date-time with an offset, from {EARLIEST.isoformat().replace('+00:00', 'Z')} (compared in UTC; "
+    "earlier: 422 at `query.{name}`)."
+)
+# Where a route's parameter means something else than the same name elsewhere: "<query model>.<name>".
+ROUTE_QUERY_DESCRIPTIONS = {
+    "GraphQuery.limit": (
+        f"Edges kept, 1 to {GRAPH_EDGES_MAX:,} (default 500); `truncated` says whether any were left out."
+    ),
+    "GraphQuery.since": "Gives with `occurred_at` at or after this. " + WINDOW_BOUND.format(name="since"),
+    "GraphQuery.until": (
+        "Gives with `occurred_at` before this; not before `since` (else 422 at `query.until`, rule "
+        "`window_order`). " + WINDOW_BOUND.format(name="until")
+    ),
+    "GraphQuery.format": f"`json` (default) or `graphml` (`{GRAPHML_CONTENT_TYPE}`, the same graph).",
+    "TiesQuery.order": (
+        "Sort by strength (given.value + received.value) or by last_at; descending, then by counterpart."
+    ),
+    "UpkeepQuery.as_of": (
+        f"As for maintenance: RFC 3339 date-time with an offset, from {EARLIEST.isoformat().replace('+00:00', 'Z')} "
+        f"to {int(FUTURE_MAX.total_seconds() // 60)} minutes ahead of the server's clock; outside that range: 422 at "
+        "`query.as_of`. Default: the latest occurred_at of the tenant's live facts."
+    ),
+}
+QUERY_EXAMPLES = {"participant": "ann", "as_of": "2026-03-01T12:00:00Z", "since": "2026-01-01T00:00:00Z"}
 # With format date-time: from year 1900 on, and no leap second (RFC 3339 allows one, the server refuses it).
 # The exact bounds (in UTC, and relative to the server's clock) are in the description.
 AS_OF_PATTERN = r"^(19[0-9]{2}|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-5][0-9]"
@@ -106,6 +151,7 @@ READ_ERRORS = {
     "404": "Unknown tenant (or another tenant's), or nothing recorded for the participant or pair",
     "422": "A parameter breaks a rule, or is unknown; `errors` names `query.<name>` or `path.<name>` and the rule",
 }
+FACT_ERRORS = {**READ_ERRORS, "404": "Unknown tenant (or another tenant's), or no fact of this tenant has this id"}
 VIEW_ERRORS = {
     **READ_ERRORS,
     "503": f"The view did not reach `min_position` within {MIN_POSITION_WAIT_S} s (`/problems/view-behind`)",
@@ -180,6 +226,9 @@ _ANSWERS: list[type[BaseModel]] = [
     InfluencePage,
     ParticipantInfluence,
     Maintenance,
+    Graph,
+    TiesPage,
+    UpkeepPage,
     ParticipantExport,
     ParticipantErased,
 ]
@@ -193,6 +242,9 @@ def _paths() -> dict[str, Any]:
             "post": _webhook("Batch", f"Up to {BATCH_EVENTS_MAX:,} facts", {"200": "BatchAnswer"})
         },
         f"{tenant}/events": {"get": _read("The tenant's facts in log order", LogQuery, "EventsPage", READ_ERRORS)},
+        f"{tenant}/events/{{event_id}}": {
+            "get": _read("One fact, as the log shows it", NoQuery, "LoggedFact", FACT_ERRORS, ["event_id"])
+        },
         f"{tenant}/participants/{{participant}}/balance": {
             "get": _read("A participant's reciprocity totals", Query, "Balance", VIEW_ERRORS, ["participant"])
         },
@@ -214,6 +266,15 @@ def _paths() -> dict[str, Any]:
         },
         f"{tenant}/maintenance": {
             "get": _read("Dormant ties and pending thanks", MaintenanceQuery, "Maintenance", VIEW_ERRORS)
+        },
+        f"{tenant}/graph": {"get": _graph()},
+        f"{tenant}/participants/{{participant}}/ties": {
+            "get": _read("A participant's counterparts", TiesQuery, "TiesPage", VIEW_ERRORS, ["participant"])
+        },
+        f"{tenant}/upkeep": {
+            "get": _read(
+                "The tenant's pending thanks and dormant ties, oldest first", UpkeepQuery, "UpkeepPage", VIEW_ERRORS
+            )
         },
         f"{tenant}/participants/{{participant}}/export": {
             "get": _read(
@@ -259,6 +320,23 @@ def _paths() -> dict[str, Any]:
         "/metrics": {"get": _plain("Prometheus metrics", "text/plain")},
         "/openapi.json": {"get": _plain("This document")},
     }
+
+
+def _graph() -> dict[str, Any]:
+    """The graph answers JSON, or GraphML with `?format=graphml` (an XML document, described in words)."""
+    operation = _read("The tie graph of live gives", GraphQuery, "Graph", VIEW_ERRORS)
+    graphml = {
+        "schema": {
+            "type": "string",
+            "description": (
+                "GraphML: node `id` = participant with data `given`, `received`, `balance` (decimal strings) and "
+                "`score` (absent without one); edge `source` -> `target` with `count`, `value`, `acknowledged_count`, "
+                "`first_at`, `last_at`; the graph's `position` and `truncated`."
+            ),
+        }
+    }
+    operation["responses"]["200"]["content"][GRAPHML_CONTENT_TYPE] = graphml
+    return operation
 
 
 def _path_parameters(names: list[str]) -> list[dict[str, Any]]:
@@ -343,8 +421,10 @@ def _query_parameters(query: type[BaseModel]) -> list[dict[str, Any]]:
             filters[name] = spec
             continue
         own_description = spec.pop("description", name)
-        description = QUERY_DESCRIPTIONS.get(name, own_description)
-        if name == "as_of":
+        description = ROUTE_QUERY_DESCRIPTIONS.get(
+            f"{query.__name__}.{name}", QUERY_DESCRIPTIONS.get(name, own_description)
+        )
+        if name in ("as_of", "since", "until"):
             spec["pattern"] = AS_OF_PATTERN
         required = name in schema.get("required", [])
         parameter = {"name": name, "in": "query", "required": required, "description": description, "schema": spec}

@@ -6,14 +6,18 @@ refused so a typo never silently changes an answer.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from contracts.types import ContextFilter, Moment, ParticipantId
+from contracts.types import ContextFilter, Moment, ParticipantId, WindowBound
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1_000
+GRAPH_EDGES_DEFAULT = 500
+GRAPH_EDGES_MAX = 5_000
 MIN_POSITION_WAIT_S = 5
 
 
@@ -30,14 +34,22 @@ class PageQuery(Query):
     cursor: str | None = Field(default=None, max_length=512)
 
 
-class BalancesQuery(PageQuery):
-    order: Literal["balance", "given", "received"] = "balance"
+def window_end(since: datetime | None, until: datetime | None) -> datetime | None:
+    """`until`, checked against `since` (an empty window, since = until, is allowed; a reversed one is a mistake)."""
+    if until is not None and since is not None and since > until:
+        raise PydanticCustomError("window_order", "must not be before since")
+    return until
+
+
+class ContextFilters(BaseModel):
+    """At most one of `context.location`, `context.activity`, `context.subject`."""
+
     location: ContextFilter | None = Field(default=None, alias="context.location")
     activity: ContextFilter | None = Field(default=None, alias="context.activity")
     subject: ContextFilter | None = Field(default=None, alias="context.subject")
 
     @model_validator(mode="after")
-    def _one_context_at_most(self) -> BalancesQuery:
+    def _one_context_at_most(self) -> ContextFilters:
         if sum(v is not None for v in (self.location, self.activity, self.subject)) > 1:
             raise ValueError("at most one context filter (context.location, context.activity or context.subject)")
         return self
@@ -48,6 +60,32 @@ class BalancesQuery(PageQuery):
             if getattr(self, name) is not None:
                 return name, getattr(self, name)
         return None
+
+
+class BalancesQuery(PageQuery, ContextFilters):
+    order: Literal["balance", "given", "received"] = "balance"
+
+
+class GraphQuery(Query, ContextFilters):
+    """The tie graph: a time window `since <= occurred_at < until` (either bound optional), one context filter."""
+
+    since: WindowBound | None = None
+    until: WindowBound | None = None
+    limit: int = Field(default=GRAPH_EDGES_DEFAULT, ge=1, le=GRAPH_EDGES_MAX)
+    format: Literal["json", "graphml"] = "json"
+
+    @field_validator("until")
+    @classmethod
+    def _not_before_since(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        return window_end(info.data.get("since"), until)
+
+
+class TiesQuery(PageQuery):
+    order: Literal["strength", "last_at"] = "strength"
+
+
+class UpkeepQuery(PageQuery):
+    as_of: Moment | None = None
 
 
 class MaintenanceQuery(Query):

@@ -20,6 +20,8 @@ from pydantic_core import PydanticCustomError
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 PARTICIPANT_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# A fact's event_id in a path (GET .../events/{event_id}): a UUID in its usual hyphenated form.
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 EXTERNAL_ID_PATTERN = r"^[\x20-\x7e]{1,256}$"
 
 VALUE_MAX = Decimal(1_000_000)
@@ -190,8 +192,23 @@ def _not_ahead(moment: datetime) -> datetime:
     return moment
 
 
+_DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}")
+
+
+def _date_time_text(value: object) -> object:
+    """A query's moment is RFC 3339 text: pydantic alone would also read `0.5` as seconds since the epoch."""
+    if isinstance(value, str) and not _DATE_TIME_TEXT.match(value):
+        raise PydanticCustomError("datetime_parsing", "must be an RFC 3339 date-time with an offset")
+    return value
+
+
 # A moment in the ledger's time: from 1900 to 5 minutes ahead (an `as_of` asks about such a moment).
-Moment = Annotated[AwareDatetime, AfterValidator(_in_range), AfterValidator(_not_ahead)]
+Moment = Annotated[
+    AwareDatetime, BeforeValidator(_date_time_text), AfterValidator(_in_range), AfterValidator(_not_ahead)
+]
+
+# A bound of a time window: any moment from 1900 on (a window may reach into the future).
+WindowBound = Annotated[AwareDatetime, BeforeValidator(_date_time_text), AfterValidator(_in_range)]
 
 Timestamp = Annotated[
     AwareDatetime,

@@ -6,6 +6,7 @@ Every answer carries `position`: the last log position the view reflects.
 
 from __future__ import annotations
 
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -125,4 +126,73 @@ class Maintenance(View):
     as_of: str | None
     dormant_ties: list[DormantTie]
     pending_thanks: list[PendingThanks]
+    position: int
+
+
+class GraphEdge(View):
+    """Giver -> receiver, summed over the live gives in the window and context asked for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
+
+    from_: str = Field(alias="from", description="The giver.")
+    to: str = Field(description="The receiver.")
+    count: int
+    value: DecimalText
+    acknowledged_count: int = Field(description="Of these gives, those the receiver acknowledged.")
+    first_at: str
+    last_at: str
+
+
+class GraphNode(View):
+    """An endpoint of a kept edge, with the participant's overall (unfiltered) view."""
+
+    participant: str
+    given: CountValue
+    received: CountValue
+    balance: DecimalText
+    score: float | None = Field(description="Influence score; null where influence has none (yet).")
+    rank: int | None
+
+
+class Graph(View):
+    nodes: list[GraphNode]
+    edges: list[GraphEdge] = Field(description="By value descending, then from, then to.")
+    position: int
+    truncated: bool = Field(description="Whether edges beyond `limit` were left out.")
+
+
+class Tie(View):
+    """One counterpart of a participant, seen from the participant's side."""
+
+    counterpart: str
+    given: CountValue = Field(description="What the participant gave the counterpart.")
+    received: CountValue = Field(description="What the participant received from the counterpart.")
+    balance: DecimalText = Field(description="given.value - received.value")
+    reciprocity: float | None = Field(description="1 - |given - received| / (given + received), as for a pair.")
+    first_at: str | None
+    last_at: str | None
+    introduced_by: list[str] = Field(description="Introducers of the two, in position order.")
+
+
+class TiesPage(View):
+    items: list[Tie]
+    next_cursor: str | None
+    position: int
+
+
+class UpkeepItem(View):
+    """Thanks still to give (`participant` owes them to `counterpart`), or a strong tie gone quiet."""
+
+    kind: Literal["pending_thanks", "dormant_tie"]
+    participant: str = Field(description="Pending thanks: the receiver of the give; dormant tie: the pair's a.")
+    counterpart: str = Field(description="Pending thanks: the giver; dormant tie: the pair's b.")
+    since: str = Field(description="Pending thanks: the give's occurred_at; dormant tie: its last_at.")
+    value: DecimalText = Field(description="Pending thanks: the give's value; dormant tie: its strength.")
+    event_id: UUID | None = Field(default=None, description="The give to thank for; null for a dormant tie.")
+
+
+class UpkeepPage(View):
+    items: list[UpkeepItem] = Field(description="Oldest first (by since, then kind, participant, counterpart).")
+    next_cursor: str | None
+    as_of: str | None
     position: int

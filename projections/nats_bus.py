@@ -34,7 +34,7 @@ BUCKET_PAIRS = "reciprocity_pairs"
 BUCKET_INFLUENCE = "reciprocity_influence"
 BUCKETS = (BUCKET_BALANCES, BUCKET_PAIRS, BUCKET_INFLUENCE)
 SERVICE_NAME = "reciprocity"
-QUERY_ENDPOINTS = ("balance", "pair", "influence", "maintenance")
+QUERY_ENDPOINTS = ("balance", "pair", "influence", "maintenance", "graph", "ties", "upkeep")
 CONNECT_RETRY_S = 1.0
 # What ensure_stream sets; a stream whose settings all match is not updated.
 STREAM_FIELDS = ("subjects", "retention", "storage", "duplicate_window", "allow_direct", "num_replicas")

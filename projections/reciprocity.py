@@ -108,6 +108,14 @@ DDL = (
     "CREATE INDEX IF NOT EXISTS view_pairs_strength_overall ON view_pairs (tenant, strength_micro DESC)"
     " WHERE scope = ''",
     "CREATE INDEX IF NOT EXISTS view_pairs_b_overall ON view_pairs (tenant, b) WHERE scope = ''",
+    # Added in views schema version 3 (projections/graph.py). The graph's heaviest edges, each direction's in
+    # its own index walk, in every scope (a context filter reads a scope's rows).
+    "CREATE INDEX IF NOT EXISTS view_pairs_forward ON view_pairs (tenant, scope, ab_micro DESC, a, b)"
+    " WHERE ab_count > 0",
+    "CREATE INDEX IF NOT EXISTS view_pairs_backward ON view_pairs (tenant, scope, ba_micro DESC, b, a)"
+    " WHERE ba_count > 0",
+    # Upkeep's dormant ties, oldest first: a walk from the quietest pair, not a sort of the top quartile.
+    "CREATE INDEX IF NOT EXISTS view_pairs_last_overall ON view_pairs (tenant, last_at, a, b) WHERE scope = ''",
     # erased_position: the last erasure in the tenant, which renamed rows that influence keeps between recomputes.
     "CREATE TABLE IF NOT EXISTS view_tenants (tenant TEXT PRIMARY KEY, changed_position INTEGER NOT NULL,"
     " erased_position INTEGER NOT NULL DEFAULT 0)",

@@ -29,6 +29,7 @@ from ledger.schema import SchemaMode
 from ledger.store import Ledger
 from projections import influence_view, kv, reciprocity
 from projections.follower import Follower, Quarantine, projection_failures
+from projections.graph import GraphQueries
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
 from projections.supervision import BackgroundTasks, retry_forever, run_while_holding
@@ -141,6 +142,7 @@ class Projections:
         self.database_url = database_url
         self.store = open_view_store(database_url, data_dir, reader_mmap_bytes, limits, schema_mode)
         self.queries = ReciprocityQueries(self.store)
+        self.graph = GraphQueries(self.store)  # the graph, ties and upkeep
         self.influence = InfluenceView(self.store, self.queries)  # answers; recomputes run in a worker process
         self.lock = WorkerLock(database_url, data_dir, "projector", limits)
         self.project = project

@@ -202,7 +202,10 @@ def _moved_tables(ddl: Sequence[str]) -> list[str]:
 # Version 2: participants' tokens and names (`view_names`), erasures (`view_erasures`, view_tenants'
 # erased_position). A version-1 database is upgraded by dropping every view and building it again from the log:
 # views are derived, and version 1's were written from a store that held ids (DESIGN section 7).
-VIEWS_SCHEMA = SchemaPart("views", version=2, probe_table="view_participants")
+# Version 3: the pairs' indexes by each direction's value (the graph's heaviest edges) and by last_at (upkeep's
+# dormant ties), added to the rows as they are.
+VIEWS_SCHEMA = SchemaPart("views", version=3, probe_table="view_participants")
+ADDED_IN_VERSION_3 = ("view_pairs_forward", "view_pairs_backward", "view_pairs_last_overall")
 _CREATED_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS ((?:\w+\.)?\w+)")
 
 
@@ -243,7 +246,8 @@ class ViewStore:
         statements = [self._ddl(statement) for statement in (QUARANTINE_DDL, *ddl)]
         if not self.postgres:  # an unversioned file may hold tables in the main file that moved out of it
             statements[:0] = [f"DROP TABLE IF EXISTS main.{table}" for table in _moved_tables(ddl)]
-        part = replace(VIEWS_SCHEMA, upgrades={2: [*self._dropped(statements), *statements]})
+        added_in_3 = [s for s in statements if any(f" {index} ON " in s for index in ADDED_IN_VERSION_3)]
+        part = replace(VIEWS_SCHEMA, upgrades={2: [*self._dropped(statements), *statements], 3: added_in_3})
         return ensure_schema(
             part, mode, self.dialect, self.transaction, statements,
             database_url=self._database_url or None, limits=self.limits, library_tables=self.tracking.create_table,

@@ -16,9 +16,18 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
-from contracts.nats_requests import BalanceRequest, InfluenceRequest, MaintenanceRequest, PairRequest
-from contracts.types import utc_text
+from contracts.nats_requests import (
+    BalanceRequest,
+    GraphRequest,
+    InfluenceRequest,
+    MaintenanceRequest,
+    PairRequest,
+    TiesRequest,
+    UpkeepRequest,
+)
+from contracts.types import context_key, utc_text
 from projections.nats_bus import QUERY_ENDPOINTS, SERVICE_NAME
+from projections.queries import CursorError
 from projections.runtime import Projections
 
 VERSION = "1.0.0"
@@ -31,13 +40,19 @@ class QueryService:
 
     async def start(self, client: Client) -> Service:
         service = await add_service(
-            client, name=SERVICE_NAME, version=VERSION, description="Reciprocity views: balances, pairs, influence"
+            client,
+            name=SERVICE_NAME,
+            version=VERSION,
+            description="Reciprocity views: balances, pairs, influence, maintenance, graph, ties, upkeep",
         )
         handlers: dict[str, Callable[[Request], Awaitable[None]]] = {
             "balance": self._balance,
             "pair": self._pair,
             "influence": self._influence,
             "maintenance": self._maintenance,
+            "graph": self._graph,
+            "ties": self._ties,
+            "upkeep": self._upkeep,
         }
         for endpoint in QUERY_ENDPOINTS:
             await service.add_endpoint(
@@ -46,7 +61,10 @@ class QueryService:
         return service
 
     async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(function, *args) if self.off_loop else function(*args)
+        try:
+            return await asyncio.to_thread(function, *args) if self.off_loop else function(*args)
+        except CursorError as bad_cursor:
+            raise BadRequest(f"cursor: {bad_cursor}") from None
 
     async def _balance(self, request: Request) -> bytes | None:
         asked = _parse(request, BalanceRequest)
@@ -64,6 +82,22 @@ class QueryService:
         asked = _parse(request, MaintenanceRequest)
         as_of = utc_text(asked.as_of) if asked.as_of else None
         return await self._read(self.projections.queries.maintenance, _tenant(request), asked.participant, as_of)
+
+    async def _graph(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, GraphRequest)
+        since, until = (utc_text(bound) if bound else None for bound in (asked.since, asked.until))
+        scope = f"{asked.context.filter[0]}={context_key(asked.context.filter[1])}" if asked.context else ""
+        return await self._read(self.projections.graph.graph, _tenant(request), scope, since, until, asked.limit)
+
+    async def _ties(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, TiesRequest)
+        tenant, graph = _tenant(request), self.projections.graph
+        return await self._read(graph.ties, tenant, asked.participant, asked.order, asked.limit, asked.cursor)
+
+    async def _upkeep(self, request: Request) -> BaseModel | None:
+        asked = _parse(request, UpkeepRequest)
+        as_of = utc_text(asked.as_of) if asked.as_of else None
+        return await self._read(self.projections.graph.upkeep, _tenant(request), as_of, asked.limit, asked.cursor)
 
 
 class BadRequest(Exception):

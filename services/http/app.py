@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.bootstrap import Components, open_components
-from services.http import events, ops, privacy, views, webhooks
+from services.http import events, ops, privacy, ui, views, webhooks
 from services.http.keys import COMPONENTS
 from services.http.middleware import request_middleware
 from services.metrics import Metrics
@@ -46,13 +46,18 @@ def create_app(
         app.router.add_delete("/v1/tenants/{tenant}/participants/{participant}", privacy.erase)
     if "query" in parts:
         app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
+        app.router.add_get("/v1/tenants/{tenant}/events/{event_id}", events.one_event)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/balance", views.balance)
         app.router.add_get("/v1/tenants/{tenant}/pairs/{a}/{b}", views.pair)
         app.router.add_get("/v1/tenants/{tenant}/balances", views.balances)
         app.router.add_get("/v1/tenants/{tenant}/influence", views.influence)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/influence", views.participant_influence)
         app.router.add_get("/v1/tenants/{tenant}/maintenance", views.maintenance)
+        app.router.add_get("/v1/tenants/{tenant}/graph", views.graph)
+        app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/ties", views.ties)
+        app.router.add_get("/v1/tenants/{tenant}/upkeep", views.upkeep)
         app.router.add_get("/v1/tenants/{tenant}/participants/{participant}/export", privacy.export)
+        ui.add_routes(app)  # the UI reads the query API, so it is served where that is
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)

@@ -1,4 +1,5 @@
-"""The query API over the views (DESIGN section 5): balances, pairs, influence, maintenance.
+"""The query API over the views (DESIGN sections 5 and 8): balances, pairs, influence, maintenance, the graph,
+ties and upkeep.
 
 Every route needs a `read` key of the tenant, accepts `?min_position=N` (wait until the view reflects N,
 at most 5 s, else 503), and answers with the view's `position`.
@@ -16,7 +17,18 @@ from pydantic import BaseModel, ValidationError
 
 from contracts import problems
 from contracts.answers import ProblemError
-from contracts.query_parameters import MIN_POSITION_WAIT_S, BalancesQuery, MaintenanceQuery, PageQuery, Query
+from contracts.graphml import GRAPHML_CONTENT_TYPE, graphml
+from contracts.query_parameters import (
+    MIN_POSITION_WAIT_S,
+    BalancesQuery,
+    ContextFilters,
+    GraphQuery,
+    MaintenanceQuery,
+    PageQuery,
+    Query,
+    TiesQuery,
+    UpkeepQuery,
+)
 from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
 from projections.queries import CursorError
 from services.http.auth import require_key
@@ -124,9 +136,14 @@ async def pair(request: web.Request) -> web.StreamResponse:
     return json_answer(answer)
 
 
+def context_scope(query: ContextFilters) -> str:
+    """The view scope of a query's context filter ("" without one)."""
+    return f"{query.context[0]}={context_key(query.context[1])}" if query.context else ""
+
+
 async def balances(request: web.Request) -> web.StreamResponse:
     tenant, query = await _prepare(request, BalancesQuery)
-    scope = f"{query.context[0]}={context_key(query.context[1])}" if query.context else ""
+    scope = context_scope(query)
     queries = request.app[COMPONENTS].projections.queries
     return json_answer(
         await _read_page(request, queries.balances, tenant, query.order, scope, query.limit, query.cursor)
@@ -156,3 +173,30 @@ async def maintenance(request: web.Request) -> web.StreamResponse:
     if answer is None:
         raise _not_found(f"no participant {query.participant!r} in this tenant")
     return json_answer(answer)
+
+
+async def graph(request: web.Request) -> web.StreamResponse:
+    tenant, query = await _prepare(request, GraphQuery)
+    since, until = (utc_text(bound) if bound else None for bound in (query.since, query.until))
+    graph_queries = request.app[COMPONENTS].projections.graph
+    answer = await _read(request, graph_queries.graph, tenant, context_scope(query), since, until, query.limit)
+    if query.format == "graphml":
+        return web.Response(body=graphml(answer), content_type=GRAPHML_CONTENT_TYPE, charset="utf-8")
+    return json_answer(answer)
+
+
+async def ties(request: web.Request) -> web.StreamResponse:
+    tenant, query = await _prepare(request, TiesQuery)
+    participant = path_participant(request)
+    graph_queries = request.app[COMPONENTS].projections.graph
+    answer = await _read_page(request, graph_queries.ties, tenant, participant, query.order, query.limit, query.cursor)
+    if answer is None:
+        raise _not_found(f"no participant {participant!r} in this tenant")
+    return json_answer(answer)
+
+
+async def upkeep(request: web.Request) -> web.StreamResponse:
+    tenant, query = await _prepare(request, UpkeepQuery)
+    as_of = utc_text(query.as_of) if query.as_of else None
+    graph_queries = request.app[COMPONENTS].projections.graph
+    return json_answer(await _read_page(request, graph_queries.upkeep, tenant, as_of, query.limit, query.cursor))

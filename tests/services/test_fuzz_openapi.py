@@ -48,6 +48,7 @@ PARTICIPANTS = ["ann", "bob", "cas", "dee"]
 RULES_STATED_IN_WORDS = {
     "cursor",  # only a next_cursor this API handed out
     "datetime_future",  # as_of at most 5 minutes ahead of the server's clock
+    "window_order",  # the graph's until not before its since
     "not_in_future",  # occurred_at likewise
     "giver_is_not_receiver",
     "introduced_differ",
@@ -243,7 +244,11 @@ def schema_valid_requests_are_accepted(ctx: Any, response: schemathesis.Response
     allowed = RULES_STATED_IN_WORDS | (BODY_RULES_NOT_YET_STATED if "/webhooks/" in case.operation.path else set())
     # as_of's pattern holds it to years from 1900; on the first day of 1900 an offset east of UTC still falls
     # before 1900-01-01T00:00:00Z, which the description states in words.
-    if any(value.startswith("1900-01-01") for value in _sent_query(response).get("as_of", [])):
+    # The same holds for the graph's window, whose bounds may also be as late as year 9999, where an offset west
+    # of UTC passes the end of datetime's range.
+    sent = _sent_query(response)
+    moments = [value for name in ("as_of", "since", "until") for value in sent.get(name, [])]
+    if any(value.startswith(("1900-01-01", "9999-12-31")) for value in moments):
         allowed = allowed | {"datetime_range"}
     for problem in problems:
         if problem["status"] == 409:
@@ -315,6 +320,14 @@ FORGED = {
     "influence-cursor-past-64-bits": f"/v1/tenants/acme/influence?cursor={_cursor(-(2**70))}",
     "balances-cursor-holding-nul": f"/v1/tenants/acme/balances?cursor={_cursor(1, 'a' + chr(0))}",
     "balances-cursor-holding-a-bool": f"/v1/tenants/acme/balances?cursor={_cursor(True, 'ann')}",
+    "ties-cursor-past-64-bits": f"/v1/tenants/acme/participants/ann/ties?cursor={_cursor(2**70, 'bob')}",
+    "ties-cursor-holding-nul": (
+        f"/v1/tenants/acme/participants/ann/ties?order=last_at&cursor={_cursor('a' + chr(0), 'bob')}"
+    ),
+    "upkeep-cursor-holding-nul": f"/v1/tenants/acme/upkeep?cursor={_cursor('a' + chr(0), 'dormant_tie', 'a', 'b', 0)}",
+    "upkeep-cursor-of-another-kind": (
+        f"/v1/tenants/acme/upkeep?cursor={_cursor('2026-01-01T00:00:00.000000Z', 'x', 'a', 'b', 0)}"
+    ),
     "context-filter-holding-nul": "/v1/tenants/acme/balances?context.location=a%00b",
 }
 

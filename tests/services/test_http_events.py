@@ -80,3 +80,30 @@ async def test_health_and_readiness(client):
 async def test_unknown_routes_answer_problem_json(client):
     response = await client.get("/v1/nothing")
     assert response.status == 404 and response.content_type == "application/problem+json"
+
+
+async def test_one_fact_by_its_event_id_is_as_the_log_shows_it(client):
+    """GET .../events/{event_id} answers the fact exactly as the log lists it (what the web UI links to)."""
+    await client.sender.post(client, give("g1", "ann", "bob", value="2.50"))
+    await client.sender.post(client, reversal("r1", "g1"))
+    headers = client.sender.read_headers()
+    logged = (await (await client.get("/v1/tenants/acme/events", headers=headers)).json())["events"]
+    for event in logged:
+        response = await client.get(f"/v1/tenants/acme/events/{event['event_id']}", headers=headers)
+        assert response.status == 200
+        assert await response.json() == event
+
+
+async def test_a_fact_of_another_tenant_or_none_is_404_and_a_bad_id_422(client, settings):
+    """Another tenant's fact is 404 like an unknown id; a path that is no UUID is 422 naming path.event_id."""
+    other = make_sender(settings, "other", "crm")
+    await other.post(client, give("g1", "cat", "dan"))
+    theirs = (await (await client.get("/v1/tenants/other/events", headers=other.read_headers())).json())["events"][0]
+    headers = client.sender.read_headers()
+    for unknown in (theirs["event_id"], "00000000-0000-0000-0000-000000000000"):
+        response = await client.get(f"/v1/tenants/acme/events/{unknown}", headers=headers)
+        assert response.status == 404
+    response = await client.get("/v1/tenants/acme/events/not-a-uuid", headers=headers)
+    assert response.status == 422
+    assert (await response.json())["errors"][0]["path"] == "path.event_id"
+    assert (await client.get(f"/v1/tenants/acme/events/{theirs['event_id']}")).status == 401

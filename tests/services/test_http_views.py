@@ -16,6 +16,10 @@ VIEW_ROUTES = [
     "/v1/tenants/{t}/influence",
     "/v1/tenants/{t}/participants/ann/influence",
     "/v1/tenants/{t}/maintenance?participant=ann",
+    "/v1/tenants/{t}/graph",
+    "/v1/tenants/{t}/graph?format=graphml",
+    "/v1/tenants/{t}/participants/ann/ties",
+    "/v1/tenants/{t}/upkeep",
 ]
 
 
@@ -164,7 +168,7 @@ async def test_metrics_report_view_lag_and_query_latency(client):
 
 
 async def test_a_cursor_this_api_did_not_hand_out_is_422(client):
-    for route in ("balances", "influence"):
+    for route in ("balances", "influence", "upkeep", "participants/ann/ties"):
         response = await client.get(f"/v1/tenants/acme/{route}?cursor=bm9wZQ", headers=client.sender.read_headers())
         assert response.status == 422 and (await response.json())["errors"][0]["path"] == "query.cursor"
 

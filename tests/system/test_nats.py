@@ -342,6 +342,16 @@ async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_clien
             ("balance", {"participant": "ann"}, "/v1/tenants/acme/participants/ann/balance"),
             ("maintenance", {"participant": "ann"}, "/v1/tenants/acme/maintenance?participant=ann"),
             ("influence", {"limit": 1}, "/v1/tenants/acme/influence?limit=1"),
+            ("graph", {}, "/v1/tenants/acme/graph"),
+            (
+                "graph",
+                {"limit": 1, "since": "2020-01-01T00:00:00Z"},
+                "/v1/tenants/acme/graph?limit=1&since=2020-01-01T00:00:00Z",
+            ),
+            ("graph", {"context": {"subject": "none"}}, "/v1/tenants/acme/graph?context.subject=none"),
+            ("ties", {"participant": "bob", "limit": 1}, "/v1/tenants/acme/participants/bob/ties?limit=1"),
+            ("upkeep", {"as_of": "2026-01-01T00:00:00Z"}, "/v1/tenants/acme/upkeep?as_of=2026-01-01T00:00:00Z"),
+            ("upkeep", {}, "/v1/tenants/acme/upkeep"),
         ):
             http = await (await bus_client.get(path, headers=bus_client.sender.read_headers())).json()
             reply = await nc.request(f"reciprocity.query.acme.{endpoint}", json.dumps(asked).encode(), timeout=5)
@@ -350,6 +360,17 @@ async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_clien
         assert missing.headers["Nats-Service-Error-Code"] == "404"
         bad = await nc.request("reciprocity.query.acme.maintenance", b'{"who": "ann"}', timeout=5)
         assert bad.headers["Nats-Service-Error-Code"] == "400"
+        for endpoint, asked in (
+            ("graph", {"limit": 5001}),
+            ("graph", {"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}),
+            ("graph", {"context": {"subject": "x", "location": "y"}}),
+            ("ties", {"participant": "ann", "cursor": "bm9wZQ"}),
+            ("upkeep", {"cursor": "WzFd"}),
+        ):
+            bad = await nc.request(f"reciprocity.query.acme.{endpoint}", json.dumps(asked).encode(), timeout=5)
+            assert bad.headers["Nats-Service-Error-Code"] == "400", (endpoint, asked)
+        unknown = await nc.request("reciprocity.query.acme.ties", b'{"participant": "zed"}', timeout=5)
+        assert unknown.headers["Nats-Service-Error-Code"] == "404"
         other = await nc.request("reciprocity.query.zeta.balance", b'{"participant": "ann"}', timeout=5)
         assert other.headers["Nats-Service-Error-Code"] == "404"
     finally:

@@ -123,6 +123,11 @@ async def check_confinement(port: int) -> None:
     try:
         own = await acme.request("reciprocity.query.acme.balance", b'{"participant": "ann"}', timeout=5)
         assert json.loads(own.data)["given"]["count"] == 1
+        graph = await acme.request("reciprocity.query.acme.graph", b"{}", timeout=5)
+        assert [(e["from"], e["to"]) for e in json.loads(graph.data)["edges"]] == [("ann", "bob")]
+        ties = await acme.request("reciprocity.query.acme.ties", b'{"participant": "ann"}', timeout=5)
+        assert [t["counterpart"] for t in json.loads(ties.data)["items"]] == ["bob"]
+        assert "items" in json.loads((await acme.request("reciprocity.query.acme.upkeep", b"{}", timeout=5)).data)
         key = await acme.request("$JS.API.DIRECT.GET.KV_reciprocity_balances.$KV.reciprocity_balances.acme.ann", b"")
         assert json.loads(key.data)["participant"] == "ann"
         assert json.loads((await pull(acme, "acme-analytics")).data)["tenant"] == "acme"
@@ -131,6 +136,7 @@ async def check_confinement(port: int) -> None:
             await pull(acme, "zeta-analytics")
         for subject in (
             "reciprocity.query.zeta.balance",
+            *(f"reciprocity.query.zeta.{endpoint}" for endpoint in ("graph", "ties", "upkeep")),
             "$JS.API.DIRECT.GET.KV_reciprocity_balances.$KV.reciprocity_balances.zeta.ann",
         ):
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
@@ -145,6 +151,9 @@ async def check_confinement(port: int) -> None:
     violations = "\n".join(denied).lower()  # the client reports subjects lowercased
     for subject in (
         "reciprocity.query.zeta.balance",
+        "reciprocity.query.zeta.graph",
+        "reciprocity.query.zeta.ties",
+        "reciprocity.query.zeta.upkeep",
         "KV_reciprocity_balances.$KV.reciprocity_balances.zeta.ann",
         "RECIPROCITY_EVENTS.zeta-analytics",
         "reciprocity.events.zeta.>",
