@@ -148,14 +148,14 @@ def run_store(store_name: str, args: argparse.Namespace, workdir: Path) -> dict[
 
 def print_report(results: list[dict[str, Any]]) -> None:
     print()
-    print(f"{'route':<20}" + "".join(f"{r['store'] + ' ' + format(r['facts'], ','):>34}" for r in results))
+    print(f"{'route':<20}" + "".join(f"{r['store'] + ' ' + format(r['facts'], ','):>42}" for r in results))
     names = sorted({name for r in results for name in r.get("routes", {})}, key=list(results[0]["routes"]).index)
     for name in names:
         cells = []
         for r in results:
             f = r.get("routes", {}).get(name)
             cells.append("-" if f is None else f"p50 {f['p50_ms']:7.1f}  p99 {f['p99_ms']:7.1f} ms  n={f['requests']}")
-        print(f"{name:<20}" + "".join(f"{c:>34}" for c in cells))
+        print(f"{name:<20}" + "".join(f"{c:>42}" for c in cells))
     for r in results:
         if "error" in r:
             print(f"{r['store']} FAILED: {r['error']}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from contracts.types import ContextFilter, Moment, ParticipantId, WindowBound
@@ -48,11 +48,16 @@ class ContextFilters(BaseModel):
     activity: ContextFilter | None = Field(default=None, alias="context.activity")
     subject: ContextFilter | None = Field(default=None, alias="context.subject")
 
-    @model_validator(mode="after")
-    def _one_context_at_most(self) -> ContextFilters:
-        if sum(v is not None for v in (self.location, self.activity, self.subject)) > 1:
-            raise ValueError("at most one context filter (context.location, context.activity or context.subject)")
-        return self
+    @field_validator("activity", "subject")
+    @classmethod
+    def _one_context_at_most(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # On the later filter, so the refusal names a parameter (query.context.subject), not the whole query.
+        earlier = [f"context.{name}" for name in ("location", "activity") if info.data.get(name) is not None]
+        if value is not None and earlier:
+            raise PydanticCustomError(
+                "one_context_filter", "at most one context filter: {earlier} is given too", {"earlier": earlier[0]}
+            )
+        return value
 
     @property
     def context(self) -> tuple[str, str] | None:

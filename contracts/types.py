@@ -199,7 +199,7 @@ def _date_time_text(value: object) -> object:
     """A query's moment is RFC 3339 text: pydantic alone would also read `0.5` as seconds since the epoch."""
     if isinstance(value, str) and not _DATE_TIME_TEXT.match(value):
         raise PydanticCustomError("datetime_parsing", "must be an RFC 3339 date-time with an offset")
-    return value
+    return _datetime_text(value)  # parsed here: a strict model (a NATS request) takes no text after this
 
 
 # A moment in the ledger's time: from 1900 to 5 minutes ahead (an `as_of` asks about such a moment).

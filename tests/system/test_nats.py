@@ -355,7 +355,7 @@ async def test_the_micro_service_is_discoverable_and_answers_like_http(bus_clien
         ):
             http = await (await bus_client.get(path, headers=bus_client.sender.read_headers())).json()
             reply = await nc.request(f"reciprocity.query.acme.{endpoint}", json.dumps(asked).encode(), timeout=5)
-            assert json.loads(reply.data) == http, endpoint
+            assert reply.data and json.loads(reply.data) == http, (endpoint, reply.headers)
         missing = await nc.request("reciprocity.query.acme.balance", b'{"participant": "zed"}', timeout=5)
         assert missing.headers["Nats-Service-Error-Code"] == "404"
         bad = await nc.request("reciprocity.query.acme.maintenance", b'{"who": "ann"}', timeout=5)
