@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, name_connections
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, limit_sqlite_memory, name_connections
 from ledger.locks import WorkerLock
 from ledger.schema import SchemaMode
 from ledger.store import Ledger
@@ -39,6 +39,12 @@ log = structlog.get_logger(__name__)
 VIEWS = (reciprocity.VIEW, influence_view.VIEW)
 INFLUENCE_INTERVAL_S = 1.0  # at most once a second...
 INFLUENCE_DUTY_MAX = 0.2  # ...and never more than a fifth of the time: a big tenant is recomputed less often
+# The influence worker's SQLite page caches together: its first read of a tenant walks every pair, and each
+# of its connections' caches (64 MiB per file) would keep what it walked; numpy holds what it needs.
+INFLUENCE_SQLITE_MEMORY_BYTES_MAX = 32 << 20
+# The worker yields the CPU to ingest and the follower when they want it (on 2 cores a recompute of seconds
+# took a core from them); it still gets every idle cycle, and its rate is bounded above anyway.
+INFLUENCE_NICENESS = 10
 
 
 # Where the relay says how far it got, for metrics and readiness in every process (it realigns from the
@@ -105,6 +111,8 @@ def _start_influence_worker(parent: int, database_url: str | None, data_dir: str
     if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
         os._exit(1)
     name_connections("influence")
+    os.nice(INFLUENCE_NICENESS)
+    limit_sqlite_memory(INFLUENCE_SQLITE_MEMORY_BYTES_MAX)
     store = open_view_store(database_url, Path(data_dir), limits=limits, schema_mode=SchemaMode.EXISTING)
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 
