@@ -204,7 +204,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     server = Server(settings, workdir / "serve.log", RECIPROCITY_HTTP_WORKERS=str(args.http_workers), **extra_env)
     server.start()
     samples, stop = Samples(), threading.Event()
-    sampler = threading.Thread(target=sample_until, args=(stop, samples, server.process.pid, server, args.interval))
+    sampler = threading.Thread(
+        target=sample_until, args=(stop, samples, server.process.pid, server, args.interval), daemon=True
+    )
     try:
         sampler.start()
         note(f"posting {args.facts:,} facts in batches of {args.batch:,} on {args.connections} connections")

@@ -39,9 +39,11 @@ log = structlog.get_logger(__name__)
 VIEWS = (reciprocity.VIEW, influence_view.VIEW)
 INFLUENCE_INTERVAL_S = 1.0  # at most once a second...
 INFLUENCE_DUTY_MAX = 0.2  # ...and never more than a fifth of the time: a big tenant is recomputed less often
-# The influence worker's SQLite page caches together: its first read of a tenant walks every pair, and each
-# of its connections' caches (64 MiB per file) would keep what it walked; numpy holds what it needs.
-INFLUENCE_SQLITE_MEMORY_BYTES_MAX = 32 << 20
+# The influence worker's SQLite page caches together: its first read of a tenant walks every pair, and each of
+# its connections' caches (64 MiB per file) would keep what it walked; numpy holds what it needs. Not lower:
+# a transaction whose dirty pages do not fit spills them to the WAL early (the follower's did, at 96 MiB for
+# the background process, and slowed down; that process has no such bound).
+INFLUENCE_SQLITE_MEMORY_BYTES_MAX = 64 << 20
 # The worker yields the CPU to ingest and the follower when they want it (on 2 cores a recompute of seconds
 # took a core from them); it still gets every idle cycle, and its rate is bounded above anyway.
 INFLUENCE_NICENESS = 10

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import limit_sqlite_memory, name_connections
+from ledger.connections import name_connections
 from services.bootstrap import open_components
 from services.logs import configure_logging
 from services.roles import background_parts
@@ -33,10 +33,6 @@ from services.settings import Settings
 log = structlog.get_logger(__name__)
 
 RESTART_PAUSE_S = 1.0
-# All SQLite page caches of this process together (ledger/connections.py:limit_sqlite_memory): the follower's
-# connection, the relay's and the KV writer's readers each kept up to 64 MiB of pages (16 MiB a reader)
-# and a thread pool opens a reader per thread; the views file is in the operating system's cache anyway.
-SQLITE_MEMORY_BYTES_MAX = 96 << 20
 
 
 async def run(settings: Settings) -> None:
@@ -115,7 +111,6 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(f"{settings.role}-background")
     gc.freeze()  # as in serve: start-up's objects out of the collector's sight
-    limit_sqlite_memory(SQLITE_MEMORY_BYTES_MAX)
     asyncio.run(run(settings))
 
 
