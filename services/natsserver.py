@@ -2,7 +2,8 @@
 
 Started when RECIPROCITY_NATS_URL is unset. It never outlives the service: the kernel kills it when its
 parent dies (PR_SET_PDEATHSIG, even after SIGKILL), and a pidfile lets the next start clean up after a
-crash on a system where that signal did not arrive.
+crash on a system where that signal did not arrive. Its memory is bounded by settings: a soft limit for Go
+(GOMEMLIMIT) and JetStream's max_memory_store, in a configuration file written at each start.
 
 JetStream keeps its default fsync policy (data is flushed every two minutes, not per message): the SQL
 store is the source of truth. After a crash the relay realigns from the stream's last surviving message
