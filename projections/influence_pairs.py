@@ -20,7 +20,7 @@ PAIR_COLUMNS = "a, b, decayed_ab, decayed_ba, strength_micro, last_at"
 SLOT_BITS = 32  # a pair's key: a's slot above, b's below
 CACHED_PAIRS_MAX = 3_000_000  # all tenants together: about 60 bytes each, so under 200 MB
 TENANT_PAIRS_MIN = 20_000  # a smaller tenant reads all its pairs quickly: not worth the memory
-READ_ROWS_MAX = 50_000  # pair rows read at once (as Python objects, about 400 bytes each)
+READ_ROWS_MAX = 50_000  # pair rows (first read) or positions (later reads) read at once: ~400 bytes a row
 VALUE_COLUMNS = ("decayed_ab", "decayed_ba", "strength", "last_at")
 
 
@@ -64,20 +64,6 @@ class TenantPairs:
     def __len__(self) -> int:
         return self.key.size
 
-    def load(self, chunks: Iterable[list], position: int, index: dict[str, int]) -> None:
-        """All of the tenant's rows (PAIR_COLUMNS), chunk by chunk: only one chunk's rows are Python objects
-        at a time (a million rows at once were about 400 MB of tuples and strings), sorted once at the end."""
-        self.position = position
-        self.names, self.slots = list(index), dict(index)
-        parts = [self._columns(rows) for rows in chunks if rows]
-        if not parts:
-            return
-        key = np.concatenate([part[0] for part in parts])
-        order = np.argsort(key, kind="stable")
-        self.key = key[order]
-        for i, name in enumerate(VALUE_COLUMNS, start=1):
-            setattr(self, name, np.concatenate([part[i] for part in parts])[order])
-
     def _columns(self, rows: list) -> tuple[np.ndarray, ...]:
         """Rows (PAIR_COLUMNS) as their slot keys and value columns (VALUE_COLUMNS)."""
         a, b, decayed_ab, decayed_ba, strength, last_at = columns(rows, 6)
@@ -89,15 +75,19 @@ class TenantPairs:
             np.array([at or "" for at in last_at], "S"),
         )
 
-    def apply(self, rows: list, position: int, index: dict[str, int]) -> None:
-        """Rows (PAIR_COLUMNS) that are new or changed since `self.position`: each replaces its pair's values.
-        `index` is the tenant's participants in id order: the first rows take their slots from it."""
+    def apply(self, chunks: Iterable[list], position: int, index: dict[str, int]) -> None:
+        """Rows (PAIR_COLUMNS) that are new or changed since `self.position` (all of them, the first time),
+        chunk by chunk, each pair in one chunk at most: each replaces its pair's values. Only a chunk's rows are
+        Python objects at once (a million rows at once were about 400 MB of tuples and strings); their columns
+        are merged once. `index` is the tenant's participants in id order: the first rows take their slots
+        from it."""
         self.position = position
         if not self.names:
             self.names, self.slots = list(index), dict(index)
-        if not rows:
+        parts = [self._columns(rows) for rows in chunks if rows]
+        if not parts:
             return
-        key, *values = self._columns(rows)
+        key, *values = (np.concatenate([part[i] for part in parts]) for i in range(len(VALUE_COLUMNS) + 1))
         at = np.searchsorted(self.key, key)
         known = at < self.key.size
         known[known] = self.key[at[known]] == key[known]
@@ -162,6 +152,26 @@ def _all_pairs(cursor, tenant: str, rows_max: int) -> Iterator[list]:
         after = (rows[-1][0], rows[-1][1])
 
 
+def _changed_pairs(cursor, tenant: str, since: int, position: int, positions_max: int) -> Iterator[list]:
+    """A tenant's pair rows changed after `since`, in windows of `positions_max` positions up to `position`,
+    then whatever changed after it: while the views catch up, hundreds of thousands of pairs change between
+    two recomputes, and a fact changes at most one overall pair, so a window holds at most about that many
+    rows. By the changed_position index: `|| ''` keeps the planner off the primary key, where it would walk
+    every pair of the tenant to find the few changed ones (`scope = ''` as written is what lets it use that
+    index, which holds scope "" only)."""
+    while True:
+        upto = since + positions_max if since + positions_max < position else None
+        bound, bounds = ("", ()) if upto is None else (" AND changed_position <= ?", (upto,))
+        yield cursor.execute(
+            f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE changed_position > ?{bound} AND tenant || '' = ?"
+            " AND scope = ''",
+            (since, *bounds, tenant),
+        )
+        if upto is None:
+            return
+        since = upto
+
+
 class PairCache:
     """Large tenants' pairs between recomputes, least recently used first out, within CACHED_PAIRS_MAX."""
 
@@ -191,16 +201,10 @@ class PairCache:
         index = {p: i for i, p in enumerate(participants)}
         if pairs is None or pairs.position > position or pairs.position < erased_at:  # (or rebuilt since)
             pairs = TenantPairs()
-            pairs.load(_all_pairs(cursor, tenant, self.read_rows_max), position, index)
+            pairs.apply(_all_pairs(cursor, tenant, self.read_rows_max), position, index)
         else:
-            # By the changed_position index: `|| ''` keeps the planner off the primary key, where it would
-            # walk every pair of the tenant to find the few changed ones (`scope = ''` as written is what lets
-            # it use that index, which holds scope "" only).
-            rows = cursor.execute(
-                f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE changed_position > ? AND tenant || '' = ? AND scope = ''",
-                (pairs.position, tenant),
-            )
-            pairs.apply(rows, position, index)
+            changed = _changed_pairs(cursor, tenant, pairs.position, position, self.read_rows_max)
+            pairs.apply(changed, position, index)
         if len(pairs) >= self.tenant_pairs_min:
             self._tenants[tenant] = pairs
             kept = sum(map(len, self._tenants.values()))

@@ -249,9 +249,9 @@ def check_views(example, steps, chunks, page_size, rebuild_page):
 @given(steps=history, chunks=st.integers(1, 9))
 def test_influence_from_kept_pairs_equals_influence_read_afresh(settings, steps, chunks):
     """The influence worker keeps large tenants' pairs and written rows between recomputes and then reads only
-    the pairs changed since. Here it keeps every tenant, and reads a tenant's pairs the first time two rows at
-    a time; after each chunk of facts, the rows it kept are the stored rows, and a recompute that reads
-    everything afresh (in one go) finds nothing to change."""
+    the pairs changed since. Here it keeps every tenant, and reads a tenant's pairs two rows at a time the
+    first time and two positions at a time later; after each chunk of facts, the rows it kept are the stored
+    rows, and a recompute that reads everything afresh (in one go) finds nothing to change."""
     kept: list[InfluenceView] = []
 
     def recompute(store):
