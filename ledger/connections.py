@@ -14,7 +14,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,15 @@ def sqlite_connect(path: Path, limits: ConnectionLimits = DEFAULT_LIMITS) -> sql
     connection.execute("PRAGMA synchronous=FULL")
     secure_delete(connection)
     return connection
+
+
+def limit_sqlite_memory(bytes_max: int) -> None:
+    """Bounds the memory SQLite holds in this process, all connections together. Each connection's page
+    cache may grow to its own cache_size, and a process opens many (pools, a reader per thread): past this
+    soft limit a cache recycles its own least recently used pages instead of growing. Reads then come from
+    the operating system's cache of the file, as before the page was cached."""
+    with closing(sqlite3.connect(":memory:")) as connection:
+        connection.execute(f"PRAGMA soft_heap_limit={int(bytes_max)}")
 
 
 class SecureSQLiteConnectionPool(SQLiteConnectionPool):

@@ -10,6 +10,7 @@ the graph needs them in id order, which `in_id_order` derives each time from the
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -19,6 +20,8 @@ PAIR_COLUMNS = "a, b, decayed_ab, decayed_ba, strength_micro, last_at"
 SLOT_BITS = 32  # a pair's key: a's slot above, b's below
 CACHED_PAIRS_MAX = 3_000_000  # all tenants together: about 60 bytes each, so under 200 MB
 TENANT_PAIRS_MIN = 20_000  # a smaller tenant reads all its pairs quickly: not worth the memory
+READ_ROWS_MAX = 50_000  # pair rows (first read) or positions (later reads) read at once: ~400 bytes a row
+VALUE_COLUMNS = ("decayed_ab", "decayed_ba", "strength", "last_at")
 
 
 @dataclass(frozen=True)
@@ -61,27 +64,34 @@ class TenantPairs:
     def __len__(self) -> int:
         return self.key.size
 
-    def apply(self, rows: list, position: int, index: dict[str, int]) -> None:
-        """Rows (PAIR_COLUMNS) that are new or changed since `self.position`: each replaces its pair's values.
-        `index` is the tenant's participants in id order: the first rows take their slots from it."""
-        self.position = position
-        if not self.names:
-            self.names, self.slots = list(index), dict(index)
-        if not rows:
-            return
+    def _columns(self, rows: list) -> tuple[np.ndarray, ...]:
+        """Rows (PAIR_COLUMNS) as their slot keys and value columns (VALUE_COLUMNS)."""
         a, b, decayed_ab, decayed_ba, strength, last_at = columns(rows, 6)
-        key = (self._slots_of(a) << SLOT_BITS) | self._slots_of(b)
-        values = (
+        return (
+            (self._slots_of(a) << SLOT_BITS) | self._slots_of(b),
             np.array(decayed_ab, np.float64),
             np.array(decayed_ba, np.float64),
             np.array(strength, np.int64),
             np.array([at or "" for at in last_at], "S"),
         )
+
+    def apply(self, chunks: Iterable[list], position: int, index: dict[str, int]) -> None:
+        """Rows (PAIR_COLUMNS) that are new or changed since `self.position` (all of them, the first time),
+        chunk by chunk, each pair in one chunk at most: each replaces its pair's values. Only a chunk's rows are
+        Python objects at once (a million rows at once were about 400 MB of tuples and strings); their columns
+        are merged once. `index` is the tenant's participants in id order: the first rows take their slots
+        from it."""
+        self.position = position
+        if not self.names:
+            self.names, self.slots = list(index), dict(index)
+        parts = [self._columns(rows) for rows in chunks if rows]
+        if not parts:
+            return
+        key, *values = (np.concatenate([part[i] for part in parts]) for i in range(len(VALUE_COLUMNS) + 1))
         at = np.searchsorted(self.key, key)
         known = at < self.key.size
         known[known] = self.key[at[known]] == key[known]
-        value_columns = ("decayed_ab", "decayed_ba", "strength", "last_at")
-        for name, value in zip(value_columns, values, strict=True):
+        for name, value in zip(VALUE_COLUMNS, values, strict=True):
             column = getattr(self, name)
             if name == "last_at" and value.dtype.itemsize > column.dtype.itemsize:
                 column = column.astype(value.dtype)
@@ -93,7 +103,7 @@ class TenantPairs:
         key = np.concatenate((self.key, key[new]))
         order = np.argsort(key, kind="stable")
         self.key = key[order]
-        for name, value in zip(value_columns, values, strict=True):
+        for name, value in zip(VALUE_COLUMNS, values, strict=True):
             setattr(self, name, np.concatenate((getattr(self, name), value[new]))[order])
 
     def _slots_of(self, names: list[str]) -> np.ndarray:
@@ -123,34 +133,64 @@ def columns(rows: list, count: int) -> list[list]:
     return [list(map(itemgetter(i), rows)) for i in range(count)]
 
 
+def _all_pairs(cursor, tenant: str, rows_max: int) -> Iterator[list]:
+    """A tenant's pair rows in key order, `rows_max` at a time (by the primary key, from where the last
+    chunk ended: the same snapshot throughout, and each chunk a range of the index)."""
+    after: tuple[str, str] | None = None
+    while True:
+        if after is None:
+            where, params = "", (tenant,)
+        else:
+            where, params = " AND (a, b) > (?, ?)", (tenant, *after)
+        rows = cursor.execute(
+            f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE tenant = ? AND scope = ''{where} ORDER BY a, b LIMIT ?",
+            (*params, rows_max),
+        )
+        yield rows
+        if len(rows) < rows_max:
+            return
+        after = (rows[-1][0], rows[-1][1])
+
+
+def _changed_pairs(cursor, tenant: str, since: int, position: int, positions_max: int) -> Iterator[list]:
+    """A tenant's pair rows changed after `since`, in windows of `positions_max` positions up to `position`,
+    then whatever changed after it: while the views catch up, hundreds of thousands of pairs change between
+    two recomputes, and a fact changes at most one overall pair, so a window holds at most about that many
+    rows. By the changed_position index: `|| ''` keeps the planner off the primary key, where it would walk
+    every pair of the tenant to find the few changed ones (`scope = ''` as written is what lets it use that
+    index, which holds scope "" only)."""
+    while True:
+        upto = since + positions_max if since + positions_max < position else None
+        bound, bounds = ("", ()) if upto is None else (" AND changed_position <= ?", (upto,))
+        yield cursor.execute(
+            f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE changed_position > ?{bound} AND tenant || '' = ?"
+            " AND scope = ''",
+            (since, *bounds, tenant),
+        )
+        if upto is None:
+            return
+        since = upto
+
+
 class PairCache:
     """Large tenants' pairs between recomputes, least recently used first out, within CACHED_PAIRS_MAX."""
 
-    def __init__(self, pairs_max: int = CACHED_PAIRS_MAX, tenant_pairs_min: int = TENANT_PAIRS_MIN) -> None:
+    def __init__(
+        self, pairs_max: int = CACHED_PAIRS_MAX, tenant_pairs_min: int = TENANT_PAIRS_MIN,
+        read_rows_max: int = READ_ROWS_MAX,
+    ) -> None:  # fmt: skip
         self.pairs_max = pairs_max
         self.tenant_pairs_min = tenant_pairs_min
+        self.read_rows_max = read_rows_max
         self._tenants: OrderedDict[str, TenantPairs] = OrderedDict()
 
     def read(self, cursor, tenant: str, position: int, erased_at: int = 0) -> OrderedPairs:
         """The tenant's participants and pairs as of at least `position`, which must have been read before
         this cursor's snapshot began (rows changed after it are read again next time, which changes nothing).
-        Pairs are read before participants, so every pair's participants are among them. `erased_at` is the
-        tenant's last erasure: pairs kept from before it name an id where the view now has a tombstone."""
+        The cursor is one snapshot (ViewStore.snapshot), so every pair's participants are among those read.
+        `erased_at` is the tenant's last erasure: pairs kept from before it name an id where the view now has a
+        tombstone."""
         pairs = self._tenants.pop(tenant, None)
-        if pairs is None or pairs.position > position or pairs.position < erased_at:  # (or rebuilt since)
-            pairs = TenantPairs()
-            # In key order: by the primary key, not by the strength index and a table read per row.
-            rows = cursor.execute(
-                f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE tenant = ? AND scope = '' ORDER BY a, b", (tenant,)
-            )
-        else:
-            # By the changed_position index: `|| ''` keeps the planner off the primary key, where it would
-            # walk every pair of the tenant to find the few changed ones (`scope = ''` as written is what lets
-            # it use that index, which holds scope "" only).
-            rows = cursor.execute(
-                f"SELECT {PAIR_COLUMNS} FROM view_pairs WHERE changed_position > ? AND tenant || '' = ? AND scope = ''",
-                (pairs.position, tenant),
-            )
         participants = [
             row[0]
             for row in cursor.execute(
@@ -159,7 +199,12 @@ class PairCache:
             )
         ]
         index = {p: i for i, p in enumerate(participants)}
-        pairs.apply(rows, position, index)
+        if pairs is None or pairs.position > position or pairs.position < erased_at:  # (or rebuilt since)
+            pairs = TenantPairs()
+            pairs.apply(_all_pairs(cursor, tenant, self.read_rows_max), position, index)
+        else:
+            changed = _changed_pairs(cursor, tenant, pairs.position, position, self.read_rows_max)
+            pairs.apply(changed, position, index)
         if len(pairs) >= self.tenant_pairs_min:
             self._tenants[tenant] = pairs
             kept = sum(map(len, self._tenants.values()))

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from ledger.child_process import die_with_parent
-from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, name_connections
+from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, limit_sqlite_memory, name_connections
 from ledger.locks import WorkerLock
 from ledger.schema import SchemaMode
 from ledger.store import Ledger
@@ -40,6 +40,14 @@ log = structlog.get_logger(__name__)
 VIEWS = (reciprocity.VIEW, influence_view.VIEW)
 INFLUENCE_INTERVAL_S = 1.0  # at most once a second...
 INFLUENCE_DUTY_MAX = 0.2  # ...and never more than a fifth of the time: a big tenant is recomputed less often
+# The influence worker's SQLite page caches together: its first read of a tenant walks every pair, and each of
+# its connections' caches (64 MiB per file) would keep what it walked; numpy holds what it needs. Not lower:
+# a transaction whose dirty pages do not fit spills them to the WAL early (the follower's did, at 96 MiB for
+# the background process, and slowed down; that process has no such bound).
+INFLUENCE_SQLITE_MEMORY_BYTES_MAX = 64 << 20
+# The worker yields the CPU to ingest and the follower when they want it (on 2 cores a recompute of seconds
+# took a core from them); it still gets every idle cycle, and its rate is bounded above anyway.
+INFLUENCE_NICENESS = 10
 
 
 # Where the relay says how far it got, for metrics and readiness in every process (it realigns from the
@@ -106,6 +114,8 @@ def _start_influence_worker(parent: int, database_url: str | None, data_dir: str
     if os.getppid() != parent:  # the parent died while this one was starting: no signal will come
         os._exit(1)
     name_connections("influence")
+    os.nice(INFLUENCE_NICENESS)
+    limit_sqlite_memory(INFLUENCE_SQLITE_MEMORY_BYTES_MAX)
     store = open_view_store(database_url, Path(data_dir), limits=limits, schema_mode=SchemaMode.EXISTING)
     _worker_influence = InfluenceView(store, ReciprocityQueries(store))
 

@@ -2,7 +2,8 @@
 
 Started when RECIPROCITY_NATS_URL is unset. It never outlives the service: the kernel kills it when its
 parent dies (PR_SET_PDEATHSIG, even after SIGKILL), and a pidfile lets the next start clean up after a
-crash on a system where that signal did not arrive.
+crash on a system where that signal did not arrive. Its memory is bounded by settings: a soft limit for Go
+(GOMEMLIMIT) and JetStream's max_memory_store, in a configuration file written at each start.
 
 JetStream keeps its default fsync policy (data is flushed every two minutes, not per message): the SQL
 store is the source of truth. After a crash the relay realigns from the stream's last surviving message
@@ -29,6 +30,12 @@ from ledger.child_process import die_with_parent
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 15.0
+# Bounds of the embedded server (RECIPROCITY_NATS_MEMORY_LIMIT_MIB, RECIPROCITY_NATS_JETSTREAM_MEMORY_MIB;
+# docs/performance.md, bench/memory.py). Go's collector lets the heap grow to twice what is live before it
+# collects; a soft limit makes it collect sooner instead, and gives freed memory back to the system.
+NATS_MEMORY_LIMIT_MIB = 256
+NATS_JETSTREAM_MEMORY_MIB = 64  # memory-storage streams only: ours are on file, so a stranger's stream is bounded
+CONFIG_NAME = "nats-server.conf"
 
 
 class NatsServerError(RuntimeError):
@@ -60,11 +67,16 @@ def port_is_free(host: str, port: int) -> bool:
 class EmbeddedNatsServer:
     """Start it from the main thread (the parent-death signal follows the thread that forked)."""
 
-    def __init__(self, data_dir: Path, port: int, host: str = "127.0.0.1", config: Path | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, host: str = "127.0.0.1", config: Path | None = None, *,
+        memory_limit_mib: int = NATS_MEMORY_LIMIT_MIB, jetstream_memory_mib: int = NATS_JETSTREAM_MEMORY_MIB,
+    ) -> None:  # fmt: skip
         self.directory = data_dir / "nats"
         self.port = port
         self.host = host
         self.config = config  # users and permissions, when the server confines clients to tenants
+        self.memory_limit_mib = memory_limit_mib  # 0: Go's default, no limit
+        self.jetstream_memory_mib = jetstream_memory_mib
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -86,17 +98,34 @@ class EmbeddedNatsServer:
         command = [
             str(find_binary()), "--addr", self.host, "--port", str(self.port), "--jetstream",
             "--store_dir", str(self.directory / "jetstream"), "--pid", str(self.pidfile),
-            "--server_name", f"reciprocity-{self.port}",
-            *(["--config", str(self.config)] if self.config else []),
+            "--server_name", f"reciprocity-{self.port}", "--config", str(self._write_config()),
         ]  # fmt: skip
+        environment = {k: v for k, v in os.environ.items() if k != "GOMEMLIMIT"}
+        if self.memory_limit_mib:
+            environment["GOMEMLIMIT"] = f"{self.memory_limit_mib}MiB"
         log_file = open(self.directory / "nats-server.log", "ab")  # noqa: SIM115 (the child writes to it)
         self.process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=False
-        )
+            command, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=die_with_parent, start_new_session=False,
+            env=environment,
+        )  # fmt: skip
         log_file.close()
         self._wait_until_listening()
         log.info("nats_started", url=self.url, child_pid=self.process.pid, store=str(self.directory))
         return self.url
+
+    def _write_config(self) -> Path:
+        """The server's configuration, written at each start from the settings: JetStream's memory bound, and
+        the caller's own file (users, permissions, a cluster) included. nats-server resolves an include
+        relative to the including file, so it is named relatively."""
+        lines = [
+            "# Written by reciprocity at each start (RECIPROCITY_NATS_* settings): edits here are overwritten.",
+            f"jetstream {{ max_memory_store: {self.jetstream_memory_mib}MB }}",
+        ]
+        if self.config:
+            lines.append(f'include "{os.path.relpath(self.config.resolve(), self.directory.resolve())}"')
+        path = self.directory / CONFIG_NAME
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def _wait_until_listening(self) -> None:
         assert self.process is not None

@@ -40,7 +40,10 @@ def serve(settings: Settings) -> None:
         sys.exit(f"reciprocity: {refused}")
     embedded = None
     if not settings.nats_url:
-        embedded = EmbeddedNatsServer(settings.data_dir, settings.nats_port)
+        embedded = EmbeddedNatsServer(
+            settings.data_dir, settings.nats_port, memory_limit_mib=settings.nats_memory_limit_mib,
+            jetstream_memory_mib=settings.nats_jetstream_memory_mib,
+        )  # fmt: skip
         try:
             settings = settings.with_(nats_url=embedded.start())
         except NatsServerError as failure:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits
 from ledger.schema import SchemaMode
 from projections.nats_servers import parse_servers
+from services.natsserver import NATS_JETSTREAM_MEMORY_MIB, NATS_MEMORY_LIMIT_MIB
 from services.roles import ROLES, RoleName
 
 ENV_PREFIX = "RECIPROCITY_"
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
         1, ge=1, le=5, description="servers that keep the stream and each KV bucket (raised at start, never lowered)"
     )
     nats_duplicate_window_s: float = Field(120.0, gt=0, description="JetStream's deduplication window")
+    nats_memory_limit_mib: int = Field(
+        NATS_MEMORY_LIMIT_MIB, ge=0, description="the embedded nats-server's soft memory limit (GOMEMLIMIT), 0: none"
+    )
+    nats_jetstream_memory_mib: int = Field(
+        NATS_JETSTREAM_MEMORY_MIB, ge=1, description="the embedded server's JetStream max_memory_store"
+    )
     log_format: Literal["json", "console"] | None = Field(None, description="json or console (by TTY when unset)")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="the lowest level logged"

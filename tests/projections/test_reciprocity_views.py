@@ -249,14 +249,15 @@ def check_views(example, steps, chunks, page_size, rebuild_page):
 @given(steps=history, chunks=st.integers(1, 9))
 def test_influence_from_kept_pairs_equals_influence_read_afresh(settings, steps, chunks):
     """The influence worker keeps large tenants' pairs and written rows between recomputes and then reads only
-    the pairs changed since. Here it keeps every tenant; after each chunk of facts, the rows it kept are the
-    stored rows, and a recompute that reads everything afresh finds nothing to change."""
+    the pairs changed since. Here it keeps every tenant, and reads a tenant's pairs two rows at a time the
+    first time and two positions at a time later; after each chunk of facts, the rows it kept are the stored
+    rows, and a recompute that reads everything afresh (in one go) finds nothing to change."""
     kept: list[InfluenceView] = []
 
     def recompute(store):
         if not kept:
             kept.append(InfluenceView(store, ReciprocityQueries(store)))
-            kept[0].pairs = PairCache(tenant_pairs_min=0)
+            kept[0].pairs = PairCache(tenant_pairs_min=0, read_rows_max=2)
         for tenant in InfluenceView(store, ReciprocityQueries(store)).stale_tenants():
             kept[0].recompute(tenant)
             assert tenant in kept[0].pairs
