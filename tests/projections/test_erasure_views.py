@@ -19,6 +19,7 @@ from projections.nats_bus import BUCKETS
 from projections.queries import ReciprocityQueries
 from projections.rebuild import rebuild
 from projections.runtime import open_view_store
+from projections.viewstore import VIEWS_SCHEMA
 from tests.helpers import acknowledgement, give, introduction, received, reversal, view_columns
 
 PERSON = "Zelda_Quartermaine-7"  # distinctive, so a search of raw bytes means something
@@ -303,7 +304,8 @@ def test_a_version_1_views_database_is_built_again_by_migrate_and_refused_otherw
         cursor.execute("UPDATE schema_versions SET version = 1 WHERE part = 'views'")
         cursor.execute("DROP TABLE view_names")
     views.close()
-    with pytest.raises(SchemaError, match="views schema is version 1, this release needs version 2"):
+    needed = f"views schema is version 1, this release needs version {VIEWS_SCHEMA.version}"
+    with pytest.raises(SchemaError, match=needed):
         open_view_store(settings.database_url, settings.data_dir)
     upgraded = open_view_store(settings.database_url, settings.data_dir, schema_mode=SchemaMode.MIGRATE)
     try:
@@ -314,7 +316,7 @@ def test_a_version_1_views_database_is_built_again_by_migrate_and_refused_otherw
         assert upgraded.read("SELECT COUNT(*) FROM view_names") == [(2,)]
     finally:
         upgraded.close()
-    open_view_store(settings.database_url, settings.data_dir).close()  # version 2 now: opens as it is
+    open_view_store(settings.database_url, settings.data_dir).close()  # the current version now: opens as it is
 
 
 def test_influence_after_an_erasure_keeps_every_score_under_the_tombstone(stores):
