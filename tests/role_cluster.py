@@ -215,17 +215,23 @@ async def retried(call: Callable[[], Awaitable[T]], timeout_s: float, what: str)
 
 async def replicated(js: JetStreamContext, replicas: int) -> bool:
     """The stream and every bucket on `replicas` servers, each follower current (False while unknown)."""
+    return await current_streams(js, replicas) == set(STREAMS)
+
+
+async def current_streams(js: JetStreamContext, replicas: int) -> set[str]:
+    """Those of the stream and the buckets that are on `replicas` servers with every follower current now."""
+    current = set()
     for stream in STREAMS:
         try:
             info = await js.stream_info(stream)
         except Exception:
-            return False
+            continue
         if info.config.num_replicas != replicas or info.cluster is None:
-            return False
+            continue
         followers = info.cluster.replicas or []
-        if len(followers) != replicas - 1 or not all(peer.current and not peer.offline for peer in followers):
-            return False
-    return True
+        if len(followers) == replicas - 1 and all(peer.current and not peer.offline for peer in followers):
+            current.add(stream)
+    return current
 
 
 async def stream_last_seq(js: JetStreamContext) -> int | None:
