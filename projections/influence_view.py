@@ -23,6 +23,7 @@ from projections.influence import InfluenceGraph, influence_table
 from projections.influence_pairs import PairCache, columns
 from projections.queries import CursorError, ReciprocityQueries, decode_cursor, encode_cursor
 from projections.reciprocity import DECAY_EPOCH, HALF_LIFE_DAYS, MICRO
+from projections.reciprocity import VIEW as RECIPROCITY_VIEW
 from projections.viewstore import ViewStore
 
 VIEW = "influence"
@@ -71,6 +72,19 @@ class InfluenceView:
             "WHERE i.position IS NULL OR i.position < t.changed_position ORDER BY t.tenant"
         )
         return [row[0] for row in rows]
+
+    def reflected_position(self) -> int:
+        """The log position the whole view reflects: the reciprocity view's, or just below the oldest change of
+        a tenant still to recompute. One statement, so one moment: read apart, a page committed between the two
+        reads would be claimed as reflected while its tenant waits, and the KV writer, having written past it,
+        would never write what that tenant's recompute then marks with the page's position."""
+        head, stale = self.store.read(
+            f"SELECT (SELECT MAX(notification_id) FROM {self.store.tracking_table} WHERE application_name = ?), "
+            "(SELECT MIN(t.changed_position) FROM view_tenants t LEFT JOIN view_influence_tenants i "
+            "ON i.tenant = t.tenant WHERE i.position IS NULL OR i.position < t.changed_position)",
+            (RECIPROCITY_VIEW,),
+        )[0]
+        return (head or 0) if stale is None else stale - 1
 
     def recompute(self, tenant: str) -> dict[str, Any]:
         """Recomputes one tenant from one consistent read; returns the reciprocity position it reflects,

@@ -316,9 +316,4 @@ class Projections:
         return [failure.as_dict() for failure in projection_failures(self.store)]
 
     def influence_position(self) -> int:
-        """The influence view reflects the log up to the oldest position among tenants still to recompute."""
-        stale = self.store.read(
-            "SELECT MIN(t.changed_position) FROM view_tenants t LEFT JOIN view_influence_tenants i "
-            "ON i.tenant = t.tenant WHERE i.position IS NULL OR i.position < t.changed_position"
-        )[0][0]
-        return self.reciprocity_position() if stale is None else stale - 1
+        return self.influence.reflected_position()

@@ -79,6 +79,36 @@ def test_influence_answers_are_byte_identical_after_a_rebuild(stores):
     assert json.loads(rebuilt)["items"][0]["rank"] == 1
 
 
+def test_the_influence_position_never_claims_a_page_committed_while_it_is_read(stores, monkeypatch):
+    """The KV writer writes influence rows up to this position, and never again below it. A page committed
+    while it is read (after its first read) leaves its tenant to recompute: claiming the page would let the
+    writer pass the position that recompute marks its rows with, and the bucket would keep the old scores."""
+    ledger, views = stores
+    writer = FactWriter(ledger)
+    writer.commit([received(give("g1", "ann", "bob"))])
+    influence = project(ledger, views)
+    before = views.position(reciprocity.VIEW)
+    assert influence.reflected_position() == before  # nothing to recompute
+    writer.commit([received(give("g2", "bob", "cas"))])
+    read = views.read
+
+    def read_then_project(*args):
+        rows = read(*args)
+        monkeypatch.setattr(views, "read", read)
+        Follower(ledger, reciprocity.ReciprocityProjection(views), lambda: views.position(reciprocity.VIEW)).catch_up()
+        return rows
+
+    monkeypatch.setattr(views, "read", read_then_project)
+    claimed = influence.reflected_position()
+    page = views.position(reciprocity.VIEW)
+    assert page > before  # the page did commit meanwhile
+    assert influence.stale_tenants() == ["acme"]
+    assert claimed < page
+    for tenant in influence.stale_tenants():
+        influence.recompute(tenant)
+    assert influence.reflected_position() == page
+
+
 def test_a_rebuild_has_every_kv_bucket_written_again_from_the_start(stores, settings):
     """A rebuild may change rows the buckets hold (a changed view definition), so the KV writer forgets
     where it was in every bucket, and the stream sequences it saw acknowledged."""
