@@ -36,6 +36,10 @@ BUCKETS = (BUCKET_BALANCES, BUCKET_PAIRS, BUCKET_INFLUENCE)
 SERVICE_NAME = "reciprocity"
 QUERY_ENDPOINTS = ("balance", "pair", "influence", "maintenance", "graph", "ties", "upkeep")
 CONNECT_RETRY_S = 1.0
+# The workers' JetStream API requests (stream info, the last message, making the stream and buckets). While a
+# stream's leader is being elected nothing answers; asking again every 2 s finds the new leader sooner than
+# nats-py's default 5 s wait would.
+REQUEST_TIMEOUT_S = 2.0
 # What ensure_stream sets; a stream whose settings all match is not updated.
 STREAM_FIELDS = ("subjects", "retention", "storage", "duplicate_window", "allow_direct", "num_replicas")
 

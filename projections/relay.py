@@ -47,6 +47,7 @@ from projections.nats_bus import (
     MSG_ID_HEADER,
     PARTICIPANTS_HEADER,
     POSITION_HEADER,
+    REQUEST_TIMEOUT_S,
     STREAM,
     event_subject,
 )
@@ -58,7 +59,13 @@ log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 2_000
 POLL_INTERVAL_S = 0.5
-ACK_TIMEOUT_S = 10.0
+# The last message of a page is acked within milliseconds (2,000 messages, 3 replicas); silence for this long
+# means the stream's leader died with the page in flight. The relay then aligns again on the new leader (the
+# chained headers make a page sent twice stored once), so this bounds how long a failover leaves it waiting.
+ACK_TIMEOUT_S = 3.0
+# Between tries while the stream has no leader: a stream_info request a second, and the relay starts again
+# within about a second of the election, not after a backoff grown to 5 s.
+RETRY_MAX_S = 1.0
 # Names kept across pages: every live participant's id would fit in most deployments, but not in all.
 NAMES_CACHED_MAX = 200_000
 ERASURES_POLL_S = 5.0
@@ -138,7 +145,7 @@ class Relay:
         """Publishes until cancelled, refused or reconnected (then the caller runs it again, which realigns:
         the server it reconnected to may have lost the stream, or be a new one)."""
         reconnects = client.stats["reconnects"]
-        js = client.jetstream()
+        js = client.jetstream(timeout=REQUEST_TIMEOUT_S)
         last = await last_message(js)
         end = stream_end(last)
         self.position, last_id, last_sequence = end.position, end.event_id, end.sequence

@@ -83,14 +83,16 @@ async def run_while_holding(
     on_active: Callable[[bool], None] = lambda active: None,
     check_s: float = LOCK_CHECK_S,
     standby_s: float = STANDBY_RETRY_S,
+    retry_max_s: float = BACKOFF_MAX_S,
 ) -> None:
     """Runs `work` only while holding the lock: one projector and one relay per store however many processes
     run. Until then this process stands by, asking for the lock again and again: an attempt that fails (the
     store unreachable for a moment) is logged and retried with backoff, never the end of the standby. A lock
     that was lost (its PostgreSQL session ended) stops the work, and this process stands by again.
-    `on_active` learns when the work starts (True) and stops (False)."""
+    `on_active` learns when the work starts (True) and stops (False); a failure of the work is tried again
+    after at most `retry_max_s`."""
     try:
-        await _hold_and_run(lock, work, name, on_active, check_s, standby_s)
+        await _hold_and_run(lock, work, name, on_active, check_s, standby_s, retry_max_s)
     except BaseException:
         lock.release()  # dying or stopping: a standby takes over rather than waiting behind a dead holder
         raise
@@ -103,6 +105,7 @@ async def _hold_and_run(
     on_active: Callable[[bool], None],
     check_s: float,
     standby_s: float,
+    retry_max_s: float,
 ) -> None:
     backoff = Backoff()
     while True:
@@ -119,7 +122,7 @@ async def _hold_and_run(
             continue
         log.info("worker_active", worker=name, lock_session=lock.session_pid())
         on_active(True)
-        running = asyncio.create_task(retry_forever(work, name), name=name)
+        running = asyncio.create_task(retry_forever(work, name, Backoff(max_s=retry_max_s)), name=name)
         try:
             while not running.done() and await _still_held(lock, name):
                 await asyncio.wait([running], timeout=check_s)

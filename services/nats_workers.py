@@ -15,8 +15,16 @@ from nats.js import JetStreamContext
 from ledger.locks import WorkerLock
 from ledger.store import Ledger
 from projections.kv import KvWriter
-from projections.nats_bus import BUCKETS, connect, ensure_buckets, ensure_stream, until_cancelled, until_done
-from projections.relay import Relay
+from projections.nats_bus import (
+    BUCKETS,
+    REQUEST_TIMEOUT_S,
+    connect,
+    ensure_buckets,
+    ensure_stream,
+    until_cancelled,
+    until_done,
+)
+from projections.relay import RETRY_MAX_S, Relay
 from projections.runtime import Projections
 from projections.supervision import BackgroundTasks, run_while_holding
 from services.metrics import Metrics
@@ -105,7 +113,9 @@ class BusWorkers:
         if self.relay is not None:
             relay = self.relay
             relay_run = self._prepared(lambda: relay.run(self.client, self.relay_wakeup))
-            relaying = run_while_holding(self.relay_lock, relay_run, "relay", on_active=self._set_relaying)
+            relaying = run_while_holding(
+                self.relay_lock, relay_run, "relay", on_active=self._set_relaying, retry_max_s=RETRY_MAX_S
+            )
             self.background.start(relaying, "relay")
 
     async def _prepare(self, js: JetStreamContext) -> None:
@@ -118,7 +128,7 @@ class BusWorkers:
 
         async def run() -> None:
             assert self.client is not None
-            await self._prepare(self.client.jetstream())
+            await self._prepare(self.client.jetstream(timeout=REQUEST_TIMEOUT_S))
             await work()
 
         return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from itertools import pairwise
 
 import pytest
 from structlog.testing import capture_logs
@@ -167,6 +168,31 @@ async def test_a_worker_loop_that_escaped_its_retries_dies_and_lets_its_lock_go(
     assert other.try_acquire()
     other.release()
     await background.close()
+
+
+async def test_a_held_worker_that_keeps_failing_is_tried_again_within_its_retry_bound(sqlite_settings):
+    """The relay's work fails for as long as the stream has no leader; its retries stay at most `retry_max_s`
+    apart (RETRY_MAX_S, 1 s) rather than growing to the backoff's 5 s, so it resumes soon after an election."""
+    lock = WorkerLock(None, sqlite_settings.data_dir, "relay")
+    tries: list[float] = []
+
+    async def failing() -> None:
+        tries.append(asyncio.get_running_loop().time())
+        raise RuntimeError("no stream leader")
+
+    async def enough() -> bool:
+        return len(tries) >= 9
+
+    with capture_logs() as logs:
+        loop = asyncio.create_task(run_while_holding(lock, failing, "relay", retry_max_s=0.3))
+        await until(enough, 10, "nine tries")
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    gaps = [later - earlier for earlier, later in pairwise(tries)]
+    assert max(gaps) <= 0.3 + 0.1  # (the bound, and the event loop's own lateness)
+    assert max(gaps[-3:]) >= 0.3 / 2  # still a backoff: the upper half of the bound once it is reached
+    assert len(logged(logs, "worker_failed")) >= 8
 
 
 async def test_readyz_is_503_naming_the_loop_that_died(aiohttp_client, sqlite_settings):
