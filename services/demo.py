@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import json
 import logging
@@ -39,6 +38,7 @@ from ledger.signatures import secret_key, sign
 from services.bootstrap import open_registry
 from services.demo_text import render
 from services.http.app import create_app
+from services.listener import ListenError, bound_listener
 from services.settings import Settings
 
 TENANT = "demo-community"
@@ -309,21 +309,10 @@ def _unused_tenant(existing: frozenset[str]) -> str:
 def _listen(host: str, port: int) -> socket.socket:
     """The service's listening socket; a host or port it cannot have is a DemoError that says which."""
     try:
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-            0
-        ]
-        listener = socket.socket(family, kind)
-    except OSError as failure:
-        raise DemoError(f"cannot listen on {host}: {failure.strerror} (RECIPROCITY_HTTP_HOST, --http-host)") from None
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(address)
-    except OSError as failure:
-        listener.close()
-        if failure.errno == errno.EADDRINUSE:
-            raise DemoError(f"port {port} on {host} is taken: set RECIPROCITY_HTTP_PORT or --http-port") from None
-        raise DemoError(f"cannot listen on {host} port {port}: {failure.strerror}") from None
-    return listener
+        return bound_listener(host, port)
+    except ListenError as failure:
+        hint = "set RECIPROCITY_HTTP_PORT or --http-port" if failure.taken else "RECIPROCITY_HTTP_HOST, --http-host"
+        raise DemoError(f"{failure}: {hint}") from None
 
 
 async def _start_service(settings: Settings, listener: socket.socket) -> tuple[web.AppRunner, str]:

@@ -21,6 +21,7 @@ from services.background import WatchedProcess
 from services.bootstrap import ensure_schemas
 from services.http.app import create_app
 from services.http_worker import SOCKET_FD_ENV, run_http
+from services.listener import ListenError, bound_listener
 from services.logs import configure_logging, redact_url
 from services.metrics import forget_process, share_metrics_between_processes
 from services.natsserver import EmbeddedNatsServer, NatsServerError
@@ -100,23 +101,14 @@ def serve(settings: Settings) -> None:
 
 
 def _listen(settings: Settings) -> socket.socket:
-    """The listening socket that serve and its HTTP workers share (bound once: a taken port is an error
-    here, as with one process, rather than a port silently shared with another service)."""
-    family, kind, _, _, address = socket.getaddrinfo(
-        settings.http_host, settings.http_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    listener = socket.socket(family, kind)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """The listening socket that serve and its HTTP workers share (bound once, here, as with one process)."""
     try:
-        listener.bind(address)
-    except OSError as failure:
-        listener.close()
-        if failure.errno == errno.EADDRINUSE:
+        return bound_listener(settings.http_host, settings.http_port)
+    except ListenError as failure:
+        if failure.taken:
             _port_taken(settings)
-        raise
-    listener.listen(1024)
-    listener.set_inheritable(True)
-    return listener
+        log.error("cannot_listen", host=settings.http_host, port=settings.http_port, error=str(failure))
+        sys.exit(f"reciprocity: {failure} (RECIPROCITY_HTTP_HOST, RECIPROCITY_HTTP_PORT)")
 
 
 def _port_taken(settings: Settings) -> None:

@@ -293,6 +293,15 @@ def test_a_taken_http_port_is_a_clear_error_with_several_http_workers(settings, 
             blocked.start()
 
 
+def test_an_http_host_that_does_not_resolve_is_a_clear_error_with_several_http_workers(settings, tmp_path):
+    blocked = Server(
+        settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2", RECIPROCITY_HTTP_HOST="no-such-host.invalid"
+    )
+    with pytest.raises(RuntimeError, match="cannot listen on no-such-host.invalid: .*RECIPROCITY_HTTP_HOST"):
+        blocked.start()
+    assert blocked.process.returncode != 0
+
+
 def _child_running(parent: int, command: bytes, timeout_s: float) -> int:
     """The pid of a child of `parent` running `command`, once there is one."""
     deadline = time.monotonic() + timeout_s
