@@ -23,6 +23,7 @@ from services.http.app import create_app
 from services.http_worker import SOCKET_FD_ENV, run_http
 from services.listener import ListenError, bound_listener
 from services.logs import configure_logging, redact_url
+from services.malloc_arenas import bound_malloc_arenas
 from services.metrics import forget_process, share_metrics_between_processes
 from services.natsserver import EmbeddedNatsServer, NatsServerError
 from services.roles import ROLES, http_parts
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 
 def serve(settings: Settings) -> None:
+    bound_malloc_arenas()  # before this process starts a thread, and for every process it starts
     configure_logging(settings.log_format, settings.log_level, settings.role)
     name_connections(settings.role)  # pg_stat_activity tells the roles' connections apart (README, "Connections")
     try:  # before any process starts: a schema this release may not use stops serve here, with the command to run

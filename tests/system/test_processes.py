@@ -237,6 +237,30 @@ def test_the_embedded_nats_server_dies_with_a_service_killed_by_sigkill(settings
         server.stop()
 
 
+@pytest.mark.parametrize("operator_value", [None, "4"])
+def test_every_python_process_of_serve_has_its_malloc_arenas_bounded_unless_the_operator_chose(
+    settings, tmp_path, operator_value
+):
+    """glibc's arenas (services/malloc_arenas.py): serve's background and HTTP processes and the influence
+    worker start with MALLOC_ARENA_MAX=2, or with the operator's own value. (Serve itself sets it with mallopt,
+    which /proc does not show; its environment file is the one it started with.)"""
+    extra = {"MALLOC_ARENA_MAX": operator_value} if operator_value else {}
+    server = Server(settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2", **extra).start()
+    try:
+        background_pid = _logged(tmp_path / "serve.log", "background_started")["child_pid"]
+        pids = [
+            background_pid,
+            _logged(tmp_path / "serve.log", "http_worker_started")["child_pid"],
+            _child_running(background_pid, b"spawn_main", timeout_s=15),  # the influence worker
+        ]
+        environments = [dict(
+            entry.split(b"=", 1) for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in entry
+        ) for pid in pids]  # fmt: skip
+        assert [env.get(b"MALLOC_ARENA_MAX") for env in environments] == [(operator_value or "2").encode()] * 3
+    finally:
+        server.stop()
+
+
 def test_http_workers_share_the_port_and_their_metrics_add_up(settings, tmp_path):
     """With RECIPROCITY_HTTP_WORKERS=2 two processes answer on one port, and /metrics, whichever of them
     answers it, counts the requests of both."""
@@ -297,7 +321,7 @@ def test_an_http_host_that_does_not_resolve_is_a_clear_error_with_several_http_w
     blocked = Server(
         settings, tmp_path / "serve.log", RECIPROCITY_HTTP_WORKERS="2", RECIPROCITY_HTTP_HOST="no-such-host.invalid"
     )
-    with pytest.raises(RuntimeError, match="cannot listen on no-such-host.invalid: .*RECIPROCITY_HTTP_HOST"):
+    with pytest.raises(RuntimeError, match=r"cannot listen on no-such-host\.invalid: .*RECIPROCITY_HTTP_HOST"):
         blocked.start()
     assert blocked.process.returncode != 0
 
