@@ -2,9 +2,9 @@
 
 glibc gives threads that allocate at the same time arenas of their own, up to eight per core, and memory
 freed into one arena is not handed to another. The background process runs the follower, the relay, the KV
-writer and their thread pools; with the default it peaked about 80 MiB higher at 300k facts than with two
-arenas, at the same follower speed (docs/performance.md, "bench/memory.py"). Python threads allocate mostly
-under the interpreter lock, so two arenas cost them next to no waiting.
+writer and their thread pools; with the default it peaked 50 to 80 MiB higher than with two arenas, at 300k
+and at 1M facts, the follower no slower (docs/performance.md, "bench/memory.py"). Python threads allocate
+mostly under the interpreter lock, so two arenas cost them next to no waiting.
 """
 
 from __future__ import annotations
