@@ -8,6 +8,7 @@ answered a 5xx but a retryable 503. The failover times are printed (with -s) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS, STREAM, open_client
+from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS, STREAM, bucket_stream, open_client
 from services.natsserver import EmbeddedNatsServer
 from tests.helpers import until
 from tests.nats_cluster import NatsCluster
@@ -149,26 +150,48 @@ async def settled(roles: RoleCluster, js: JetStreamContext, load: SignedLoad) ->
     assert await stream_ids(js) == log
     query, headers = roles.of_role("query")[0], roles.sender.read_headers()
     for bucket in ROUTES:
-        equal = partial(kv_equals_http, js, query, headers, bucket)
-        await until(equal, SETTLE_S, what=f"{bucket} equal to HTTP")
+        unequal: dict[str, object] = {}
+        equal = partial(kv_equals_http, js, query, headers, bucket, unequal)
+        try:
+            await until(equal, SETTLE_S, what=f"{bucket} equal to HTTP")
+        except AssertionError as failure:
+            with contextlib.suppress(Exception):
+                unequal.update(cluster=(await js.stream_info(bucket_stream(bucket))).cluster)
+            raise AssertionError(f"{failure}; last seen {unequal}") from None
     await until(lambda: replicated(js, 3), FAILOVER_S, what="every replica current")
 
 
-async def kv_equals_http(js: JetStreamContext, query: Server, headers: dict[str, str], bucket: str) -> bool:
-    """Every key of the bucket holds what HTTP answers (but `position`); every participant has a balance."""
+async def kv_equals_http(
+    js: JetStreamContext, query: Server, headers: dict[str, str], bucket: str, unequal: dict[str, object]
+) -> bool:
+    """Every key of the bucket holds what HTTP answers (but `position`); every participant has a balance.
+    What differed last is kept in `unequal`, for the failure's message.
+
+    Values are read from the bucket's stream leader. A direct get (what `kv.get` does on these buckets) may be
+    answered by any replica, and the node that came back serves what it held when it died until it has
+    caught up: NATS's choice for direct reads (README, "NATS cluster"). `settled` asks for every replica
+    current after this."""
     try:
         kv = await js.key_value(bucket)
         keys = await kv.keys()
-        values = {key: json.loads((await kv.get(key)).value) for key in keys}
-    except Exception:  # the cluster answering slowly, or no key yet
+        values = {
+            key: json.loads((await js.get_msg(bucket_stream(bucket), subject=f"$KV.{bucket}.{key}")).data)
+            for key in keys
+        }
+    except Exception as failure:  # the cluster answering slowly, or no key yet
+        unequal.update(reading=repr(failure))
         return False
     if bucket == BUCKET_BALANCES:
         _, listed = await asyncio.to_thread(query.get, "/v1/tenants/acme/balances?limit=1000", headers)
         if sorted(values) != sorted(f"acme.{item['participant']}" for item in listed["items"]):
+            unequal.update(keys=sorted(values), listed=[item["participant"] for item in listed["items"]])
             return False
     for key, stored in values.items():
         path = ROUTES[bucket].format(*key.split(".")[1:])
         status, http = await asyncio.to_thread(query.get, path, headers)
         if status != 200 or {**stored, "position": None} != {**http, "position": None}:
+            unequal.update(key=key, kv=stored, http_status=status, http=http)
+            with contextlib.suppress(Exception):
+                unequal.update(direct_get=json.loads((await kv.get(key)).value))
             return False
     return True
