@@ -154,7 +154,8 @@ class Relay:
         published = asyncio.Event()
         # Retried on its own: a failed erasure pass (the store or NATS away a moment) must not end erasures
         # for as long as the relay runs.
-        erasures = retry_forever(lambda: self._erase_pending(js, published), "relay-stream-erasures")
+        # (with nats-py's own 5 s timeout: a secure erase rewrites the message where it lies, slower than a lookup)
+        erasures = retry_forever(lambda: self._erase_pending(client.jetstream(), published), "relay-stream-erasures")
         eraser = asyncio.create_task(erasures, name="relay-stream-erasures")
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
             next_page = asyncio.create_task(self._read(self.position))

@@ -292,11 +292,17 @@ async def test_publishing_goes_on_while_a_deletion_runs(ledger, js, nats_server)
         await relayed_up_to(js, later)
         assert await remaining() > 100, "published while the deletion was still running"
         await until(lambda: only_later_left(remaining), 60, what="the deletion done")
+        # The relay records the erasure done just after its last deletion: wait for that before stopping it.
+        await until(lambda: no_erasure_pending(ledger, later), 10, what="the erasure recorded done")
     assert ledger.pending_stream_erasures(later) == []
 
 
 async def deleting(remaining) -> bool:
     return await remaining() < 1_500
+
+
+async def no_erasure_pending(ledger, position: int) -> bool:
+    return await asyncio.to_thread(ledger.pending_stream_erasures, position) == []
 
 
 async def only_later_left(remaining) -> bool:

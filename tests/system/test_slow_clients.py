@@ -158,7 +158,7 @@ def test_connections_beyond_the_bound_are_closed_at_once_and_the_process_keeps_w
         for conn in flood:
             conn.close()
         process.terminate()
-        process.wait(15)
+        process.wait(30)  # a clean stop on a loaded machine (aiohttp alone gives open connections 10 s)
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert any(line["event"] == "connections_refused" and line["limit"] == bound for line in lines)
     assert not any(line.get("level") == "error" for line in lines), [line for line in lines if line["level"] == "error"]
