@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 PAGE_FACTS_MAX = 5_000
 POLL_INTERVAL_S = 0.5
+PAGES_PER_TURN = 20  # pages applied before the follower yields to a new turn of its loop
+COMMIT_WAKE_INTERVAL_S = 0.1  # on PostgreSQL, commits wake followers at most this often (docs/performance.md)
 LISTEN_WANTED_CHECK_S = 0.5  # how soon a worker that took over listens (its followers poll meanwhile)
 ERROR_CHARS_MAX = 2_000
 # SQLSTATE class 54, "program limit exceeded" (a value too long for an index row, say): an OperationalError
@@ -234,7 +236,7 @@ class Follower:
         while True:
             wakeup.clear()
             try:
-                await loop.run_in_executor(executor, partial(self.catch_up, pages_max=20))
+                applied = await loop.run_in_executor(executor, partial(self.catch_up, pages_max=PAGES_PER_TURN))
             except Exception as failure:  # the failed page rolled back whole; try it again after a pause
                 delay = backoff.next_delay()
                 log.error(
@@ -245,11 +247,15 @@ class Follower:
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            if self.position() >= self.ledger.head_position():
+            if applied >= PAGES_PER_TURN * self.page_facts_max:
+                continue  # it stopped at the turn's last page, not at the end of the log
+            # The log held no more when its last page was read (after the wakeup was cleared), so a commit since
+            # has set the wakeup again. Only the first catch-up is waited for (tests, a clean stop).
+            if not self.caught_up.is_set():
                 self.caught_up.set()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll_interval_s):  # wait_for can lose a cancel (3.11)
-                        await wakeup.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_interval_s):  # wait_for can lose a cancel (3.11)
+                    await wakeup.wait()
 
 
 class PostgresNotifications:
@@ -289,8 +295,13 @@ class PostgresNotifications:
                 with postgres_connect(self._database_url, self._limits) as conn:
                     conn.execute(f'LISTEN "{self._channel}"')
                     backoff.reset()
+                    woken_at = -COMMIT_WAKE_INTERVAL_S
                     while not self._stop.is_set() and self._wanted():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            # The first commit after a quiet spell wakes at once; under load the commits of an
+                            # interval go into one page rather than a page each (a page's own cost dominated).
+                            self._stop.wait(woken_at + COMMIT_WAKE_INTERVAL_S - time.monotonic())
+                            woken_at = time.monotonic()
                             self._wake()
             except Exception as failure:  # reconnect, whatever failed; the poll interval covers the gap
                 delay = backoff.next_delay()

@@ -120,18 +120,18 @@ class KvWriter:
             try:
                 while client.stats["reconnects"] == reconnects:  # else start again: the server may be new
                     wakeup.clear()
-                    written = await self._sync(publisher, bucket, rows, since)
+                    since, at_head = await self._sync(publisher, bucket, rows, since)
+                    self.written[bucket] = since
                     if time.monotonic() - erasures_at >= ERASURES_INTERVAL_S:
                         erasures_at = time.monotonic()
-                        await self.erase_due(client, publisher, bucket, written)
-                    if written == since:
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(POLL_INTERVAL_S):  # wait_for can lose a cancel (3.11)
-                                await wakeup.wait()
-                    since = self.written[bucket] = written
+                        await self.erase_due(client, publisher, bucket, since)
                     if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
                         await asyncio.to_thread(self.record_written, bucket, since, publisher.sequence)
                         recorded, recorded_at = since, time.monotonic()
+                    if at_head:  # written up to the view's position; a page since has set the wakeup again
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(POLL_INTERVAL_S):  # wait_for can lose a cancel (3.11)
+                                await wakeup.wait()
             finally:
                 if since != recorded:  # stopping or failing: keep what was acknowledged
                     await asyncio.shield(asyncio.to_thread(self.record_written, bucket, since, publisher.sequence))
@@ -180,18 +180,18 @@ class KvWriter:
 
     async def _sync(
         self, publisher: AckedPublisher, bucket: str, rows: Callable[..., Iterator[Any]], since: int
-    ) -> int:
+    ) -> tuple[int, bool]:
         """Writes the rows changed in the next window of positions after `since`; returns the position
-        written up to (`since` when nothing was new).
+        written up to (`since` when nothing was new), and whether that is the view's position as just read.
 
         The window bounds memory: after a rebuild every row of a million-fact view has changed, and the
         writer holds one window's rows and one batch's JSON at a time, not the whole view."""
         if bucket == BUCKET_BALANCES and (page := self._offered_after(since)) is not None:
             await publisher.publish(page.messages, ACK_TIMEOUT_S)
-            return page.position
+            return page.position, False
         head = await asyncio.to_thread(self.upto[bucket])
         if head <= since:
-            return since
+            return since, True
         upto = min(head, since + POSITIONS_PER_SYNC)
         batches = await asyncio.to_thread(rows, since, upto)
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
@@ -200,7 +200,7 @@ class KvWriter:
                 for key, value in batch  # a None value is no longer in the bucket's scope: a delete marker
             )
             await publisher.publish(messages, ACK_TIMEOUT_S)
-        return upto
+        return upto, upto == head
 
     def _offered_after(self, since: int) -> OfferedPage | None:
         """The next offered page, if it starts where the bucket was written up to. A page is taken off

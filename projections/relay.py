@@ -158,18 +158,23 @@ class Relay:
         erasures = retry_forever(lambda: self._erase_pending(client.jetstream(), published), "relay-stream-erasures")
         eraser = asyncio.create_task(erasures, name="relay-stream-erasures")
         async with AckedPublisher(client, PAGE_FACTS_MAX) as publisher:
-            next_page = asyncio.create_task(self._read(self.position))
+            # Cleared before each read that is not read ahead: a commit after it wakes the relay again.
+            wakeup.clear()
+            next_page: asyncio.Task[list[StoredFact]] | None = asyncio.create_task(self._read(self.position))
             try:
                 while client.stats["reconnects"] == reconnects:
-                    wakeup.clear()
-                    page = await next_page
-                    if not page:
+                    if next_page is None:  # the last page was short: the log held no more when it was read
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(self.poll_s):  # wait_for can lose a cancel (3.11)
                                 await wakeup.wait()
+                        wakeup.clear()
                         next_page = asyncio.create_task(self._read(self.position))
+                    page = await next_page
+                    next_page = None
+                    if not page:
                         continue
-                    next_page = asyncio.create_task(self._read(page[-1].position))  # read while the acks come
+                    if len(page) == PAGE_FACTS_MAX:  # more is likely waiting: read it while the acks come
+                        next_page = asyncio.create_task(self._read(page[-1].position))
                     await self._resolve_names(page)
                     messages = self.chained_messages(page, last_id, last_sequence, self.names)
                     await publisher.publish(messages, ACK_TIMEOUT_S, chained=True)
@@ -179,7 +184,8 @@ class Relay:
                     if any(isinstance(stored.fact, Erasure) for stored in page):
                         published.set()
             finally:
-                next_page.cancel()
+                if next_page is not None:
+                    next_page.cancel()
                 eraser.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await eraser

@@ -72,10 +72,9 @@ class BusWorkers:
             projections.while_projecting.append(("kv", self._write_kv))
 
     def wake(self) -> None:
-        """After this process committed facts or applied a page: publish now, not at the next poll."""
+        """After a commit to the store: publish now, not at the next poll. (The KV writers follow the views,
+        not the log: the projector wakes them after each page and each recompute.)"""
         self.relay_wakeup.set()
-        for wakeup in self.kv_wakeups.values():
-            wakeup.set()
 
     def _relayed(self, position: int) -> None:
         self.metrics.relay_position.set(position)
