@@ -292,6 +292,17 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
     def __init__(self, datastore: Any, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
         schema = Identifier(self.datastore.schema)
+        # The library's insert, with the events sent in binary: in text, psycopg escapes every field of every
+        # event with regular expressions, a fifth of the writer's time on PostgreSQL (docs/performance.md).
+        self.insert_events_statement = SQL(
+            "INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state) "
+            "SELECT originator_id, originator_version, topic, state FROM unnest(%b::{schema}.{stored_event_type}[]) "
+            "RETURNING notification_id"
+        ).format(
+            schema=schema,
+            table=Identifier(self.events_table_name),
+            stored_event_type=Identifier(self.stored_event_type_name),
+        )
         self.sql_create_statements.append(
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.fact_index (position bigint PRIMARY KEY, tenant text NOT NULL)"
