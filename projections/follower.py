@@ -250,9 +250,8 @@ class Follower:
             if applied >= PAGES_PER_TURN * self.page_facts_max:
                 continue  # it stopped at the turn's last page, not at the end of the log
             # The log held no more when its last page was read (after the wakeup was cleared), so a commit since
-            # has set the wakeup again. Only the first catch-up is waited for (tests, a clean stop).
-            if not self.caught_up.is_set():
-                self.caught_up.set()
+            # has set the wakeup again.
+            self.caught_up.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll_interval_s):  # wait_for can lose a cancel (3.11)
                     await wakeup.wait()
