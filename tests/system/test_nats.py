@@ -360,10 +360,11 @@ async def test_the_relay_and_the_follower_read_the_log_once_per_wake_and_not_whi
 
                 await until(both_have_it, what=f"fact {n + 1} in the views and the stream")
             await asyncio.sleep(0.5)  # idle: a loop that read again without being woken would show here
-            # One read at start (the log empty), then one per wake; a wake that came while a page was being
-            # handled may add one read that finds nothing.
-            assert 4 <= reads["relay"] <= 6, reads
-            assert 4 <= reads["follower"] <= 6, reads
+            # At most one read at start and one per wake (three facts need three reads: a loop that starts after
+            # the first commit reads it at once); a wake that came while a page was being handled may add one
+            # read that finds nothing.
+            assert 3 <= reads["relay"] <= 6, reads
+            assert 3 <= reads["follower"] <= 6, reads
             for task in tasks:
                 await stop(task)
     finally:
