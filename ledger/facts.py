@@ -271,6 +271,13 @@ def named_people(fact: Fact) -> tuple[str, ...]:
     return ()
 
 
+def concerned_tokens(listed: list[str] | None, fact: Fact) -> tuple[str, ...]:
+    """The tokens of everyone a stored fact concerns, given its `participants`. Only a fact that concerns someone
+    it does not name (an acknowledgement or reversal, through its ref) lists them: for the rest they are whom it
+    names."""
+    return named_people(fact) if listed is None else tuple(listed)
+
+
 def fact_from_json(fact: dict[str, Any]) -> Fact:
     """A recorded fact from the JSON the store holds (or the log shows: a `position` is ignored)."""
     return FACT_RECORDS[fact["type"]].from_json(fact)
@@ -290,11 +297,15 @@ class FactHistory(Aggregate):
     @event("Recorded")
     def __init__(self, id: UUID, fact: dict[str, Any]) -> None:
         self.fact: Fact = fact_from_json(fact)
-        # The tokens of everyone it concerns: an acknowledgement's or reversal's note is sealed for them too.
-        self.participants: tuple[str, ...] = tuple(fact.get("participants", ()))
+        self.listed_participants: list[str] | None = fact.get("participants")  # see `participants`
         self.reversed_by: UUID | None = None
         # Live acknowledgements by acknowledger; only gives and introductions ever fill it.
         self.acknowledgements: dict[str, UUID] = {}
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        """The tokens of everyone it concerns: an acknowledgement's or reversal's note is sealed for them too."""
+        return concerned_tokens(self.listed_participants, self.fact)
 
     def acknowledge(self, acknowledger: str, acknowledgement_id: UUID) -> None:
         raise RuleViolation(
@@ -461,7 +472,7 @@ def history_of(stored: dict[str, Any], event_id: UUID) -> FactHistory:
     """A new fact's history, from the fact as it is to be stored (tokens, sealed note), after the rules that
     need nothing but the fact itself: they hold on tokens as on ids, one id having one token. A broken rule
     drops the new aggregate: nothing of it was saved."""
-    history = HISTORIES[FactType(stored["type"])](id=event_id, fact=stored)
+    history = HISTORIES[stored["type"]](id=event_id, fact=stored)  # type: ignore[index]  # StrEnum keys
     _check_fact_rules(history.fact)
     return history
 

@@ -40,13 +40,12 @@ from ledger.facts import (
     fact_event_id,
     fact_from_json,
     history_of,
-    named_people,
     received_fact_json,
     same_fact,
 )
 from ledger.participants import (
     ERASURE_SOURCE,
-    PERSON_FIELDS,
+    PEOPLE_FIELDS_BY_TYPE,
     SEALED_NOTE,
     KeyRow,
     ParticipantKey,
@@ -101,7 +100,7 @@ class _Plan:
     # Participants: (tenant, id) -> token and key, read once per plan or made new in it.
     people: dict[tuple[str, str], ParticipantKey] = field(default_factory=dict)
     new_participants: list[KeyRow] = field(default_factory=list)
-    used_tokens: set[str] = field(default_factory=set)  # everyone the plan's facts name
+    read_at: int = 0  # the log's head when the plan began: no erasure may come after it before the commit
     keys_by_token: dict[str, bytes | None] = field(default_factory=dict)  # for sealing notes of acks, reversals
 
 
@@ -124,10 +123,11 @@ class FactWriter:
     def __init__(self, ledger: Ledger, clock: Callable[[], datetime] | None = None) -> None:
         self.ledger = ledger
         self.clock = clock or (lambda: datetime.now(UTC))
-        # Participants' tokens and keys met before, so a plan looks up only people new to this writer. An entry
-        # may go stale when another process erases the person: the transaction then finds the key row gone,
-        # and the writer forgets everything and plans again.
+        # Participants' tokens and keys met before, so a plan looks up only people new to this writer. They
+        # were all live at log position `people_live_at`; an erasure in the log after it (by any process) makes
+        # the writer forget them all, and a transaction whose plan read keys before an erasure does not commit.
         self.people: dict[tuple[str, str], ParticipantKey] = {}
+        self.people_live_at = 0
 
     def commit(self, incoming: Sequence[ReceivedFact]) -> list[Outcome]:
         """Applies the facts in order and commits them together; falls back to one by one on conflicts."""
@@ -149,7 +149,7 @@ class FactWriter:
         for _ in range(CONFLICT_RETRIES_MAX):
             plan = self._plan(incoming)
             try:
-                positions = self._save(plan)
+                positions, last = self._save(plan)
             except IntegrityError:
                 self.people.clear()
                 # Another process recorded one of these ids, or acted on one of their targets, after we
@@ -160,25 +160,28 @@ class FactWriter:
             if len(self.people) > PEOPLE_CACHED_MAX:
                 self.people.clear()
             self.people.update(plan.people)
+            self.people_live_at = max(plan.read_at, last)
             return [self._resolve(outcome, positions) for outcome in plan.outcomes]
         raise ConflictPersisted
 
-    def _save(self, plan: _Plan) -> dict[UUID, int]:
+    def _save(self, plan: _Plan) -> tuple[dict[UUID, int], int]:
+        """The positions of the plan's new facts, and the last position it wrote."""
         if not plan.events:
-            return {}
+            return {}, 0
         # The library's event store directly: Application.save() would only add snapshotting and
         # notification hooks we do not use, and costs a protocol check per event.
         recordings = self.ledger.events.put(
             plan.events,
             fact_tenants=plan.fact_tenants,
             new_participants=plan.new_participants,
-            used_tokens=plan.used_tokens,
+            no_erasure_after=plan.read_at,
         )
-        return {
+        positions = {
             r.domain_event.originator_id: r.notification.id
             for r in recordings
             if r.domain_event.originator_version == 1
         }
+        return positions, max(r.notification.id for r in recordings)
 
     def _resolve(self, outcome: Outcome | _Pending, positions: dict[UUID, int]) -> Outcome:
         if isinstance(outcome, Outcome):
@@ -186,7 +189,10 @@ class FactWriter:
         return Outcome(outcome.status, outcome.event_id, positions[outcome.event_id])
 
     def _plan(self, incoming: Sequence[ReceivedFact]) -> _Plan:
-        plan = _Plan()
+        plan = _Plan(read_at=self.ledger.head_position())
+        if self.people and self.ledger.erasure_between(self.people_live_at, plan.read_at):
+            self.people.clear()
+        self.people_live_at = plan.read_at
         recorded_at = utc_text(self.clock())
         recorded = self.ledger.find_facts({item.event_id for item in incoming})
         plan.people = self._known_people(incoming)
@@ -195,21 +201,19 @@ class FactWriter:
         return plan
 
     def _known_people(self, incoming: Sequence[ReceivedFact]) -> dict[tuple[str, str], ParticipantKey]:
-        """The tokens and keys of everyone the facts name who already has one: one lookup per tenant."""
-        named: dict[str, set[str]] = {}
-        known: dict[tuple[str, str], ParticipantKey] = {}
+        """The tokens and keys of the people the facts name whom this writer has not met yet, and who have one:
+        one lookup per tenant."""
+        met = self.people
+        unmet: dict[str, set[str]] = {}
         for item in incoming:
-            people = named.setdefault(item.tenant, set())
-            data = item.data
-            for person in (*(data[name] for name in PERSON_FIELDS if name in data), *data.get("introduced", ())):
-                key = self.people.get((item.tenant, person))
-                if key is None:
-                    people.add(person)
-                else:
-                    known[item.tenant, person] = key
-        for tenant, people in named.items():
-            if not people:
-                continue
+            tenant, data = item.tenant, item.data
+            for name in PEOPLE_FIELDS_BY_TYPE.get(item.type, ()):
+                value = data[name]
+                for person in value if name == "introduced" else (value,):
+                    if (tenant, person) not in met:
+                        unmet.setdefault(tenant, set()).add(person)
+        known: dict[tuple[str, str], ParticipantKey] = {}
+        for tenant, people in unmet.items():
             digests = {id_digest(tenant, person): person for person in people}
             for digest, key in self.ledger.participant_keys(tenant, list(digests)).items():
                 known[tenant, digests[digest]] = key
@@ -239,9 +243,6 @@ class FactWriter:
         for person, row in fresh.items():
             plan.people[item.tenant, person] = ParticipantKey(row.token, row.data_key)
             plan.new_participants.append(row)
-        # The people it names must still be there when it commits (an erasure may come between); whom it
-        # concerns through its ref may have been erased before, which changes nothing.
-        plan.used_tokens.update(named_people(history.fact))  # checked after the new ones are inserted
         plan.created[event_id] = shown
         plan.working[event_id] = history
         plan.fact_tenants[event_id] = item.tenant
@@ -255,30 +256,34 @@ class FactWriter:
         """The fact as it is stored: tokens for ids, the note sealed; and the participants it makes new."""
         tenant = shown["tenant"]
         fresh: dict[str, KeyRow] = {}
-        keys: dict[str, bytes] = {}
-
-        def token_of(person: str) -> str:
-            key = plan.people.get((tenant, person))
-            if key is None:
-                if person not in fresh:
-                    fresh[person] = new_participant(tenant, person)
-                key = ParticipantKey(fresh[person].token, fresh[person].data_key)
-            keys[key.token] = key.data_key
-            return key.token
-
-        data: dict[str, Any] = {}
-        for name, value in shown["data"].items():
-            if name in PERSON_FIELDS:
-                data[name] = token_of(value)
-            elif name == "introduced":
-                data[name] = [token_of(person) for person in value]
+        keys: dict[str, bytes] = {}  # the tokens of whom it names, in the order of its fields, and their keys
+        data = dict(shown["data"])
+        for name in PEOPLE_FIELDS_BY_TYPE.get(shown["type"], ()):
+            value = data[name]
+            if name == "introduced":
+                data[name] = [self._token(plan, tenant, person, keys, fresh) for person in value]
             else:
-                data[name] = value
+                data[name] = self._token(plan, tenant, value, keys, fresh)
+        if target is None and "note" not in data:  # most facts: whom it names is whom it concerns
+            return {**shown, "data": data}, fresh
         named = list(keys)
         concerned = named + [token for token in (target.participants if target else ()) if token not in keys]
         if "note" in data:
             data = self._with_sealed_note(plan, data, concerned, keys, shown["event_id"])
+        if len(concerned) == len(named):  # nothing to list: whom it names is whom it concerns
+            return {**shown, "data": data}, fresh
         return {**shown, "participants": concerned, "data": data}, fresh
+
+    def _token(
+        self, plan: _Plan, tenant: str, person: str, keys: dict[str, bytes], fresh: dict[str, KeyRow]
+    ) -> str:  # fmt: skip
+        """A person's token (made new if they have none), their key noted in `keys`."""
+        key = self.people.get((tenant, person)) or plan.people.get((tenant, person))
+        if key is None:
+            row = fresh.get(person) or fresh.setdefault(person, new_participant(tenant, person))
+            key = ParticipantKey(row.token, row.data_key)
+        keys[key.token] = key.data_key
+        return key.token
 
     def _with_sealed_note(
         self, plan: _Plan, data: dict[str, Any], concerned: list[str], keys: dict[str, bytes], event_id: str

@@ -146,6 +146,13 @@ class ParticipantNames:
 
 
 PERSON_FIELDS = frozenset(("giver", "receiver", "introducer", "acknowledger"))
+# The fields that name people, by fact type, in the order of the fact's fields ("introduced" holds a list): the
+# order of a fact's tokens. The writer looks them up by name rather than test every field of every fact.
+PEOPLE_FIELDS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "give.recorded": ("giver", "receiver"),
+    "introduction.made": ("introducer", "introduced"),
+    "acknowledgement.recorded": ("acknowledger",),
+}
 
 
 def revealed_data(

@@ -31,7 +31,7 @@ from ledger.connections import (
     private_directory,
     private_sqlite_file,
 )
-from ledger.facts import FACT_TOPICS, STORED_TOPICS, Fact, fact_from_json
+from ledger.facts import FACT_TOPICS, STORED_TOPICS, Fact, concerned_tokens, fact_from_json
 from ledger.participants import KeyRow, ParticipantKey, ParticipantNames, revealed_data
 from ledger.schema import SchemaMode, SchemaPart, ensure_schema
 from ledger.sql import Database
@@ -42,6 +42,8 @@ LEDGER_FILE = "ledger.sqlite3"
 # of version 1 holds ids in its events, and is refused rather than converted.
 STORE_SCHEMA_VERSION = 2
 STORE_OLDEST_READABLE = 2
+POSITION_MAX = 2**63 - 1
+ERASURE_TOPICS = STORED_TOPICS[FactType.ERASURE]  # (current, former): two names for one kind of event
 IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
 
@@ -58,7 +60,9 @@ class StoredFact(NamedTuple):
     def participants(self) -> tuple[str, ...]:
         """The tokens of everyone the fact concerns: whom it names, and for an acknowledgement or reversal
         also whom the fact it refers to concerns."""
-        return tuple(self.stored_json.get("participants", ())) if self.stored_json is not None else ()
+        if self.stored_json is None:
+            return ()
+        return concerned_tokens(self.stored_json.get("participants"), self.fact)
 
     def as_logged(self, names: ParticipantNames) -> dict[str, Any]:
         """The fact as the log shows it, with its position: ids (or tombstones) for tokens, the note opened
@@ -166,12 +170,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "INSERT INTO participant_keys (tenant, token, digest, data_key, sealed_id) VALUES (?, ?, ?, ?, ?)",
             new_keys,
         )
-        used = sorted(kwargs.get("used_tokens") or ())
-        for start in range(0, len(used), IN_CLAUSE_IDS_MAX):
-            chunk = used[start : start + IN_CLAUSE_IDS_MAX]
-            c.execute(f"SELECT COUNT(*) FROM participant_keys WHERE token IN ({','.join('?' * len(chunk))})", chunk)
-            if c.fetchone()[0] != len(chunk):
-                raise KeyTableChanged("a participant named by this transaction was erased meanwhile")
+        if (read_at := kwargs.get("no_erasure_after")) is not None and self._erasure_between(c, read_at, None):
+            raise KeyTableChanged("a participant was erased after this transaction read their key")
         for token in kwargs.get("erased_tokens") or ():
             c.execute("DELETE FROM participant_keys WHERE token = ? RETURNING token", (token,))
             if not c.fetchall():
@@ -181,6 +181,18 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             _stream_erasures(stored_events, positions, kwargs),
         )
         return positions
+
+    def erasure_between(self, after: int, upto: int) -> bool:
+        with self.datastore.transaction(commit=False) as c:
+            return self._erasure_between(c, after, upto)
+
+    def _erasure_between(self, c: SQLiteCursor, after: int, upto: int | None) -> bool:
+        c.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {self.events_table_name} "
+            "WHERE rowid > ? AND rowid <= ? AND topic IN (?, ?))",
+            (after, upto if upto is not None else POSITION_MAX, *ERASURE_TOPICS),
+        )
+        return bool(c.fetchone()[0])
 
     def select_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
         with self.datastore.transaction(commit=False) as c:
@@ -328,9 +340,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.delete_stream_erasure_statement = SQL("DELETE FROM {schema}.stream_erasures WHERE position = %s").format(
             schema=schema
         )
-        self.count_keys_statement = SQL(
-            "SELECT COUNT(*) AS found FROM {schema}.participant_keys WHERE token = ANY(%s)"
-        ).format(schema=schema)
+        self.erasure_between_statement = SQL(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.{table} WHERE notification_id > %s AND notification_id <= %s"
+            " AND topic = ANY(%s)) AS found"
+        ).format(schema=schema, table=Identifier(self.events_table_name))
         self.insert_key_statement = SQL(
             "INSERT INTO {schema}.participant_keys (tenant, token, digest, data_key, sealed_id) "
             "VALUES (%s, %s, %s, %s, %s)"
@@ -376,13 +389,12 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
         if new_keys:
             curs.executemany(self.insert_key_statement, new_keys)
-        used = sorted(kwargs.get("used_tokens") or ())
-        if used:
+        if (read_at := kwargs.get("no_erasure_after")) is not None:
             # A cursor of its own: in the library's pipeline, this one's results still hold the inserts'.
             with curs.connection.cursor() as check:
-                check.execute(self.count_keys_statement, (used,))
-                if check.fetchone()["found"] != len(used):
-                    _abort(check, "a participant named by this transaction was erased meanwhile")
+                check.execute(self.erasure_between_statement, (read_at, POSITION_MAX, list(ERASURE_TOPICS)))
+                if check.fetchone()["found"]:
+                    _abort(check, "a participant was erased after this transaction read their key")
         for token in kwargs.get("erased_tokens") or ():
             with curs.connection.cursor() as delete:  # in the library's pipeline: no rowcount, a result
                 delete.execute(self.delete_key_statement, (token,))
@@ -391,6 +403,11 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         if erasures := _stream_erasures(stored_events, positions, kwargs):
             curs.executemany(self.insert_stream_erasure_statement, erasures)
         return positions
+
+    def erasure_between(self, after: int, upto: int) -> bool:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.erasure_between_statement, (after, upto, list(ERASURE_TOPICS)), prepare=True)
+            return bool(curs.fetchone()["found"])
 
     def select_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -486,6 +503,10 @@ class Ledger(Application[UUID]):
         follow."""
         topics = FACT_TOPICS if kinds is None else tuple(t for kind in kinds for t in STORED_TOPICS[kind])
         return self.recorder.select_log(after, limit, topics)
+
+    def erasure_between(self, after: int, upto: int) -> bool:
+        """Whether a participant was erased by a fact after position `after`, up to `upto`."""
+        return upto > after and self.recorder.erasure_between(after, upto)
 
     def head_position(self) -> int:
         """The position of the newest fact (0 when there is none)."""
