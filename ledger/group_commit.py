@@ -25,6 +25,7 @@ from eventsourcing.persistence import IntegrityError
 from contracts import problems
 from contracts.answers import Problem
 from contracts.types import utc_text
+from ledger.collector import collector_paused
 from ledger.facts import (
     Acknowledgement,
     AcknowledgementHistory,
@@ -131,6 +132,10 @@ class FactWriter:
 
     def commit(self, incoming: Sequence[ReceivedFact]) -> list[Outcome]:
         """Applies the facts in order and commits them together; falls back to one by one on conflicts."""
+        with collector_paused():  # a transaction's aggregates and events live on in the aggregate cache
+            return self._commit_in_order(incoming)
+
+    def _commit_in_order(self, incoming: Sequence[ReceivedFact]) -> list[Outcome]:
         try:
             return self._commit_with_retries(incoming)
         except ConflictPersisted:

@@ -7,7 +7,6 @@ as the events, so one tenant's log can be read in order without scanning everybo
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +21,7 @@ from eventsourcing.utils import Environment
 from psycopg.sql import SQL, Identifier, Literal
 
 from contracts.webhook_bodies import FactType
+from ledger.collector import collector_paused
 from ledger.connections import (
     DEFAULT_LIMITS,
     ConnectionLimits,
@@ -79,13 +79,8 @@ def stored_facts(rows: Iterable[tuple[int, bytes]]) -> list[StoredFact]:
     """A page of stored facts, decoded with the cyclic garbage collector paused: a page makes thousands of
     objects that all live on (none is garbage), and with the aggregate cache alive every collection it would
     trigger walks tens of thousands; one collection after the page, if due, costs less than a dozen during it."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return [stored_fact(position, state) for position, state in rows]
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def stored_fact(position: int, state: bytes) -> StoredFact:
