@@ -125,8 +125,8 @@ class FactWriter:
         self.ledger = ledger
         self.clock = clock or (lambda: datetime.now(UTC))
         # Participants' tokens and keys met before, so a plan looks up only people new to this writer. They
-        # were all live at log position `people_live_at`; an erasure in the log after it (by any process) makes
-        # the writer forget them all, and a transaction whose plan read keys before an erasure does not commit.
+        # were all live at log position `people_live_at`; a transaction does not commit when any process
+        # recorded an erasure after its plan's position, and the writer then forgets them all.
         self.people: dict[tuple[str, str], ParticipantKey] = {}
         self.people_live_at = 0
 
@@ -194,10 +194,9 @@ class FactWriter:
         return Outcome(outcome.status, outcome.event_id, positions[outcome.event_id])
 
     def _plan(self, incoming: Sequence[ReceivedFact]) -> _Plan:
-        plan = _Plan(read_at=self.ledger.head_position())
-        if self.people and self.ledger.erasure_between(self.people_live_at, plan.read_at):
-            self.people.clear()
-        self.people_live_at = plan.read_at
+        # Met people's keys hold as of `people_live_at`, and a key read now holds as of now: an erasure after it
+        # refuses the commit, and the plan begins again with no one met, from the log's head.
+        plan = _Plan(read_at=self.people_live_at if self.people else self.ledger.head_position())
         recorded_at = utc_text(self.clock())
         recorded = self.ledger.find_facts({item.event_id for item in incoming})
         plan.people = self._known_people(incoming)

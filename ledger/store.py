@@ -42,7 +42,6 @@ LEDGER_FILE = "ledger.sqlite3"
 # of version 1 holds ids in its events, and is refused rather than converted.
 STORE_SCHEMA_VERSION = 2
 STORE_OLDEST_READABLE = 2
-POSITION_MAX = 2**63 - 1
 ERASURE_TOPICS = STORED_TOPICS[FactType.ERASURE]  # (current, former): two names for one kind of event
 IN_CLAUSE_IDS_MAX = 500  # stay far below SQLite's bound-parameter limit
 AGGREGATE_CACHE_MAX = 10_000
@@ -165,8 +164,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "INSERT INTO participant_keys (tenant, token, digest, data_key, sealed_id) VALUES (?, ?, ?, ?, ?)",
             new_keys,
         )
-        if (read_at := kwargs.get("no_erasure_after")) is not None and self._erasure_between(c, read_at, None):
-            raise KeyTableChanged("a participant was erased after this transaction read their key")
+        if (read_at := kwargs.get("no_erasure_after")) is not None:
+            c.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {self.events_table_name} WHERE rowid > ? AND topic IN (?, ?))",
+                (read_at, *ERASURE_TOPICS),
+            )
+            if c.fetchone()[0]:
+                raise KeyTableChanged("a participant was erased after this transaction read their key")
         for token in kwargs.get("erased_tokens") or ():
             c.execute("DELETE FROM participant_keys WHERE token = ? RETURNING token", (token,))
             if not c.fetchall():
@@ -176,18 +180,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             _stream_erasures(stored_events, positions, kwargs),
         )
         return positions
-
-    def erasure_between(self, after: int, upto: int) -> bool:
-        with self.datastore.transaction(commit=False) as c:
-            return self._erasure_between(c, after, upto)
-
-    def _erasure_between(self, c: SQLiteCursor, after: int, upto: int | None) -> bool:
-        c.execute(
-            f"SELECT EXISTS (SELECT 1 FROM {self.events_table_name} "
-            "WHERE rowid > ? AND rowid <= ? AND topic IN (?, ?))",
-            (after, upto if upto is not None else POSITION_MAX, *ERASURE_TOPICS),
-        )
-        return bool(c.fetchone()[0])
 
     def select_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
         with self.datastore.transaction(commit=False) as c:
@@ -335,9 +327,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self.delete_stream_erasure_statement = SQL("DELETE FROM {schema}.stream_erasures WHERE position = %s").format(
             schema=schema
         )
-        self.erasure_between_statement = SQL(
-            "SELECT EXISTS (SELECT 1 FROM {schema}.{table} WHERE notification_id > %s AND notification_id <= %s"
-            " AND topic = ANY(%s)) AS found"
+        self.erasure_after_statement = SQL(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.{table} WHERE notification_id > %s AND topic = ANY(%s)) AS found"
         ).format(schema=schema, table=Identifier(self.events_table_name))
         self.insert_key_statement = SQL(
             "INSERT INTO {schema}.participant_keys (tenant, token, digest, data_key, sealed_id) "
@@ -387,7 +378,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         if (read_at := kwargs.get("no_erasure_after")) is not None:
             # A cursor of its own: in the library's pipeline, this one's results still hold the inserts'.
             with curs.connection.cursor() as check:
-                check.execute(self.erasure_between_statement, (read_at, POSITION_MAX, list(ERASURE_TOPICS)))
+                check.execute(self.erasure_after_statement, (read_at, list(ERASURE_TOPICS)))
                 if check.fetchone()["found"]:
                     _abort(check, "a participant was erased after this transaction read their key")
         for token in kwargs.get("erased_tokens") or ():
@@ -398,11 +389,6 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         if erasures := _stream_erasures(stored_events, positions, kwargs):
             curs.executemany(self.insert_stream_erasure_statement, erasures)
         return positions
-
-    def erasure_between(self, after: int, upto: int) -> bool:
-        with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(self.erasure_between_statement, (after, upto, list(ERASURE_TOPICS)), prepare=True)
-            return bool(curs.fetchone()["found"])
 
     def select_stream_erasures(self, upto: int) -> list[tuple[int, str, str]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -498,10 +484,6 @@ class Ledger(Application[UUID]):
         follow."""
         topics = FACT_TOPICS if kinds is None else tuple(t for kind in kinds for t in STORED_TOPICS[kind])
         return self.recorder.select_log(after, limit, topics)
-
-    def erasure_between(self, after: int, upto: int) -> bool:
-        """Whether a participant was erased by a fact after position `after`, up to `upto`."""
-        return upto > after and self.recorder.erasure_between(after, upto)
 
     def head_position(self) -> int:
         """The position of the newest fact (0 when there is none)."""

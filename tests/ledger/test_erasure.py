@@ -97,6 +97,24 @@ def test_a_later_fact_naming_the_same_id_is_a_new_person(ledger):
     assert again is not None and again.token != erased.token
 
 
+def test_a_writer_that_met_a_person_another_writer_erased_records_the_id_as_a_new_person(ledger):
+    # Two writers on one store stand for two processes: the first keeps ann's token from its last commit.
+    ingest, eraser = FactWriter(ledger), FactWriter(ledger)
+    record(ingest, give("g1", "ann", "bob"), give("g2", "cas", "dan"))
+    erased = eraser.erase("acme", "ann")
+    record(ingest, give("g3", "ann", "bob"), give("g4", "cas", "dan"))
+    log = ledger.logged(ledger.tenant_log("acme", 0, 100))
+    assert [fact["data"].get("giver") for fact in log] == [tombstone(erased.token), "cas", None, "ann", "cas"]
+    tokens = {fact["external_id"]: fact["data"]["giver"] for fact in stored_facts(ledger) if "giver" in fact["data"]}
+    assert tokens["g3"] != erased.token and tokens["g4"] == tokens["g2"]  # a new ann; cas is who she was
+    again = ingest.erase("acme", "ann")
+    assert again is not None and again.token == tokens["g3"]
+
+
+def stored_facts(ledger) -> list[dict]:
+    return [stored.stored_json for stored in ledger.tenant_log("acme", 0, 100)]
+
+
 def test_a_resent_fact_that_named_an_erased_person_is_a_duplicate_and_does_not_bring_them_back(ledger):
     writer = FactWriter(ledger)
     first = record(writer, give("g1", "ann", "bob", note="secret"))[0]
