@@ -21,8 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import psycopg
+from eventsourcing.persistence import InterfaceError
 from eventsourcing.postgres import PostgresDatastore
-from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool, SQLiteDatastore
+from eventsourcing.sqlite import (
+    SQLITE3_DEFAULT_LOCK_TIMEOUT,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteDatastore,
+)
 from psycopg.sql import SQL, Identifier
 
 
@@ -174,6 +180,7 @@ async def postgres_connect_async(
 PRIVATE_DIRECTORY_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+STATEMENTS_CACHED = 128  # per connection: Python's default; the IN lists of a few sizes and every fixed statement
 
 
 def secure_delete(connection: sqlite3.Connection) -> None:
@@ -205,12 +212,27 @@ def limit_sqlite_memory(bytes_max: int) -> None:
 
 
 class SecureSQLiteConnectionPool(SQLiteConnectionPool):
-    """The library's pool, with every connection deleting securely (`secure_delete`): the base of our pools."""
+    """The library's pool, with every connection deleting securely (`secure_delete`) and keeping its compiled
+    statements: the base of our pools."""
 
     def _create_connection(self) -> SQLiteConnection:
-        connection = super()._create_connection()
-        secure_delete(connection._sqlite_conn)
-        return connection
+        # As the library's, but for the statement cache: it asks for `cached_statements=True`, a cache of one,
+        # so each statement of a transaction was compiled again every time (docs/performance.md).
+        try:
+            raw = sqlite3.connect(
+                self.db_name, uri=True, check_same_thread=False, isolation_level=None,
+                cached_statements=STATEMENTS_CACHED, timeout=self.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT,
+            )  # fmt: skip
+        except (sqlite3.Error, TypeError) as error:
+            raise InterfaceError(error) from error
+        if not self.is_sqlite_memory_mode and not self.is_journal_mode_wal:
+            if raw.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                raw.execute("PRAGMA journal_mode=WAL")
+                self.journal_mode_was_changed_to_wal = True
+            self.is_journal_mode_wal = True
+        raw.row_factory = sqlite3.Row
+        secure_delete(raw)
+        return SQLiteConnection(sqlite_conn=raw, max_age=self.max_age)
 
 
 class DurableSQLiteConnectionPool(SecureSQLiteConnectionPool):
