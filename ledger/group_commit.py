@@ -101,7 +101,7 @@ class _Plan:
     # Participants: (tenant, id) -> token and key, read once per plan or made new in it.
     people: dict[tuple[str, str], ParticipantKey] = field(default_factory=dict)
     new_participants: list[KeyRow] = field(default_factory=list)
-    read_at: int = 0  # the log's head when the plan began: no erasure may come after it before the commit
+    read_at: int = 0  # a log position its participants' keys hold as of: an erasure after it refuses the commit
     keys_by_token: dict[str, bytes | None] = field(default_factory=dict)  # for sealing notes of acks, reversals
 
 

@@ -145,7 +145,6 @@ class ParticipantNames:
         return open_note(sealed_note, data_keys, event_id)
 
 
-PERSON_FIELDS = frozenset(("giver", "receiver", "introducer", "acknowledger"))
 # The fields that name people, by fact type, in the order of the fact's fields ("introduced" holds a list): the
 # order of a fact's tokens. The writer looks them up by name rather than test every field of every fact.
 PEOPLE_FIELDS_BY_TYPE: dict[str, tuple[str, ...]] = {
@@ -153,6 +152,7 @@ PEOPLE_FIELDS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "introduction.made": ("introducer", "introduced"),
     "acknowledgement.recorded": ("acknowledger",),
 }
+PERSON_FIELDS = frozenset(name for names in PEOPLE_FIELDS_BY_TYPE.values() for name in names) - {"introduced"}
 
 
 def revealed_data(

@@ -154,8 +154,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         ]
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
-        # Inside the write transaction: SQLite lets one writer at a time through, so the key rows checked
-        # here cannot be deleted before this commits.
+        # Inside the write transaction: SQLite lets one writer at a time through, so no erasure can be stored
+        # between the check below and this commit.
         positions = super()._insert_events(c, stored_events, **kwargs)
         rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
         c.executemany("INSERT INTO fact_index (tenant, position) VALUES (?, ?)", rows)
@@ -370,8 +370,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         rows = _index_rows(stored_events, positions, _fact_tenants(kwargs))
         if rows:
             curs.executemany(self.insert_index_statement, rows)
-        # An erasure deletes its key row in a transaction like this one, under the same table lock: the key
-        # rows checked here stay until this commits.
+        # An erasure is stored in a transaction like this one, under the same table lock: none can be stored
+        # between the check below and this commit, and positions follow commit order.
         new_keys: Sequence[KeyRow] = kwargs.get("new_participants") or ()
         if new_keys:
             curs.executemany(self.insert_key_statement, new_keys)

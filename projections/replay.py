@@ -27,7 +27,6 @@ following gives.
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import sqlite3
@@ -40,6 +39,7 @@ from typing import Any
 
 from contracts.types import context_key
 from contracts.webhook_bodies import FactType
+from ledger.collector import collector_paused
 from ledger.connections import secure_delete
 from ledger.facts import STORED_TOPICS, Acknowledgement, Erasure, Fact, Give, Introduction, fact_event_id
 from ledger.participants import ERASURE_SOURCE, TOMBSTONE_PREFIX, tombstone
@@ -533,9 +533,7 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Progress = lambda stag
     on_progress("log", 0, head)
     store_file = None if store.postgres else ledger.sqlite_file
     replayed = Replay()
-    collecting = gc.isenabled()
-    gc.disable()  # millions of rows that live until the end: a collector pass over them finds nothing
-    try:
+    with collector_paused():  # millions of rows that live until the end: a collector pass over them finds nothing
         with (
             staging_files(store) if store_file else nullcontext(None) as staging,
             store.bulk_transaction({"ledger": store_file, **staging} if store_file else None) as cursor,
@@ -569,8 +567,5 @@ def replay(ledger: Ledger, store: ViewStore, on_progress: Progress = lambda stag
             # PostgreSQL planned the view's queries for empty tables: influence, reading a tenant's rows right
             # after, would run on those plans, far slower, until the statistics were fresh.
             store.analyze(TABLES)
-    finally:
-        if collecting:
-            gc.enable()
     on_progress("views", applied, applied)
     return applied
