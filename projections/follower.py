@@ -35,6 +35,7 @@ import psycopg
 import structlog
 from eventsourcing import persistence
 
+from ledger.collector import collector_paused
 from ledger.connections import DEFAULT_LIMITS, ConnectionLimits, postgres_connect
 from ledger.facts import Erasure
 from ledger.store import Ledger, StoredFact
@@ -173,8 +174,10 @@ class Follower:
             page = self.ledger.read_log(after, self.page_facts_max)
             if not page:
                 break
-            new_names = self.names.resolve(page, after)  # once per page read: its facts then hold names
-            self._apply(after, page, new_names)
+            # A page's rows all live until its commit: a collector pass during it would only walk them.
+            with collector_paused():
+                new_names = self.names.resolve(page, after)  # once per page read: its facts then hold names
+                self._apply(after, page, new_names)
             applied += len(page)
             pages += 1
             if len(page) < self.page_facts_max:
