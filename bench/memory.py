@@ -41,6 +41,7 @@ from services.settings import Settings
 from tests.processes import Server, cli_json
 
 CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
+RETRY_AFTER = re.compile(rb"(?i)retry-after: *(\d+)")
 RETRY_ROUNDS_MAX = 5  # rounds of resending what was refused as retryable (refs to facts still in flight)
 SETTLE_S = 5.0  # sampling goes on this long after everything caught up: memory a process frees late shows
 
@@ -81,9 +82,14 @@ def _request(secret: bytes, port: int, path: str, body: bytes) -> bytes:
 async def _post_all(port: int, path: str, secret: bytes, bodies: asyncio.Queue, outcomes: Counter, retry: list):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     while (body := await bodies.get()) is not None:
-        writer.write(_request(secret, port, path, body))
-        head = await reader.readuntil(b"\r\n\r\n")
-        answer = json.loads(await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1))))
+        while True:
+            writer.write(_request(secret, port, path, body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            answer = json.loads(await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1))))
+            if head[9:12] != b"503" or not answer.get("retryable"):
+                break
+            outcomes[f"http 503 {answer['type'].rsplit('/', 1)[-1]}, sent again"] += 1  # views catching up
+            await asyncio.sleep(float(RETRY_AFTER.search(head).group(1)))
         if head[9:10] != b"2":
             outcomes[f"http {head[9:12].decode()}"] += 1
             continue

@@ -186,7 +186,8 @@ WEBHOOK_ERRORS = {
     "415": "Not JSON",
     "422": "A rule or schema violation; `errors` names path and rule",
     "429": "Over the source's rate limit",
-    "503": "Store unavailable or overloaded (`Retry-After`)",
+    "503": "Store unavailable or overloaded, or the views too far behind the log (`/problems/views-catching-up`);"
+    " `Retry-After`",
 }
 
 

@@ -82,6 +82,11 @@ def store_unavailable(detail: str) -> Problem:
     return problem(503, "store-unavailable", "The store cannot commit right now", detail, retryable=True)
 
 
+def views_catching_up(detail: str) -> Problem:
+    return problem(503, "views-catching-up", "The views are too far behind the log to take more facts now", detail,
+                   retryable=True)  # fmt: skip
+
+
 def malformed_json(detail: str) -> Problem:
     return problem(400, "malformed-json", "The body is not valid JSON", detail, retryable=False)
 

@@ -26,6 +26,7 @@ from services.ratelimit import RateLimiter
 from services.registry_cache import RegistryCache
 from services.roles import role_parts
 from services.settings import Settings
+from services.view_lag_gate import ViewLagGate
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class Components:
     bus: BusWorkers | None
     background: BackgroundTasks
     _notifications: PostgresNotifications | None
+    view_lag_gate: ViewLagGate | None = None  # where ingest runs with RECIPROCITY_VIEW_LAG_MAX
     _dead_since: dict[str, float] = field(default_factory=dict)  # name -> when it died, or was first seen dead
 
     def dead_loops(self) -> dict[str, str]:
@@ -138,6 +140,13 @@ async def open_components(
         background.start(retry_forever(registry.follow, "registry-follower"), "registry-follower")
     else:  # a projector or relay authenticates nobody: it keeps no registry connection open
         await asyncio.to_thread(registry.registry.db.close)
+    gate = None
+    if "ingest" in parts and settings.view_lag_max:
+        gate = ViewLagGate(
+            ledger.head_position, projections.reciprocity_position, settings.view_lag_max,
+            on_hold=metrics.ingest_held.inc,
+        )  # fmt: skip
+        background.start(gate.run(), "view-lag-gate")
     if not settings.database_url and "ingest" not in parts:  # serve's background process
         wake = partial(_wake, projections, bus)
         path = settings.data_dir / LEDGER_FILE
@@ -163,6 +172,7 @@ async def open_components(
         bus,
         background,
         notifications,
+        gate,
     )
 
 

@@ -144,6 +144,13 @@ METRICS: dict[str, tuple[type, str, str, tuple[str, ...], dict[str, Any]]] = {
         (),
         {"buckets": RECOMPUTE_BUCKETS},
     ),
+    "ingest_held": (
+        Counter,
+        "reciprocity_ingest_held_total",
+        "Webhook requests that waited for the views to come within RECIPROCITY_VIEW_LAG_MAX of the log.",
+        (),
+        {},
+    ),
     "commit_queue": (
         Gauge,
         "reciprocity_commit_queue_facts",
@@ -179,6 +186,7 @@ class Metrics:
     worker_active: Gauge
     kv_writer_lag: Gauge
     influence_recompute: Histogram
+    ingest_held: Counter
     commit_queue: Gauge
     log_head: Gauge
 

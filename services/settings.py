@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     commit_batch_facts_max: int = Field(2_000, ge=1_000, description="facts one transaction may hold (>= a batch)")
     commit_wait_ms: float = Field(0.0, ge=0, description="how long a transaction may wait for more facts")
     commit_queue_facts_max: int = Field(50_000, ge=1, description="facts waiting to commit before ingest is 503")
+    view_lag_max: int = Field(
+        100_000, ge=0, description="facts the views may be behind while catching up before webhooks wait, 0: no bound"
+    )
     group_commit: bool = Field(True, description="off only to measure what group commit gains")
     body_bytes_max: int = Field(1 << 20, ge=1, description="the largest single webhook body")
     batch_body_bytes_max: int = Field(8 << 20, ge=1, description="the largest batch body")

@@ -25,6 +25,7 @@ from ledger.signatures import SignatureError, verify
 from services.bootstrap import Components
 from services.http.keys import COMPONENTS, EVENT_IDS, INGEST, LOG_FIELDS, OUTCOME
 from services.http.responses import json_answer, problem_answer
+from services.view_lag_gate import RETRY_AFTER_S, ViewsCatchingUp
 
 SLUG = re.compile(SLUG_PATTERN)
 SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -88,9 +89,23 @@ async def _authentic_body(request: web.Request, components: Components, limit: i
                 415, "unsupported-media-type", "The body must be JSON", "send Content-Type: application/json"
             )
         )
+    await _views_within_bound(components)
     body = await _read_bounded(request, limit)
     _verify(auth, request, body, components.settings.signature_tolerance_s)
     return tenant, source, body
+
+
+async def _views_within_bound(components: Components) -> None:
+    """Waits while the views are too far behind the log (services/view_lag_gate.py), before the body is read:
+    a held request keeps its connection, not its facts."""
+    if components.view_lag_gate is None:
+        return
+    try:
+        await components.view_lag_gate.admit()
+    except ViewsCatchingUp as behind:
+        raise problems.ProblemException(
+            problems.views_catching_up(str(behind)), {"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
 
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes:
