@@ -569,8 +569,8 @@ def test_the_monitoring_component_has_a_pod_monitor_for_the_four_roles_and_valid
 
 
 def test_the_alerts_cover_what_the_issue_asks_with_metrics_the_code_exports():
-    """Alerts on view lag, relay lag, NATS disconnected, ingest 5xx and a standby that never takes over, each
-    naming only `reciprocity_*` metrics that services/metrics.py defines."""
+    """Alerts on view lag, relay lag, NATS disconnected, ingest 5xx, ingest held by the views and a standby
+    that never takes over, each naming only `reciprocity_*` metrics that services/metrics.py defines."""
     (rule,) = documents(COMPONENTS / "monitoring" / "prometheusrule.yaml")
     alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
     assert set(alerts) == {
@@ -582,6 +582,7 @@ def test_the_alerts_cover_what_the_issue_asks_with_metrics_the_code_exports():
         "ReciprocityNatsDisconnected",
         "ReciprocityIngestErrors",
         "ReciprocityHttpErrors",
+        "ReciprocityIngestHeldByViews",
     }
     for alert, expr in alerts.items():
         assert_names_exported_metrics(alert, expr)
