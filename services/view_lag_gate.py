@@ -23,7 +23,7 @@ from projections.supervision import error_text
 
 log = structlog.get_logger(__name__)
 
-POLL_S = 0.2  # how often each ingest process reads the head and the view's position
+POLL_S = 0.5  # how often each ingest process reads the head and the view's position (two point reads)
 STALLED_AFTER_S = 30.0  # a view that has not moved for this long is not catching up: nobody waits for it
 WAIT_S = 5.0  # how long one webhook waits for the view before it is answered 503
 RETRY_AFTER_S = 1

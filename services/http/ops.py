@@ -46,10 +46,11 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 async def readyz(request: web.Request) -> web.StreamResponse:
     """Ready when the store answers and ingest is running; lag and NATS are reported, never a reason to
-    take ingest out of service. A fact a view could not apply (its tenant is skipped since) is listed under
-    `views.failures`; on the projector role, whose work that is, it also makes the process not ready. A
-    background loop that died (projector, relay, KV writer...) makes it not ready, named in `dead_loops`:
-    its work has stopped, and only a restart brings it back."""
+    take ingest out of service (nor are webhooks held for the views: `ingest_held`). A fact a view could not
+    apply (its tenant is skipped since) is listed under `views.failures`; on the projector role, whose work
+    that is, it also makes the process not ready. A background loop that died (projector, relay, KV
+    writer...) makes it not ready, named in `dead_loops`: its work has stopped, and only a restart brings it
+    back."""
     components = request.app[COMPONENTS]
     body: dict[str, object] = {"role": components.settings.role}
     dead = components.dead_loops()
@@ -57,6 +58,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         body["dead_loops"] = dead
     if components.committer is not None:
         body["ingest"] = "running" if components.committer.running else "stopped"
+    gate = components.view_lag_gate
+    if gate is not None and gate.holding:  # webhooks wait for the views: slower, not out of service
+        body["ingest_held"] = {"views_behind": gate.behind, "view_lag_max": gate.lag_max}
     if components.bus is not None:
         body["nats"] = "connected" if components.bus.connected else "disconnected"
     try:

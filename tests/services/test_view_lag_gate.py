@@ -116,6 +116,9 @@ async def test_webhooks_wait_for_views_catching_up_and_are_refused_past_the_wait
                             page_facts_max=1)  # fmt: skip
         await asyncio.to_thread(follower.catch_up, pages_max=1)  # the view moves: 5 behind, 2 allowed
         await soon(lambda: gate_.holding, "the gate to hold webhooks")
+        ready = await client.get("/readyz")
+        assert ready.status == 200  # held, not out of service
+        assert (await ready.json())["ingest_held"] == {"views_behind": 5, "view_lag_max": 2}
 
         gate_.wait_s = 0.3
         refused = await sender.post(client, give("refused", "ana", "ben"))
@@ -137,6 +140,7 @@ async def test_webhooks_wait_for_views_catching_up_and_are_refused_past_the_wait
         metrics = await (await client.get("/metrics")).text()
         assert "reciprocity_ingest_held_total 2.0" in metrics
         assert 'reciprocity_ingest_requests_total{outcome="views-catching-up"} 1.0' in metrics
+        assert "ingest_held" not in await (await client.get("/readyz")).json()
     finally:
         await components.close()
 
