@@ -107,8 +107,10 @@ class ViewLagGate:
 
     def update(self, head: int, position: int, now: float) -> None:
         """One reading of the log's head and the view's position, at `now` (monotonic seconds)."""
-        if position != self._position:
-            self._position, self._moved_at = position, now
+        if self._position is not None and position != self._position:
+            # Forward, it is catching up; back, it was reset for a rebuild, which records it once at the end.
+            self._moved_at = now if position > self._position else float("-inf")
+        self._position = position
         self.behind = max(0, head - position)
         moving = now - self._moved_at < self.stalled_after_s
         self._set_open(not (self.behind > self.lag_max and moving), now)

@@ -24,7 +24,10 @@ async def soon(condition, what: str) -> None:
 
 
 def gate(lag_max: int = 10, **options) -> ViewLagGate:
-    return ViewLagGate(lambda: 0, lambda: 0, lag_max, stalled_after_s=30.0, **options)
+    """A gate that has read the view once, at position 90 (a view is moving from its second reading on)."""
+    g = ViewLagGate(lambda: 0, lambda: 0, lag_max, stalled_after_s=30.0, **options)
+    g.update(head=90, position=90, now=-1.0)
+    return g
 
 
 def test_a_view_within_the_bound_holds_nobody() -> None:
@@ -56,10 +59,29 @@ def test_a_view_that_stands_still_holds_nobody() -> None:
     assert g.holding
 
 
+def test_a_view_reset_for_a_rebuild_is_not_catching_up() -> None:
+    """`reciprocity rebuild` empties the views and records their position once, at the end of its replay."""
+    g = gate()
+    g.update(head=200, position=195, now=0.0)
+    assert not g.holding
+    g.update(head=200, position=0, now=1.0)
+    assert not g.holding and g.behind == 200
+    g.update(head=210, position=210, now=50.0)
+    assert not g.holding
+
+
 def test_a_bound_of_the_log_size_never_holds() -> None:
     g = gate(lag_max=1_000)
-    g.update(head=1_000, position=0, now=0.0)
+    g.update(head=1_091, position=91, now=0.0)
     assert not g.holding
+
+
+def test_a_view_first_read_far_behind_holds_nobody_until_it_moves() -> None:
+    g = ViewLagGate(lambda: 0, lambda: 0, 10)
+    g.update(head=200, position=0, now=0.0)
+    assert not g.holding
+    g.update(head=200, position=5, now=0.5)
+    assert g.holding
 
 
 async def test_a_held_webhook_is_refused_retryably_after_the_wait() -> None:
@@ -87,6 +109,7 @@ async def test_a_view_that_cannot_be_read_holds_nobody() -> None:
         raise OSError("views file gone")
 
     g = ViewLagGate(lambda: 200, unreadable, 10, poll_s=0.01)
+    g.update(head=200, position=90, now=time.monotonic())
     g.update(head=200, position=100, now=time.monotonic())
     assert g.holding
     runner = asyncio.create_task(g.run())
