@@ -98,6 +98,8 @@ async def _post_all(port: int, path: str, secret: bytes, bodies: asyncio.Queue, 
             outcomes[result["status"]] += 1
             if result["status"] == "rejected" and result["problem"].get("retryable"):
                 retry.append(event)  # an acknowledgement whose give is in a batch still in flight
+            elif result["status"] == "rejected":
+                outcomes[f"rejected: {result['problem']['type'].rsplit('/', 1)[-1]}"] += 1
         if b"connection: close" in head.lower():
             writer.close()
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -122,6 +124,9 @@ async def _post_file(port: int, secret: str, batches: Path, connections: int, ba
         outcomes["rejected"] -= len(retry)  # counted again when sent again
         retried += len(retry)
         pending = [json.dumps({"events": retry[i : i + batch]}).encode() for i in range(0, len(retry), batch)]
+    if pending:
+        outcomes["rejected"] += len(retry)
+        outcomes[f"rejected: still retryable after {RETRY_ROUNDS_MAX} rounds"] += len(retry)
     return {"started": started, "ended": time.time(), "outcomes": dict(outcomes), "retried": retried}
 
 
