@@ -588,9 +588,10 @@ class Page:
     # writing back, in the page's transaction
 
     def save(self, position: int) -> None:
+        new_facts = [self.facts[k] for k in sorted(self.new_facts)]
         for table, row_type in FACT_ROWS.items():
             columns = _columns(table)
-            rows = [self.facts[k] for k in sorted(self.new_facts) if isinstance(self.facts[k], row_type)]
+            rows = [row for row in new_facts if type(row) is row_type]
             self.cursor.executemany(
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                 [_values(row) for row in rows],
