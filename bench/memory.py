@@ -8,9 +8,10 @@ It starts `reciprocity serve` on a fresh SQLite data directory with the embedded
 nats-server; `--http-workers` HTTP processes, 2 as in the issue's first measurement), generates N facts
 among P people (bench/views.py's generator: skewed givers, gives, introductions, acknowledgements,
 reversals), and posts them as signed batch webhooks from a client in its own process. Meanwhile it samples
-every process in serve's tree (VmRSS and VmHWM from /proc/<pid>/status, by role) and the views' position
-from /readyz, until the views have caught up, influence has recomputed, and the relay and the KV writer
-have reached the head. It prints each role's peak, the tree's peak sum, batch ingest's facts/s and the
+every process in serve's tree (VmRSS and VmHWM from /proc/<pid>/status, CPU seconds from /proc/<pid>/stat,
+by role) and the views' position from /readyz, until the views have caught up, influence has recomputed, and
+the relay and the KV writer have reached the head. It prints each role's peak memory and CPU seconds (while
+ingest ran, and in all: where the two cores went), the tree's peak sum, batch ingest's facts/s and the
 follower's facts/s (the reciprocity view's position over time), and the raw figures as JSON on the last
 line.
 """
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import re
 import sys
 import tempfile
@@ -42,7 +44,9 @@ from tests.processes import Server, cli_json
 
 CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 RETRY_AFTER = re.compile(rb"(?i)retry-after: *(\d+)")
+REJECTED_EXAMPLES_MAX = 5  # facts finally rejected, shown with their problem
 RETRY_ROUNDS_MAX = 5  # rounds of resending what was refused as retryable (refs to facts still in flight)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 5.0  # sampling goes on this long after everything caught up: memory a process frees late shows
 
 
@@ -79,7 +83,9 @@ def _request(secret: bytes, port: int, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _post_all(port: int, path: str, secret: bytes, bodies: asyncio.Queue, outcomes: Counter, retry: list):
+async def _post_all(
+    port: int, path: str, secret: bytes, bodies: asyncio.Queue, outcomes: Counter, retry: list, examples: list
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     while (body := await bodies.get()) is not None:
         while True:
@@ -100,6 +106,8 @@ async def _post_all(port: int, path: str, secret: bytes, bodies: asyncio.Queue, 
                 retry.append(event)  # an acknowledgement whose give is in a batch still in flight
             elif result["status"] == "rejected":
                 outcomes[f"rejected: {result['problem']['type'].rsplit('/', 1)[-1]}"] += 1
+                if len(examples) < REJECTED_EXAMPLES_MAX:
+                    examples.append({"event": event, "problem": result["problem"]})
         if b"connection: close" in head.lower():
             writer.close()
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -109,7 +117,7 @@ async def _post_all(port: int, path: str, secret: bytes, bodies: asyncio.Queue, 
 async def _post_file(port: int, secret: str, batches: Path, connections: int, batch: int) -> dict[str, Any]:
     path, key = f"/v1/tenants/{TENANT}/webhooks/{SOURCE}/batch", secret_key(secret)
     outcomes: Counter[str] = Counter()
-    started, retried = time.time(), 0
+    started, retried, examples = time.time(), 0, []
     pending: list[bytes] = [line.rstrip(b"\n") for line in batches.open("rb")]
     for _ in range(RETRY_ROUNDS_MAX):
         if not pending:
@@ -120,14 +128,19 @@ async def _post_file(port: int, secret: str, batches: Path, connections: int, ba
         for _ in range(connections):
             bodies.put_nowait(None)
         retry: list[dict] = []
-        await asyncio.gather(*(_post_all(port, path, key, bodies, outcomes, retry) for _ in range(connections)))
+        await asyncio.gather(
+            *(_post_all(port, path, key, bodies, outcomes, retry, examples) for _ in range(connections))
+        )
         outcomes["rejected"] -= len(retry)  # counted again when sent again
         retried += len(retry)
         pending = [json.dumps({"events": retry[i : i + batch]}).encode() for i in range(0, len(retry), batch)]
     if pending:
         outcomes["rejected"] += len(retry)
         outcomes[f"rejected: still retryable after {RETRY_ROUNDS_MAX} rounds"] += len(retry)
-    return {"started": started, "ended": time.time(), "outcomes": dict(outcomes), "retried": retried}
+    return {
+        "started": started, "ended": time.time(), "outcomes": dict(outcomes), "retried": retried,
+        "rejected_examples": examples,
+    }  # fmt: skip
 
 
 def _post_in_process(port, secret, batches, connections, batch, queue) -> None:
@@ -146,20 +159,30 @@ class Samples:
     tree_rss_peak_mib: float = 0.0  # the highest sum of VmRSS over the tree in one sample
     positions: list[tuple[float, int, int, int]] = field(default_factory=list)  # (time, head, views, influence)
     processes: dict[str, int] = field(default_factory=dict)  # role -> pids seen
+    cpu_s: dict[str, tuple[str, float]] = field(default_factory=dict)  # pid -> (role, its CPU seconds so far)
+    cpu_timeline: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (time, role -> CPU s)
 
     def take(self, pid: int, server: Server) -> None:
         total, seen = 0.0, Counter[str]()
         for process, role in serve_processes(pid):
             try:
                 status = dict(line.split(":", 1) for line in Path(f"/proc/{process}/status").read_text().splitlines())
+                stat = Path(f"/proc/{process}/stat").read_text()
             except OSError:
                 continue  # it ended between the listing and the read
+            # utime and stime, the 14th and 15th fields; the 2nd (comm) may hold spaces, so count after it.
+            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
+            self.cpu_s[process] = (role, (int(utime) + int(stime)) / CLOCK_TICKS)
             rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
             self.hwm_mib[role] = max(hwm, self.hwm_mib.get(role, 0.0))
             self.rss_mib[role] = max(rss, self.rss_mib.get(role, 0.0))
             total += rss
             seen[role] += 1
         self.tree_rss_peak_mib = max(total, self.tree_rss_peak_mib)
+        by_role = Counter[str]()
+        for role, seconds in self.cpu_s.values():  # processes that ended keep their last reading
+            by_role[role] += seconds
+        self.cpu_timeline.append((time.time(), dict(by_role)))
         self.processes = {role: max(n, self.processes.get(role, 0)) for role, n in seen.items()}
         ready = server.get("/readyz")[1]
         views = ready["views"]
@@ -178,6 +201,18 @@ def sample_until(stop: threading.Event, samples: Samples, pid: int, server: Serv
 
 
 # --- one run ------------------------------------------------------------------------------------------
+
+
+def cpu_figures(samples: Samples, ingest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each role's CPU seconds while ingest ran, and over the whole run: where the machine's two cores went."""
+    during = [c for t, c in samples.cpu_timeline if ingest["started"] <= t <= ingest["ended"]]
+    last = samples.cpu_timeline[-1][1] if samples.cpu_timeline else {}
+    first = during[0] if during else {}
+    end = during[-1] if during else {}
+    return {
+        "cpu_s_during_ingest": {role: end.get(role, 0.0) - first.get(role, 0.0) for role in end},
+        "cpu_s_total": last,
+    }
 
 
 def first_time_at(positions: list[tuple[float, int, int, int]], column: int, target: int) -> float | None:
@@ -246,7 +281,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     recorded = ingest["outcomes"].get("recorded", 0)
     figures = {"facts": args.facts, "participants": args.participants, "recorded": recorded, "caught_up": caught_up}
     figures.update(outcomes=ingest["outcomes"], retried=ingest["retried"], env=extra_env)
+    figures.update(rejected_examples=ingest["rejected_examples"])
     figures.update(follower_figures(samples, ingest, recorded))
+    figures.update(cpu_figures(samples, ingest))
     figures.update(hwm_mib=samples.hwm_mib, rss_mib=samples.rss_mib, processes=samples.processes)
     figures.update(tree_rss_peak_mib=samples.tree_rss_peak_mib, tree_hwm_sum_mib=sum(samples.hwm_mib.values()))
     return figures
@@ -261,9 +298,13 @@ def _all_caught_up(server: Server, store: Any) -> bool:
 
 def print_report(figures: dict[str, Any]) -> None:
     print(f"\n{figures['recorded']:,} facts recorded of {figures['facts']:,}, {figures['participants']:,} people")
-    print(f"{'process':<14}{'count':>6}{'VmHWM MiB':>11}{'VmRSS peak MiB':>16}")
+    during, total = figures["cpu_s_during_ingest"], figures["cpu_s_total"]
+    print(f"{'process':<14}{'count':>6}{'VmHWM MiB':>11}{'VmRSS peak MiB':>16}{'CPU s in ingest':>17}{'CPU s':>8}")
     for role, hwm in sorted(figures["hwm_mib"].items(), key=lambda item: -item[1]):
-        print(f"{role:<14}{figures['processes'].get(role, 0):>6}{hwm:>11.0f}{figures['rss_mib'][role]:>16.0f}")
+        print(
+            f"{role:<14}{figures['processes'].get(role, 0):>6}{hwm:>11.0f}{figures['rss_mib'][role]:>16.0f}"
+            f"{during.get(role, 0.0):>17.1f}{total.get(role, 0.0):>8.1f}"
+        )
     print(f"{'tree':<14}{'':>6}{figures['tree_hwm_sum_mib']:>11.0f}{figures['tree_rss_peak_mib']:>16.0f}"
           "   (sum of peaks; highest sampled sum)")  # fmt: skip
     for key, label in (
@@ -276,6 +317,9 @@ def print_report(figures: dict[str, Any]) -> None:
     ):
         value = figures.get(key)
         print(f"{label:<40}{'-' if value is None else f'{value:,.1f}':>12}")
+    for example in figures["rejected_examples"]:
+        event, problem = example["event"], example["problem"]
+        print(f"rejected: {event['type']} {event['data'].get('external_id')}: {problem.get('detail')}")
     print(json.dumps(figures, default=str))
 
 
