@@ -118,6 +118,11 @@ class ConflictPersisted(Exception):
     """Other writers kept changing the same facts; the sender should retry."""
 
 
+class MetMeanwhile(Exception):
+    """Someone a plan took for new was recorded by another writer after the plan looked them up: the plan
+    gave them a token of its own, and a rule comparing tokens would refuse a valid fact."""
+
+
 class FactWriter:
     """Records facts in order, every rule checked against the store, many facts per transaction."""
 
@@ -152,14 +157,14 @@ class FactWriter:
 
     def _commit_with_retries(self, incoming: Sequence[ReceivedFact]) -> list[Outcome]:
         for _ in range(CONFLICT_RETRIES_MAX):
-            plan = self._plan(incoming)
             try:
+                plan = self._plan(incoming)
                 positions, last = self._save(plan)
-            except IntegrityError:
+            except (IntegrityError, MetMeanwhile):
                 self.people.clear()
-                # Another process recorded one of these ids, or acted on one of their targets, after we
-                # read. The store refused the whole transaction; read again and re-plan, so duplicates are
-                # answered as such and the rules see the newer history.
+                # Another process recorded one of these ids, acted on one of their targets, or named one of
+                # their people first, after we read. Read again and re-plan, so duplicates are answered as
+                # such and the rules see the newer history.
                 log.info("commit_conflict_replanned", facts=len(incoming))
                 continue
             if len(self.people) > PEOPLE_CACHED_MAX:
@@ -233,12 +238,14 @@ class FactWriter:
         event_id = item.event_id
         if event_id in recorded or event_id in plan.created:
             return self._resent(plan, shown, recorded.get(event_id))
+        fresh: dict[str, KeyRow] = {}
         try:
             target = self._target(plan, shown)
             stored, fresh = self._sealed(plan, shown, target)
             history = history_of(stored, event_id)
             touched = self._act_on_references(plan, history, target)
         except RuleViolation as broken:
+            self._unless_met_meanwhile(item.tenant, fresh)
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
         except UnknownReference as unknown:
             return rejected(problems.unknown_reference(unknown.path, str(unknown)))
@@ -253,6 +260,12 @@ class FactWriter:
         for aggregate in (history, *touched):
             plan.events.extend(aggregate.collect_events())
         return _Pending("recorded", event_id)
+
+    def _unless_met_meanwhile(self, tenant: str, fresh: dict[str, KeyRow]) -> None:
+        """Before a fact naming someone new is refused: raises MetMeanwhile if another writer has recorded
+        them since the plan looked (say, with the give this acknowledgement thanks for, read after that)."""
+        if fresh and self.ledger.participant_keys(tenant, [id_digest(tenant, person) for person in fresh]):
+            raise MetMeanwhile
 
     def _sealed(
         self, plan: _Plan, shown: dict[str, Any], target: FactHistory | None

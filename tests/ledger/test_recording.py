@@ -178,6 +178,28 @@ def test_a_conflicting_commit_is_replanned_against_the_newer_history(writer, set
     other.ledger.close()
 
 
+def test_a_person_another_writer_records_between_our_reads_is_not_taken_for_someone_new(writer, settings):
+    """We look up the people a batch names, then the facts it refers to. When another writer records a give to
+    someone new in between, our acknowledgement finds the give but took its receiver for a new person (a new
+    token): it must be planned again, not refused as acknowledged by someone the give did not help."""
+    other = FactWriter(open_ledger(settings.database_url, settings.data_dir))
+    real_known_people, interleaved = writer._known_people, []
+
+    def known_people_then_the_other_writer(incoming_facts):
+        known = real_known_people(incoming_facts)
+        if not interleaved:
+            interleaved.append(other.commit([incoming(give("g1", "ann", "zoe"))])[0])
+        return known
+
+    writer._known_people = known_people_then_the_other_writer
+    outcomes = writer.commit([incoming(acknowledgement("a1", "zoe", "g1"))])
+    assert interleaved[0].status == "recorded"
+    assert statuses(outcomes) == ["recorded"]
+    give_fact, thanks = (f.fact for f in writer.ledger.tenant_log("acme", 0, 10))
+    assert thanks.acknowledger == give_fact.receiver  # one person, one token
+    other.ledger.close()
+
+
 @pytest.mark.postgres
 def test_creating_tables_in_one_schema_never_waits_for_another(postgres_url, tmp_path):
     """A store held up in its own schema (say, behind a rebuild) must not hold up the others."""
