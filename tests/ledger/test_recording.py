@@ -183,15 +183,15 @@ def test_a_person_another_writer_records_between_our_reads_is_not_taken_for_some
     someone new in between, our acknowledgement finds the give but took its receiver for a new person (a new
     token): it must be planned again, not refused as acknowledged by someone the give did not help."""
     other = FactWriter(open_ledger(settings.database_url, settings.data_dir))
-    real_known_people, interleaved = writer._known_people, []
+    real_lookup, interleaved = writer.ledger.participant_keys, []
 
-    def known_people_then_the_other_writer(incoming_facts):
-        known = real_known_people(incoming_facts)
+    def people_looked_up_then_the_other_writer(tenant, digests):
+        keys = real_lookup(tenant, digests)
         if not interleaved:
             interleaved.append(other.commit([incoming(give("g1", "ann", "zoe"))])[0])
-        return known
+        return keys
 
-    writer._known_people = known_people_then_the_other_writer
+    writer.ledger.participant_keys = people_looked_up_then_the_other_writer  # the plan's first read
     outcomes = writer.commit([incoming(acknowledgement("a1", "zoe", "g1"))])
     assert interleaved[0].status == "recorded"
     assert statuses(outcomes) == ["recorded"]
