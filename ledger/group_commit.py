@@ -238,14 +238,15 @@ class FactWriter:
         event_id = item.event_id
         if event_id in recorded or event_id in plan.created:
             return self._resent(plan, shown, recorded.get(event_id))
-        fresh: dict[str, KeyRow] = {}
+        target, fresh = None, {}
         try:
             target = self._target(plan, shown)
             stored, fresh = self._sealed(plan, shown, target)
             history = history_of(stored, event_id)
             touched = self._act_on_references(plan, history, target)
         except RuleViolation as broken:
-            self._unless_met_meanwhile(item.tenant, fresh)
+            if target is not None:  # only a stored fact's tokens can differ from a plan's
+                self._unless_met_meanwhile(item.tenant, fresh)
             return rejected(problems.rule_broken(broken.path, broken.rule, broken.message))
         except UnknownReference as unknown:
             return rejected(problems.unknown_reference(unknown.path, str(unknown)))
