@@ -527,7 +527,9 @@ class GroupCommitter:
         self._queue.append(_Submission(items, future))
         self._queued_facts += len(items)
         self._wakeup.set()
-        return await asyncio.shield(future)
+        # Not shielded: a request cancelled while it waits cancels only its future, which the commit skips;
+        # its facts are committed all the same, as they were taken.
+        return await future
 
     async def _run(self) -> None:
         while True:

@@ -66,6 +66,35 @@ async def test_a_body_over_the_limit_is_413_before_it_is_read(client):
     await problem_of(response, 413)
 
 
+async def _chunks(body: bytes, size: int, pause_s: float = 0.0):
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+        await asyncio.sleep(pause_s)
+
+
+@pytest.mark.parametrize(("chunk", "pause_s"), [(16, 0.005), (64 * 1024, 0.0)])
+async def test_a_chunked_body_over_the_limit_is_413_whether_or_not_it_arrived_whole(
+    client, monkeypatch, chunk, pause_s
+):
+    """Without a Content-Length the size is known only as the body arrives: in pieces, or all at once with
+    the headers (a small limit, so that the whole body fits in what the server has read by then)."""
+    small = client.components.settings.model_copy(update={"body_bytes_max": 100})
+    monkeypatch.setattr(client.components, "settings", small)
+    body = json.dumps(envelope(give("g1", "ann", "bob", note="x" * 100))).encode()
+    response = await client.post(
+        client.sender.path, data=_chunks(body, chunk, pause_s), headers=client.sender.headers(body)
+    )
+    await problem_of(response, 413)
+    log = await client.get("/v1/tenants/acme/events", headers=client.sender.read_headers())
+    assert (await log.json())["events"] == []
+
+
+async def test_a_chunked_body_within_the_limit_is_read_whole(client):
+    body = json.dumps(envelope(give("g1", "ann", "bob"))).encode()
+    response = await client.post(client.sender.path, data=_chunks(body, 7), headers=client.sender.headers(body))
+    assert response.status == 201, await response.text()
+
+
 async def test_a_body_that_is_not_json_is_415(client):
     body = b"giver=ann&receiver=bob"
     headers = {**client.sender.headers(body), "Content-Type": "application/x-www-form-urlencoded"}
