@@ -10,6 +10,11 @@ and a source, and measures, each for a fixed time after a warm-up:
 and the same with RECIPROCITY_GROUP_COMMIT=false (one transaction per request) in the same run, so the
 gain from group commit is a ratio. The load generator is a raw-socket asyncio client in its own process
 that only writes bytes signed beforehand and reads status lines, so it is not the bottleneck.
+
+First, unless --no-edge-only, it drives bench/edge_only.py the same way: our signature check and contract
+with nothing behind them (no store, middleware, log or metric), in one process. That row is the machine's
+ceiling for any ingest path built on aiohttp and pydantic, and the speed of these shared machines moves a
+lot from day to day; compare the other rows with it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import json
 import multiprocessing
 import os
 import re
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,10 +41,12 @@ from psycopg.sql import SQL, Identifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.signatures import secret_key, sign
+from bench.process_tree import cpu_by_role
+from ledger.signatures import new_secret, secret_key, sign
 from services.settings import Settings
-from tests.processes import Server, cli_json
+from tests.processes import Server, cli_json, free_port
 
+HTTP_ROLES = ("serve", "http_worker")  # serve's processes that answer HTTP (and run the writer)
 CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 DEFAULT_DATABASE_URL = os.environ.get("RECIPROCITY_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -54,6 +63,11 @@ class Result:
     p50_ms: float
     p99_ms: float
     non_2xx: dict[int, int]
+    http_cpu_s: float = float("nan")  # serve's HTTP processes (and their writers) while measured
+    other_cpu_s: float = float("nan")  # the rest of serve's tree: background, influence, nats-server
+
+    def cpu_us_per_fact(self, seconds: float) -> float:
+        return seconds / self.facts * 1e6 if self.facts else float("nan")
 
     @property
     def requests_per_s(self) -> float:
@@ -170,31 +184,67 @@ def run_store(store: str, group: bool, args: argparse.Namespace, workdir: Path) 
                 conn.execute(SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Identifier(schema)))
 
 
-def measure(server: Server, secret: str, store: str, commit: str, args: argparse.Namespace) -> list[Result]:
+@dataclass
+class EdgeOnly:
+    """bench/edge_only.py in a process of its own: the machine's ceiling for our webhook edge."""
+
+    port: int
+    pid: int = 0
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> list[Result]:
+        secret, edge = new_secret(), EdgeOnly(free_port())
+        script = Path(__file__).resolve().parent / "edge_only.py"
+        process = subprocess.Popen([sys.executable, str(script), "--port", str(edge.port), "--secret", secret])
+        edge.pid = process.pid
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", edge.port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError("bench/edge_only.py did not start") from None
+                    time.sleep(0.1)
+            return measure(edge, secret, "edge only", "-", args)
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def measure(server: Server | EdgeOnly, secret: str, store: str, commit: str, args: argparse.Namespace) -> list[Result]:
     results = []
     path = "/v1/tenants/bench/webhooks/crm"
     budget = int(args.seconds * 12_000) + 2_000  # more signed requests than the server can take in time
     warm = signed_requests(secret, server.port, path, [json.dumps(give_body("warm", n)).encode() for n in range(500)])
     drive(server.port, warm, args.concurrency, 5)
 
+    pid = server.pid if isinstance(server, EdgeOnly) else server.process.pid
     bodies = [json.dumps(give_body(f"single-{commit}", n)).encode() for n in range(budget)]
-    latencies, bad, elapsed = drive(
-        server.port, signed_requests(secret, server.port, path, bodies), args.concurrency, args.seconds
-    )
-    results.append(_result(store, "single", commit, args.concurrency, latencies, bad, elapsed, 1))
+    requests = signed_requests(secret, server.port, path, bodies)
+    results.append(_measured(pid, store, "single", commit, args.concurrency, 1, server.port, requests, args.seconds))
 
     batches = []
     for b in range(max(200, int(args.seconds * 400))):
         events = [give_body(f"batch-{commit}-{b}", n) for n in range(100)]
         batches.append(json.dumps({"events": events}).encode())
-    latencies, bad, elapsed = drive(
-        server.port,
-        signed_requests(secret, server.port, path + "/batch", batches),
-        args.batch_concurrency,
-        args.seconds,
+    requests = signed_requests(secret, server.port, path + "/batch", batches)
+    results.append(
+        _measured(pid, store, "batch100", commit, args.batch_concurrency, 100, server.port, requests, args.seconds)
     )
-    results.append(_result(store, "batch100", commit, args.batch_concurrency, latencies, bad, elapsed, 100))
     return results
+
+
+def _measured(pid, store, mode, commit, concurrency, facts_per_request, port, requests, seconds) -> Result:
+    """One drive, with the CPU seconds serve's tree used meanwhile: HTTP processes, and the rest."""
+    before = cpu_by_role(pid)
+    latencies, bad, elapsed = drive(port, requests, concurrency, seconds)
+    used = cpu_by_role(pid) - before
+    result = _result(store, mode, commit, concurrency, latencies, bad, elapsed, facts_per_request)
+    result.http_cpu_s = sum(seconds for role, seconds in used.items() if role in HTTP_ROLES)
+    result.other_cpu_s = sum(seconds for role, seconds in used.items() if role not in HTTP_ROLES)
+    return result
 
 
 def _result(store, mode, commit, concurrency, latencies, bad, elapsed, facts_per_request) -> Result:
@@ -224,21 +274,32 @@ def main() -> int:
     parser.add_argument(
         "--naive", action=argparse.BooleanOptionalAction, default=True, help="also measure one transaction per request"
     )
+    parser.add_argument(
+        "--edge-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure bench/edge_only.py (signature and contract, nothing stored): the machine's ceiling",
+    )
     args = parser.parse_args()
-    results: list[Result] = []
+    results: list[Result] = EdgeOnly.run(args) if args.edge_only else []
     with tempfile.TemporaryDirectory(prefix="reciprocity-bench-") as tmp:
         for store in args.stores.split(","):
             for group in (True, False) if args.naive else (True,):
                 results.extend(run_store(store, group, args, Path(tmp)))
     print(
         f"\n{'store':<11}{'mode':<10}{'commit':<8}{'conns':>6}{'req/s':>10}{'facts/s':>10}{'p50 ms':>9}"
-        f"{'p99 ms':>9}  non-2xx"
+        f"{'p99 ms':>9}{'HTTP CPU':>10}{'others':>8}  non-2xx"
     )
     for r in results:
         print(
             f"{r.store:<11}{r.mode:<10}{r.commit:<8}{r.concurrency:>6}{r.requests_per_s:>10.0f}"
-            f"{r.facts_per_s:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}  {r.non_2xx or '-'!s}"
+            f"{r.facts_per_s:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.cpu_us_per_fact(r.http_cpu_s):>10.0f}"
+            f"{r.cpu_us_per_fact(r.other_cpu_s):>8.0f}  {r.non_2xx or '-'!s}"
         )
+    print(
+        "HTTP CPU: µs of CPU per fact that serve's HTTP processes (with their writers) used while measured; others:"
+        " the rest of its tree meanwhile (background, influence, nats-server), which may finish the work later"
+    )
     for store in dict.fromkeys(r.store for r in results):
         for mode in ("single", "batch100"):
             pair = {r.commit: r for r in results if r.store == store and r.mode == mode}

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import re
 import sys
 import tempfile
@@ -36,7 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.views import SOURCE, TENANT, FactGenerator, background_caught_up, note, serve_processes
+from bench.process_tree import cpu_seconds, serve_processes
+from bench.views import SOURCE, TENANT, FactGenerator, background_caught_up, note
 from ledger.signatures import secret_key, sign
 from projections.runtime import open_view_store
 from services.settings import Settings
@@ -46,7 +46,6 @@ CONTENT_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 RETRY_AFTER = re.compile(rb"(?i)retry-after: *(\d+)")
 REJECTED_EXAMPLES_MAX = 5  # facts finally rejected, shown with their problem
 RETRY_ROUNDS_MAX = 5  # rounds of resending what was refused as retryable (refs to facts still in flight)
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 5.0  # sampling goes on this long after everything caught up: memory a process frees late shows
 
 
@@ -167,12 +166,9 @@ class Samples:
         for process, role in serve_processes(pid):
             try:
                 status = dict(line.split(":", 1) for line in Path(f"/proc/{process}/status").read_text().splitlines())
-                stat = Path(f"/proc/{process}/stat").read_text()
+                self.cpu_s[process] = (role, cpu_seconds(process))
             except OSError:
                 continue  # it ended between the listing and the read
-            # utime and stime, the 14th and 15th fields; the 2nd (comm) may hold spaces, so count after it.
-            utime, stime = stat.rsplit(")", 1)[1].split()[11:13]
-            self.cpu_s[process] = (role, (int(utime) + int(stime)) / CLOCK_TICKS)
             rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
             self.hwm_mib[role] = max(hwm, self.hwm_mib.get(role, 0.0))
             self.rss_mib[role] = max(rss, self.rss_mib.get(role, 0.0))

@@ -47,6 +47,7 @@ from psycopg.sql import SQL, Identifier
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import DEFAULT_DATABASE_URL, _result, drive, give_body, measure, signed_requests
+from bench.process_tree import serve_processes
 from contracts.types import utc_text
 from contracts.webhook_bodies import FactType
 from ledger.facts import ReceivedFact, fact_event_id
@@ -234,25 +235,6 @@ def build_views(settings: Settings, args: argparse.Namespace, figures: dict[str,
     finally:
         store.close()
         ledger.close()
-
-
-def serve_processes(pid: int) -> list[tuple[str, str]]:
-    """(pid, name) of serve, its children (its background process, extra HTTP processes, the embedded
-    nats-server) and the background's child (the influence worker)."""
-    found, processes = [], [(str(pid), "serve")]
-    while processes:
-        process, name = processes.pop()
-        found.append((process, name))
-        for task in Path(f"/proc/{process}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                kind = Path(f"/proc/{child}/comm").read_text().strip()
-                if b"resource_tracker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    continue  # multiprocessing's helper beside the influence worker
-                if kind.startswith("python"):
-                    worker = b"http_worker" in Path(f"/proc/{child}/cmdline").read_bytes()
-                    kind = "influence" if name != "serve" else "http_worker" if worker else "background"
-                processes.append((child, kind))
-    return found
 
 
 def memory_mib(pid: int, when: str) -> dict[str, float]:
