@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 PAGE_FACTS_MAX = 5_000
 POLL_INTERVAL_S = 0.5
 PAGES_PER_TURN = 20  # pages applied before the follower yields to a new turn of its loop
-COMMIT_WAKE_INTERVAL_S = 0.1  # on PostgreSQL, commits wake followers at most this often (docs/performance.md)
+COMMIT_WAKE_INTERVAL_S = 0.1  # commits wake followers at most this often (docs/performance.md)
 LISTEN_WANTED_CHECK_S = 0.5  # how soon a worker that took over listens (its followers poll meanwhile)
 ERROR_CHARS_MAX = 2_000
 # SQLSTATE class 54, "program limit exceeded" (a value too long for an index row, say): an OperationalError
@@ -311,18 +311,26 @@ class PostgresNotifications:
                 time.sleep(delay)
 
 
-async def watch_sqlite_commits(path: Path, wake: Callable[[], None], interval_s: float) -> None:
+async def watch_sqlite_commits(
+    path: Path, wake: Callable[[], None], interval_s: float, wake_interval_s: float = COMMIT_WAKE_INTERVAL_S
+) -> None:
     """Wakes followers when another process commits to a SQLite file. `PRAGMA data_version` on an idle
     connection of our own changes exactly then and reads no table, so it can be checked often; reading the
-    log at every tick would keep an idle service busy."""
+    log at every tick would keep an idle service busy. As on PostgreSQL, the first commit after a quiet spell
+    wakes them at once and later ones at most every `wake_interval_s`: a page's own cost dominated when single
+    webhooks woke them every tick (docs/performance.md)."""
     connection = sqlite3.connect(path, isolation_level=None)  # never writes; holds no transaction open
+    loop = asyncio.get_running_loop()
     try:
         seen = connection.execute("PRAGMA data_version").fetchone()[0]
+        woken_at = -wake_interval_s
         while True:
             await asyncio.sleep(interval_s)
+            if loop.time() - woken_at < wake_interval_s:
+                continue  # a commit meanwhile is still unseen, so it wakes them when the interval ends
             version = connection.execute("PRAGMA data_version").fetchone()[0]
             if version != seen:
-                seen = version
+                seen, woken_at = version, loop.time()
                 wake()
     finally:
         connection.close()
