@@ -8,6 +8,7 @@ and histograms add up over the processes, and the gauges say how they combine.
 from __future__ import annotations
 
 import os
+from collections import Counter as Tally
 from pathlib import Path
 from typing import Any
 
@@ -227,8 +228,9 @@ class Metrics:
         child.inc()
 
     def count_facts(self, outcomes: list[Any]) -> None:
-        for outcome in outcomes:
-            self.ingest_facts.labels(outcome=outcome.status).inc()
+        counted = Tally(outcome.status for outcome in outcomes)  # a batch's hundred facts, a few statuses
+        for status, facts in counted.items():
+            self.ingest_facts.labels(outcome=status).inc(facts)
 
     def observe_commit(self, facts: int, seconds: float) -> None:
         self.commit_batch_size.observe(facts)

@@ -166,6 +166,10 @@ async def test_a_batch_answers_each_item_in_order_and_a_bad_item_blocks_nothing(
     assert {e["path"] for e in results[3]["problem"]["errors"]} >= {"timestamp", "data.giver"}
     assert results[5]["problem"]["status"] == 409
     assert results[1]["position"] < results[4]["position"] < results[6]["position"]
+    text = await (await client.get("/metrics")).text()  # the facts by outcome: the single one and the batch's
+    assert 'reciprocity_ingest_facts_total{outcome="recorded"} 4.0' in text
+    assert 'reciprocity_ingest_facts_total{outcome="duplicate"} 1.0' in text
+    assert 'reciprocity_ingest_facts_total{outcome="rejected"} 3.0' in text
 
 
 async def test_a_batch_of_more_than_1000_is_422_at_events(client):
