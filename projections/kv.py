@@ -43,6 +43,7 @@ from projections.nats_bus import BUCKET_BALANCES, BUCKET_INFLUENCE, BUCKET_PAIRS
 from projections.publisher import AckedPublisher, Message
 from projections.queries import balance_json, pair_answer
 from projections.reciprocity import PAIR_COLUMNS, PARTICIPANT_COLUMNS, AppliedPage, PairRow, ParticipantRow
+from projections.supervision import in_thread
 from projections.viewstore import ViewStore
 
 log = structlog.get_logger(__name__)
@@ -126,7 +127,7 @@ class KvWriter:
                         erasures_at = time.monotonic()
                         await self.erase_due(client, publisher, bucket, since)
                     if since != recorded and time.monotonic() - recorded_at >= RECORD_INTERVAL_S:
-                        await asyncio.to_thread(self.record_written, bucket, since, publisher.sequence)
+                        await in_thread(self.record_written, bucket, since, publisher.sequence)
                         recorded, recorded_at = since, time.monotonic()
                     if at_head:  # written up to the view's position; a page since has set the wakeup again
                         with contextlib.suppress(TimeoutError):
@@ -134,11 +135,11 @@ class KvWriter:
                                 await wakeup.wait()
             finally:
                 if since != recorded:  # stopping or failing: keep what was acknowledged
-                    await asyncio.shield(asyncio.to_thread(self.record_written, bucket, since, publisher.sequence))
+                    await in_thread(self.record_written, bucket, since, publisher.sequence)
 
     async def _start_position(self, client: Client, bucket: str) -> int:
         """Where to write from: the recorded position, or 0 when the bucket lost writes it acknowledged."""
-        since, acknowledged = await asyncio.to_thread(self._recorded, bucket)
+        since, acknowledged = await in_thread(self._recorded, bucket)
         stream_sequence = (await client.jetstream().stream_info(f"KV_{bucket}")).state.last_seq
         if stream_sequence >= acknowledged:
             return since
@@ -146,12 +147,12 @@ class KvWriter:
             "kv_bucket_lost_writes", bucket=bucket, stream_sequence=stream_sequence, acknowledged=acknowledged,
             written_again_from=0,
         )  # fmt: skip
-        await asyncio.to_thread(forget_written, self.store, (bucket,))
+        await in_thread(forget_written, self.store, (bucket,))
         return 0
 
     async def erase_due(self, client: Client, publisher: AckedPublisher, bucket: str, written: int) -> int:
         """Carries out the bucket's erasures at or below the position it is written up to; returns how many."""
-        due = await asyncio.to_thread(
+        due = await in_thread(
             self.store.read,
             "SELECT tenant, token, participant, position FROM view_erasures WHERE bucket = ? AND position <= ?",
             (bucket, written),
@@ -163,7 +164,7 @@ class KvWriter:
                 # Never a purge wider than one participant's keys: the row stays, and says so every time.
                 log.error("kv_erasure_refused", bucket=bucket, tenant=tenant, token=token)
                 continue
-            await asyncio.to_thread(self._erased, bucket, tenant, token, position)
+            await in_thread(self._erased, bucket, tenant, token, position)
             log.info("kv_erased", bucket=bucket, tenant=tenant, token=token, position=position, keys=keys)
         return len(due)
 
@@ -189,12 +190,12 @@ class KvWriter:
         if bucket == BUCKET_BALANCES and (page := self._offered_after(since)) is not None:
             await publisher.publish(page.messages, ACK_TIMEOUT_S)
             return page.position, False
-        head = await asyncio.to_thread(self.upto[bucket])
+        head = await in_thread(self.upto[bucket])
         if head <= since:
             return since, True
         upto = min(head, since + POSITIONS_PER_SYNC)
-        batches = await asyncio.to_thread(rows, since, upto)
-        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+        batches = await in_thread(rows, since, upto)
+        while (batch := await in_thread(next, batches, None)) is not None:
             messages = (
                 (f"$KV.{bucket}.{key}", b"", DELETE) if value is None else (f"$KV.{bucket}.{key}", value, None)
                 for key, value in batch  # a None value is no longer in the bucket's scope: a delete marker

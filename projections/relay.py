@@ -53,7 +53,7 @@ from projections.nats_bus import (
 )
 from projections.publisher import AckedPublisher, Message
 from projections.stream_erasure import Located, StreamEraser
-from projections.supervision import retry_forever
+from projections.supervision import in_thread, retry_forever
 
 log = structlog.get_logger(__name__)
 
@@ -191,29 +191,29 @@ class Relay:
                     await eraser
 
     async def _read(self, after: int) -> list[StoredFact]:
-        return await asyncio.to_thread(self.ledger.read_log, after, PAGE_FACTS_MAX)
+        return await in_thread(self.ledger.read_log, after, PAGE_FACTS_MAX)
 
     async def _erase_pending(self, js: JetStreamContext, published: asyncio.Event) -> None:
         """Carries out the erasures the stream holds, oldest first, until cancelled; woken when a page held one,
         and looking again now and then (an erasure pending from an earlier relay)."""
         while True:
             published.clear()
-            for position, tenant, token in await asyncio.to_thread(self.ledger.pending_stream_erasures, self.position):
+            for position, tenant, token in await in_thread(self.ledger.pending_stream_erasures, self.position):
                 await self.erase(js, tenant, token, position)
-                await asyncio.to_thread(self.ledger.stream_erasure_done, position)
+                await in_thread(self.ledger.stream_erasure_done, position)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(ERASURES_POLL_S):
                     await published.wait()
 
     async def _resolve_names(self, page: list[StoredFact]) -> None:
         if missing := self.names.missing(page):
-            self.names.add(missing, await asyncio.to_thread(self.ledger.names, missing))
+            self.names.add(missing, await in_thread(self.ledger.names, missing))
 
     async def erase(self, js: JetStreamContext, tenant: str, token: str, position: int) -> int:
         """Deletes the stream's messages of the facts before the erasure (at `position`, in the stream already)
         that concerned the token."""
         started = time.perf_counter()
-        positions = await asyncio.to_thread(self.ledger.participant_positions, tenant, token, position)
+        positions = await in_thread(self.ledger.participant_positions, tenant, token, position)
         end = stream_end(await last_message(js))  # at or after the erasure: bounds every search from above
         eraser = StreamEraser(js)
         deleted = await eraser.erase(positions, Located(end.sequence, end.position))

@@ -32,7 +32,7 @@ from projections.follower import Follower, Quarantine, projection_failures
 from projections.graph import GraphQueries
 from projections.influence_view import InfluenceView
 from projections.queries import ReciprocityQueries
-from projections.supervision import BackgroundTasks, retry_forever, run_while_holding
+from projections.supervision import BackgroundTasks, in_thread, retry_forever, run_while_holding
 from projections.viewstore import READER_MMAP_BYTES, ViewStore
 
 log = structlog.get_logger(__name__)
@@ -239,7 +239,7 @@ class Projections:
         while True:
             started = time.monotonic()
             try:
-                for tenant in await asyncio.to_thread(self.influence.stale_tenants):
+                for tenant in await in_thread(self.influence.stale_tenants):
                     try:
                         recompute_started = time.perf_counter()
                         done = await self._influence_worker.recompute(tenant)

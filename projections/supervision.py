@@ -51,6 +51,20 @@ class Backoff:
         self.failures = 0
 
 
+async def in_thread(function: Callable[..., Any], /, *args: Any) -> Any:
+    """`asyncio.to_thread`, except that a caller cancelled meanwhile waits for the call to end before it ends.
+    A loop is cancelled at shutdown just before the stores close; closing a SQLite connection under a thread
+    still reading from it crashes the process."""
+    call = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        await asyncio.wait([call])
+        if not call.cancelled():
+            call.exception()  # retrieved: the caller is gone, and the loop's own failure is the cancel
+        raise
+
+
 def jittered(seconds: float) -> float:
     """`seconds`, give or take a tenth: standbys started together do not knock together for ever."""
     return seconds * random.uniform(0.9, 1.1)
@@ -110,7 +124,7 @@ async def _hold_and_run(
     backoff = Backoff()
     while True:
         try:
-            held = await asyncio.to_thread(lock.try_acquire)
+            held = await in_thread(lock.try_acquire)
         except Exception as failure:
             delay = backoff.next_delay()
             log.warning("worker_lock_failed", worker=name, error=error_text(failure), retry_in_s=round(delay, 3))
@@ -136,11 +150,11 @@ async def _hold_and_run(
 
 async def _still_held(lock: WorkerLock, name: str) -> bool:
     try:
-        return await asyncio.to_thread(lock.still_held)
+        return await in_thread(lock.still_held)
     except Exception as failure:  # not knowing is not holding: stop, let go, and ask again
         log.warning("worker_lock_check_failed", worker=name, error=error_text(failure))
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(lock.release)
+            await in_thread(lock.release)
         return False
 
 

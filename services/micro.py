@@ -6,7 +6,6 @@ its own tenant's subjects. Replies are the HTTP answers' JSON; errors use the mi
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from contracts.types import context_key, utc_text
 from projections.nats_bus import QUERY_ENDPOINTS, SERVICE_NAME
 from projections.queries import CursorError
 from projections.runtime import Projections
+from projections.supervision import in_thread
 
 VERSION = "1.0.0"
 
@@ -62,7 +62,7 @@ class QueryService:
 
     async def _read(self, function: Callable[..., Any], *args: Any) -> Any:
         try:
-            return await asyncio.to_thread(function, *args) if self.off_loop else function(*args)
+            return await in_thread(function, *args) if self.off_loop else function(*args)
         except CursorError as bad_cursor:
             raise BadRequest(f"cursor: {bad_cursor}") from None
 

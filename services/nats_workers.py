@@ -26,7 +26,7 @@ from projections.nats_bus import (
 )
 from projections.relay import RETRY_MAX_S, Relay
 from projections.runtime import Projections
-from projections.supervision import BackgroundTasks, run_while_holding
+from projections.supervision import BackgroundTasks, in_thread, run_while_holding
 from services.metrics import Metrics
 from services.micro import QueryService
 from services.settings import Settings
@@ -99,7 +99,7 @@ class BusWorkers:
                 await asyncio.wait_for(self.client.drain(), DRAIN_TIMEOUT_S)
             with contextlib.suppress(Exception):
                 await self.client.close()
-        await asyncio.to_thread(self.relay_lock.release)
+        await in_thread(self.relay_lock.release)
 
     async def _run(self) -> None:
         assert self.settings.nats_url

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from ledger.registry import KEY_USE_RESOLUTION_S, KeyAuth, Registry, RegistrySnapshot, SourceAuth
+from projections.supervision import in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +117,7 @@ class RegistryCache:
         if not used:
             return
         try:
-            await asyncio.to_thread(self.registry.record_keys_used, used)
+            await in_thread(self.registry.record_keys_used, used)
         except Exception as failure:
             log.warning("registry_key_use_not_recorded", keys=len(used), error=str(failure))
 
@@ -127,9 +128,9 @@ class RegistryCache:
 
     async def _reload_if_changed(self) -> None:
         try:
-            version = await asyncio.to_thread(self.registry.version)
+            version = await in_thread(self.registry.version)
             if version != self.snapshot.version or self.snapshot.stale(time.time()):
-                self.snapshot = await asyncio.to_thread(self.registry.snapshot)
+                self.snapshot = await in_thread(self.registry.snapshot)
                 log.info("registry_reloaded", version=self.snapshot.version)
         except Exception as failure:  # keep serving with what we have; say so
             log.warning("registry_refresh_failed", error=str(failure))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import structlog
 
-from projections.supervision import error_text
+from projections.supervision import error_text, in_thread
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +91,7 @@ class ViewLagGate:
         failing = False
         while True:
             try:
-                head, position = await asyncio.to_thread(self._read)
+                head, position = await in_thread(self._read)
             except Exception as failure:
                 if not failing:
                     log.warning("view_lag_unreadable", error=error_text(failure), holding="nobody until it is read")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from uuid import UUID
 
@@ -12,6 +11,7 @@ from contracts import problems
 from contracts.answers import EventsPage, LoggedFact, ProblemError
 from contracts.query_parameters import LogQuery, NoQuery
 from contracts.types import UUID_PATTERN
+from projections.supervision import in_thread
 from services.http.auth import require_key
 from services.http.keys import COMPONENTS
 from services.http.responses import json_answer
@@ -25,8 +25,8 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     await require_key(request, tenant, "read")
     query = parse_query(request, LogQuery)
     ledger = request.app[COMPONENTS].ledger
-    facts = await asyncio.to_thread(ledger.tenant_log, tenant, query.after, query.limit)
-    events = await asyncio.to_thread(ledger.logged, facts)
+    facts = await in_thread(ledger.tenant_log, tenant, query.after, query.limit)
+    events = await in_thread(ledger.logged, facts)
     page = {"events": events, "next_after": facts[-1].position if facts else query.after}
     return json_answer(EventsPage.model_validate(page))
 
@@ -43,8 +43,8 @@ async def one_event(request: web.Request) -> web.StreamResponse:
         raise problems.ProblemException(problems.invalid([error]))
     event_id = UUID(text)
     ledger = request.app[COMPONENTS].ledger
-    fact = (await asyncio.to_thread(ledger.find_facts, [event_id])).get(event_id)
+    fact = (await in_thread(ledger.find_facts, [event_id])).get(event_id)
     if fact is None or fact.fact.tenant != tenant:
         raise problems.ProblemException(problems.problem(404, "not-found", "Not found", f"no fact {text}"))
-    (event,) = await asyncio.to_thread(ledger.logged, [fact])
+    (event,) = await in_thread(ledger.logged, [fact])
     return json_answer(LoggedFact.model_validate(event))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from eventsourcing.persistence import PersistenceError
 
@@ -11,6 +9,7 @@ from contracts import problems
 from contracts.answers import ParticipantErased
 from contracts.query_parameters import NoQuery, Query
 from ledger.group_commit import ConflictPersisted
+from projections.supervision import in_thread
 from services.http.auth import require_key
 from services.http.keys import COMPONENTS, LOG_FIELDS, OUTCOME
 from services.http.responses import json_answer
@@ -35,7 +34,7 @@ async def export(request: web.Request) -> web.StreamResponse:
     await wait_for_view(request, tenant, query)
     components = request.app[COMPONENTS]
     projections = components.projections
-    answer = await asyncio.to_thread(
+    answer = await in_thread(
         participant_export, components.ledger, projections.queries, projections.influence, tenant, participant
     )
     if answer is None:

@@ -7,7 +7,6 @@ at most 5 s, else 503), and answers with the view's `position`.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from contracts.query_parameters import (
 )
 from contracts.types import PARTICIPANT_PATTERN, context_key, utc_text
 from projections.queries import CursorError
+from projections.supervision import in_thread
 from services.http.auth import require_key
 from services.http.keys import COMPONENTS
 from services.http.responses import json_answer
@@ -101,7 +101,7 @@ async def _read(request: web.Request, function: Callable[..., Any], *args: Any) 
     """A view read: on SQLite a local point read costs less than a thread hop would;
     on PostgreSQL the round trip runs on a worker thread."""
     if request.app[COMPONENTS].settings.database_url:
-        return await asyncio.to_thread(function, *args)
+        return await in_thread(function, *args)
     return function(*args)
 
 

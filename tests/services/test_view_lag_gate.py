@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -174,3 +175,24 @@ async def test_no_bound_no_gate(settings: Settings) -> None:
         assert components.view_lag_gate is None
     finally:
         await components.close()
+
+
+async def test_a_gate_stopped_while_it_reads_ends_only_once_the_read_has_returned() -> None:
+    """At shutdown the gate is cancelled just before the views close: closing a SQLite connection under the
+    thread still reading the view's position crashed the process (seen once in CI)."""
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_position() -> int:
+        reading.set()
+        release.wait(5)
+        return 0
+
+    g = ViewLagGate(lambda: 0, slow_position, 10, poll_s=0.01)
+    task = asyncio.create_task(g.run())
+    assert await asyncio.to_thread(reading.wait, 5)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still waiting for its read
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
