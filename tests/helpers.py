@@ -8,6 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from contracts.webhook_bodies import read_webhook
@@ -145,3 +146,11 @@ def view_columns(views, table: str) -> list[str]:
     else:
         names = views.read("SELECT name FROM pragma_table_info(?)", (table,))
     return [name for (name,) in names if name != "changed_position"]
+
+
+def assert_woken_once_per_interval(wakes: list[float], commits: int, last_commit: float, interval_s: float) -> None:
+    """Commits during a spell of load woke followers at most once per interval, and after the last one."""
+    assert commits >= 8, "too few commits to tell"
+    assert 2 <= len(wakes) < commits, (len(wakes), commits)
+    assert all(later - earlier >= interval_s * 0.99 for earlier, later in pairwise(wakes)), wakes
+    assert wakes[-1] >= last_commit  # woken after the last commit, not left for the poll
